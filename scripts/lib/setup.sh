@@ -1,0 +1,32 @@
+# Shared set-up for scripts/test, scripts/demo and scripts/bench: system packages and the venv.
+# Sourced, not run. Usage: aggbatt_setup EXTRA[,EXTRA...]
+VENV="${AGGBATT_VENV:-$PWD/.venv}"
+
+_apt_install() {
+    local missing=()
+    command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus-daemon)
+    command -v svscan >/dev/null 2>&1 || missing+=(daemontools)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "missing: ${missing[*]}; install them (Debian: apt-get install ${missing[*]}) and retry" >&2
+        return 1
+    fi
+    echo "installing ${missing[*]} with apt-get" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+aggbatt_setup() {
+    local extras="$1"
+    _apt_install
+    local stamp="$VENV/.aggbatt-$extras-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+    fi
+    if [ ! -e "$stamp" ]; then
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+        touch "$stamp"
+    fi
+}

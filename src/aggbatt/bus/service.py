@@ -1,0 +1,312 @@
+"""Publish one Victron BusItem service on its own dbus-fast connection.
+
+Theory of operation (victron-dbus-contract.md sections 1 and 6.1):
+
+- Every path answers GetValue/GetText/SetValue on interface com.victronenergy.BusItem; `/` also
+  answers GetItems, and `/` plus every intermediate node answer GetValue/GetText for their sub-tree
+  (velib's behaviour, which flashmq and older scanners fall back to).
+- Calls are answered from one message handler over a dict of paths instead of one exported
+  ServiceInterface per path: dbus-fast broadcasts InterfacesAdded for every export and looks up
+  exports by scanning, both of which cost a 1 GHz GX core for nothing.
+- Local writes only record the new value. `publish()` sends what changed since the last publish:
+  one ItemsChanged on `/` and, depending on `signals`, a PropertiesChanged per changed path.
+  Signals are built as raw messages with NO_REPLY_EXPECTED because some peers reply to signals
+  without it (aiovelib 0f44690).
+- The bus name is requested only by `register()`, after all paths exist, with DO_NOT_QUEUE so a
+  second instance fails loudly instead of waiting silently in the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from dbus_fast import (
+    BusType,
+    Message,
+    MessageFlag,
+    MessageType,
+    NameFlag,
+    RequestNameReply,
+    Variant,
+)
+from dbus_fast.aio import MessageBus
+
+from aggbatt.bus.values import unwrap, wrap
+
+BUSITEM = "com.victronenergy.BusItem"
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+INVALID_TEXT = "---"
+
+SignalStyle = Literal["both", "items", "properties"]
+TextFormatter = Callable[[Any], str]
+ChangeCallback = Callable[[str, Any], bool]
+
+# SetValue return codes as velib sends them (contract 1.6).
+SET_OK = 0
+SET_NOT_WRITEABLE = 1
+SET_REJECTED = 2
+
+log = logging.getLogger(__name__)
+
+
+class ServiceNameTaken(RuntimeError):
+    """The well-known name is owned by another connection."""
+
+
+@dataclass
+class _Item:
+    value: Any
+    kind: type | None
+    decimals: int | None
+    text: TextFormatter | None
+    writeable: bool
+    on_change: ChangeCallback | None
+
+
+def unit_text(unit: str, decimals: int) -> TextFormatter:
+    """A GetText formatter like serialbattery's, e.g. unit_text("V", 2) -> "53.12V"."""
+    return lambda value: f"{value:.{decimals}f}{unit}"
+
+
+class BusItemService:
+    """One published Victron service; see the module docstring for the wire behaviour."""
+
+    def __init__(self, bus: MessageBus, name: str, *, signals: SignalStyle = "both") -> None:
+        self.bus = bus
+        self.name = name
+        self.signals = signals
+        self._items: dict[str, _Item] = {}
+        self._dirty: dict[str, None] = {}
+        self._nodes: set[str] = {"/"}
+        self.registered = False
+        bus.add_message_handler(self._handle)
+
+    # ----- building the tree -------------------------------------------------------------
+
+    def add_path(
+        self,
+        path: str,
+        value: Any = None,
+        *,
+        kind: type | None = None,
+        decimals: int | None = None,
+        text: TextFormatter | None = None,
+        writeable: bool = False,
+        on_change: ChangeCallback | None = None,
+    ) -> None:
+        if not path.startswith("/") or path == "/" or path.endswith("/"):
+            raise ValueError(f"not a BusItem path: {path!r}")
+        item = _Item(None, kind, decimals, text, writeable, on_change)
+        item.value = self._coerce(item, value)
+        self._items[path] = item
+        parts = path.split("/")
+        for depth in range(2, len(parts)):
+            self._nodes.add("/".join(parts[:depth]))
+        if self.registered:
+            self._dirty[path] = None
+
+    def remove_path(self, path: str) -> None:
+        """Remove a path; like velib, nothing is emitted (contract 1.7)."""
+        self._items.pop(path, None)
+        self._dirty.pop(path, None)
+
+    def paths(self) -> Iterable[str]:
+        return self._items.keys()
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._items
+
+    def __getitem__(self, path: str) -> Any:
+        return self._items[path].value
+
+    def __setitem__(self, path: str, value: Any) -> None:
+        item = self._items[path]
+        new = self._coerce(item, value)
+        if new != item.value or type(new) is not type(item.value):
+            item.value = new
+            self._dirty[path] = None
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        for path, value in values.items():
+            self[path] = value
+
+    async def register(self) -> None:
+        """Claim the bus name; raise ServiceNameTaken when another process owns it."""
+        reply = await self.bus.request_name(self.name, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise ServiceNameTaken(
+                f"{self.name} is already on the bus: another instance is running; stop it first"
+            )
+        self.registered = True
+        self._dirty.clear()
+
+    # ----- publishing ----------------------------------------------------------------------
+
+    def publish(self) -> int:
+        """Send the changes since the last publish; return how many paths changed."""
+        if not self._dirty:
+            return 0
+        changed = list(self._dirty)
+        self._dirty.clear()
+        if not self.registered:
+            return 0
+        entries = {path: self._entry(self._items[path]) for path in changed if path in self._items}
+        if not entries:
+            return 0
+        if self.signals in ("both", "items"):
+            self.bus.send(_signal("/", "ItemsChanged", "a{sa{sv}}", entries))
+        if self.signals in ("both", "properties"):
+            for path, entry in entries.items():
+                self.bus.send(_signal(path, "PropertiesChanged", "a{sv}", entry))
+        return len(entries)
+
+    # ----- values --------------------------------------------------------------------------
+
+    @staticmethod
+    def _coerce(item: _Item, value: Any) -> Any:
+        """Give every value of a path the same wire type (aiovelib d8e309c)."""
+        if value is None or item.kind is None:
+            return value
+        if item.kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"expected a number, got {value!r}")
+            number = float(value)
+            if math.isnan(number) or math.isinf(number):
+                return None
+            return round(number, item.decimals) if item.decimals is not None else number
+        if item.kind is int:
+            if isinstance(value, float):
+                if math.isnan(value) or math.isinf(value):
+                    return None
+                return int(round(value))
+            if not isinstance(value, int):
+                raise TypeError(f"expected an integer, got {value!r}")
+            return int(value)
+        if item.kind is str:
+            return str(value)
+        return value
+
+    def text_of(self, path: str) -> str:
+        return self._text(self._items[path])
+
+    @staticmethod
+    def _text(item: _Item) -> str:
+        if item.value is None:
+            return INVALID_TEXT
+        if item.text is not None:
+            try:
+                return item.text(item.value)
+            except (TypeError, ValueError):
+                return str(item.value)
+        return str(item.value)
+
+    def _entry(self, item: _Item) -> dict[str, Variant]:
+        return {"Value": wrap(item.value), "Text": Variant("s", self._text(item))}
+
+    def _subtree(self, node: str) -> dict[str, _Item]:
+        prefix = "/" if node == "/" else node + "/"
+        return {p[len(prefix) :]: it for p, it in self._items.items() if p.startswith(prefix)}
+
+    # ----- incoming calls ------------------------------------------------------------------
+
+    def _handle(self, msg: Message) -> Message | None:
+        if msg.message_type is not MessageType.METHOD_CALL:
+            return None
+        if msg.interface == INTROSPECTABLE and msg.member == "Introspect":
+            return self._introspect(msg)
+        if msg.interface not in (BUSITEM, None):
+            return None
+        path = msg.path
+        item = self._items.get(path)
+        member = msg.member
+        if item is not None:
+            if member == "GetValue":
+                return Message.new_method_return(msg, "v", [wrap(item.value)])
+            if member == "GetText":
+                return Message.new_method_return(msg, "s", [self._text(item)])
+            if member == "SetValue" and msg.signature == "v":
+                return Message.new_method_return(msg, "i", [self._remote_set(path, item, msg.body[0])])
+            return None
+        if path == "/" and member == "GetItems":
+            body = {p: self._entry(it) for p, it in self._items.items()}
+            return Message.new_method_return(msg, "a{sa{sv}}", [body])
+        if path in self._nodes:
+            sub = self._subtree(path)
+            if member == "GetValue":
+                values = {p: wrap(it.value) for p, it in sub.items()}
+                return Message.new_method_return(msg, "v", [Variant("a{sv}", values)])
+            if member == "GetText":
+                texts = {p: self._text(it) for p, it in sub.items()}
+                return Message.new_method_return(msg, "v", [Variant("a{ss}", texts)])
+        return None
+
+    def _remote_set(self, path: str, item: _Item, variant: Variant) -> int:
+        if not item.writeable:
+            return SET_NOT_WRITEABLE
+        try:
+            value = self._coerce(item, unwrap(variant))
+        except (TypeError, ValueError):
+            return SET_NOT_WRITEABLE
+        if value == item.value and type(value) is type(item.value):
+            return SET_OK
+        if item.on_change is not None:
+            try:
+                accepted = item.on_change(path, value)
+            except Exception:
+                log.exception("SetValue callback for %s failed", path)
+                accepted = False
+            if not accepted:
+                return SET_REJECTED
+        item.value = value
+        self._dirty[path] = None
+        self.publish()
+        return SET_OK
+
+    def _introspect(self, msg: Message) -> Message | None:
+        path = msg.path
+        if path not in self._nodes and path not in self._items:
+            return None
+        prefix = "/" if path == "/" else path + "/"
+        children = sorted(
+            {p[len(prefix) :].split("/", 1)[0] for p in self._items if p.startswith(prefix)}
+        )
+        nodes = "".join(f'<node name="{c}"/>' for c in children)
+        xml = (
+            '<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN" '
+            '"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">'
+            f'<node><interface name="{BUSITEM}">'
+            '<method name="GetValue"><arg direction="out" type="v"/></method>'
+            '<method name="GetText"><arg direction="out" type="s"/></method>'
+            '<method name="SetValue"><arg direction="in" type="v"/><arg direction="out" type="i"/></method>'
+            + (
+                '<method name="GetItems"><arg direction="out" type="a{sa{sv}}"/></method>'
+                '<signal name="ItemsChanged"><arg type="a{sa{sv}}"/></signal>'
+                if path == "/"
+                else '<signal name="PropertiesChanged"><arg type="a{sv}"/></signal>'
+            )
+            + f"</interface>{nodes}</node>"
+        )
+        return Message.new_method_return(msg, "s", [xml])
+
+
+def _signal(path: str, member: str, signature: str, body: Any) -> Message:
+    return Message(
+        message_type=MessageType.SIGNAL,
+        path=path,
+        interface=BUSITEM,
+        member=member,
+        signature=signature,
+        body=[body],
+        flags=MessageFlag.NO_REPLY_EXPECTED,
+    )
+
+
+async def connect(address: str | None = None) -> MessageBus:
+    """Open a new connection; `address` None means the system bus."""
+    if address is None:
+        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+    return await MessageBus(bus_address=address).connect()

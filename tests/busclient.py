@@ -1,0 +1,71 @@
+"""Read a service on the private bus the way Venus consumers do (plain calls, no aggbatt code)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+BUSITEM = "com.victronenergy.BusItem"
+
+
+async def call(bus: MessageBus, service: str, path: str, member: str, signature: str = "",
+               body: list[Any] | None = None, timeout: float = 5.0) -> Message:
+    reply = await asyncio.wait_for(bus.call(Message(
+        destination=service, path=path, interface=BUSITEM, member=member,
+        signature=signature, body=body or [])), timeout)
+    assert reply is not None
+    return reply
+
+
+async def get_items(bus: MessageBus, service: str) -> dict[str, dict[str, Variant]]:
+    reply = await call(bus, service, "/", "GetItems")
+    assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+    return reply.body[0]
+
+
+async def get_value(bus: MessageBus, service: str, path: str) -> Variant:
+    reply = await call(bus, service, path, "GetValue")
+    assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+    return reply.body[0]
+
+
+async def set_value(bus: MessageBus, service: str, path: str, value: Variant) -> int:
+    reply = await call(bus, service, path, "SetValue", "v", [value])
+    assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+    return reply.body[0]
+
+
+class SignalRecorder:
+    """Collects BusItem signals from one sender, subscribed with plain AddMatch rules."""
+
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+        self.signals: list[Message] = []
+        self.event = asyncio.Event()
+
+    async def start(self, sender: str) -> SignalRecorder:
+        def handler(msg: Message) -> None:
+            if msg.message_type is MessageType.SIGNAL and msg.interface == BUSITEM:
+                self.signals.append(msg)
+                self.event.set()
+
+        self.bus.add_message_handler(handler)
+        for member in ("ItemsChanged", "PropertiesChanged"):
+            rule = f"type='signal',sender='{sender}',interface='{BUSITEM}',member='{member}'"
+            await self.bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                        interface="org.freedesktop.DBus", member="AddMatch",
+                                        signature="s", body=[rule]))
+        return self
+
+    def of(self, member: str) -> list[Message]:
+        return [m for m in self.signals if m.member == member]
+
+    async def wait_for(self, predicate, timeout: float = 3.0) -> None:
+        async def _wait() -> None:
+            while not predicate():
+                self.event.clear()
+                await self.event.wait()
+        await asyncio.wait_for(_wait(), timeout)

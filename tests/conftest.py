@@ -1,0 +1,39 @@
+"""Shared fixtures: a private dbus-daemon per test module and connections to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from dbus_fast.aio import MessageBus
+
+from aggbatt.sim.privatebus import PrivateBus, start_private_bus
+
+
+@pytest.fixture(scope="module")
+def private_bus() -> Iterator[PrivateBus]:
+    bus = start_private_bus()
+    try:
+        yield bus
+    finally:
+        bus.close()
+
+
+@pytest.fixture
+def bus_address(private_bus: PrivateBus) -> str:
+    return private_bus.address
+
+
+@pytest.fixture
+async def connect(bus_address: str) -> AsyncIterator:
+    """Factory for connections to the private bus; all are closed after the test."""
+    opened: list[MessageBus] = []
+
+    async def _connect() -> MessageBus:
+        bus = await MessageBus(bus_address=bus_address).connect()
+        opened.append(bus)
+        return bus
+
+    yield _connect
+    for bus in opened:
+        bus.disconnect()
