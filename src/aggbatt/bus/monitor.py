@@ -1,0 +1,609 @@
+"""Follow other Victron services: discovery, one GetItems scan, signal routing by sender.
+
+Rules (victron-dbus-contract.md sections 2 and 6.2):
+
+- The message handler is added first, then the NameOwnerChanged match (arg0namespace
+  com.victronenergy), then ListNames, so no service can appear unseen in between. The handler
+  always returns None: dbus-fast runs user handlers before method dispatch, and a truthy return
+  would swallow calls to a service published on the same connection.
+- A service is keyed by its unique name (`:1.x`), the only sender a signal carries. Its record
+  exists before the scan so signals that arrive during the scan are kept, and it becomes public
+  (`services`, on_added) only after a successful scan.
+- Match rules carry `sender=<unique name>`. PropertiesChanged is matched per wanted path, so the
+  bus daemon drops cell voltages, history etc. before they wake this process: the main CPU lever
+  on a GX. If the bus refuses that many rules (max_match_rules_per_connection is 512 on a stock
+  system bus), the service falls back to one sender-wide rule and the filter runs in-process.
+- Every call is bounded by `call_timeout`; dbus-fast calls never time out on their own.
+- Malformed input (wrong signatures, garbage GetItems, no /DeviceInstance) never raises: the
+  service or signal is ignored and logged once.
+
+Theory of operation. Owner changes of one well-known name are handled strictly in order by one
+worker task per name, so a quick vanish + return cannot race (contract 2.5). Signals are applied
+synchronously in the handler. The scan reply is applied only to paths no signal has updated since
+the record was created: asyncio resumes `await call()` after signals that arrived later were
+already dispatched, so the reply may be older than what the cache holds (contract 2.3).
+
+| Event (in order, per name)        | name not tracked         | name tracked with owner A           |
+|-----------------------------------|--------------------------|-------------------------------------|
+| NameOwnerChanged: new owner B     | subscribe, scan B        | B is A: ignore; else drop A, scan B |
+| ListNames + GetNameOwner: owner B | subscribe, scan B (1)    | ignore (NameOwnerChanged decides)   |
+| NameOwnerChanged: owner A gone    | nothing                  | drop A: rules, values, on_removed   |
+| scan of B fails                   | -                        | retry once (2), then drop B quietly |
+
+(1) unless a NameOwnerChanged for the name arrived since ListNames: then the listing is outdated.
+(2) unless another event for the name waits; a failed service never fires on_added/on_removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbus_fast import Message, MessageFlag, MessageType
+from dbus_fast.aio import MessageBus
+from dbus_fast.validators import is_object_path_valid
+
+from aggbatt.bus.values import unwrap
+
+BUSITEM = "com.victronenergy.BusItem"
+PREFIX = "com.victronenergy."
+DBUS = "org.freedesktop.DBus"
+DBUS_PATH = "/org/freedesktop/DBus"
+NAME_OWNER_RULE = (
+    f"type='signal',sender='{DBUS}',path='{DBUS_PATH}',interface='{DBUS}',"
+    "member='NameOwnerChanged',arg0namespace='com.victronenergy'"
+)
+# Classes that have no /DeviceInstance by design (contract 2.1 step 6).
+NO_INSTANCE_CLASSES = frozenset({"settings"})
+
+_SIGNAL = MessageType.SIGNAL
+_ERROR = MessageType.ERROR
+
+log = logging.getLogger(__name__)
+
+class CallFailed(RuntimeError):
+    """A D-Bus call timed out, failed or was answered with an error."""
+
+    def __init__(self, message: str, error_name: str | None = None) -> None:
+        super().__init__(message)
+        self.error_name = error_name
+
+
+@dataclass
+class RemoteService:
+    """What we know of one followed service; values are unwrapped, None means invalid."""
+
+    name: str
+    owner: str
+    service_class: str
+    values: dict[str, Any] = field(default_factory=dict)
+    changed_at: dict[str, float] = field(default_factory=dict)
+    appeared_at: float = 0.0
+    last_change: float = 0.0
+    device_instance: int | None = None
+
+    def get(self, path: str, default: Any = None) -> Any:
+        value = self.values.get(path)
+        return default if value is None else value
+
+
+@dataclass(eq=False)
+class _Tracked:
+    """Monitor-private bookkeeping of one unique owner."""
+
+    service: RemoteService
+    paths: frozenset[str] | None
+    rules: set[str] = field(default_factory=set)
+    ready: bool = False
+    # Paths a signal updated while a scan was in flight; None when no scan is in flight.
+    seen: set[str] | None = field(default_factory=set)
+    complaints: set[str] = field(default_factory=set)
+
+
+def class_of(name: str) -> str | None:
+    """'com.victronenergy.battery.ttyUSB0' -> 'battery'; None for names outside com.victronenergy."""
+    if not name.startswith(PREFIX):
+        return None
+    return name[len(PREFIX) :].split(".", 1)[0] or None
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal as velib compares (1 == 1.0), with NaN equal to NaN so it is not a change each time."""
+    if old is None or new is None:
+        return old is new
+    if old == new:
+        return True
+    return isinstance(old, float) and isinstance(new, float) and old != old and new != new
+
+
+def _device_instance(entry: Any) -> int | None:
+    value = unwrap(entry.get("Value")) if isinstance(entry, dict) else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _frozen(paths: Collection[str] | None) -> frozenset[str] | None:
+    if paths is None:
+        return None
+    if isinstance(paths, str):
+        raise TypeError("paths must be a collection of paths, not one string")
+    bad = [p for p in paths if not is_object_path_valid(p) or p == "/"]
+    if bad:
+        raise ValueError(f"not BusItem paths: {bad}")
+    return frozenset(paths)
+
+
+def _rules(owner: str, paths: frozenset[str] | None) -> set[str]:
+    head = f"type='signal',sender='{owner}',"
+    rules = {head + f"path='/',interface='{BUSITEM}',member='ItemsChanged'"}
+    if paths is None:
+        rules.add(head + f"interface='{BUSITEM}',member='PropertiesChanged'")
+    else:
+        rules.update(
+            head + f"path='{p}',interface='{BUSITEM}',member='PropertiesChanged'" for p in paths
+        )
+    return rules
+
+
+class Monitor:
+    """Discovers and follows the services of the wanted classes; see the module docstring."""
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        classes: Mapping[str, Collection[str] | None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        ignore: Collection[str] = (),
+        on_added: Callable[[RemoteService], None] | None = None,
+        on_removed: Callable[[RemoteService], None] | None = None,
+        on_changed: Callable[[RemoteService, Mapping[str, Any]], None] | None = None,
+        call_timeout: float = 5.0,
+        retry_delay: float = 0.5,
+    ) -> None:
+        self.bus = bus
+        self._classes = {cls: _frozen(paths) for cls, paths in classes.items()}
+        self._clock = clock
+        self._ignore = frozenset(ignore)
+        self._on_added = on_added
+        self._on_removed = on_removed
+        self._on_changed = on_changed
+        self.call_timeout = call_timeout
+        self.retry_delay = retry_delay
+        self.services: dict[str, RemoteService] = {}
+        # BusItem signals that reached the handler: shows what the match rules let through.
+        self.signals_received = 0
+        self._by_owner: dict[str, _Tracked] = {}
+        self._by_name: dict[str, _Tracked] = {}
+        self._queues: dict[str, deque[Callable[[], Awaitable[None]]]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._logged: set[tuple[str, str]] = set()
+        # NameOwnerChanged signals seen per name: a listing they overtook is outdated.
+        self._owner_events: dict[str, int] = {}
+        self._started = False
+        self._closed = False
+
+    # ----- public ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to owner changes, list the names on the bus and scan every wanted service."""
+        if self._started:
+            raise RuntimeError("Monitor.start() called twice")
+        self._started = True
+        self.bus.add_message_handler(self._on_message)
+        await self._dbus("AddMatch", "s", [NAME_OWNER_RULE])
+        await self._scan_listed(None)
+
+    def of_class(self, service_class: str) -> list[RemoteService]:
+        return [s for s in self.services.values() if s.service_class == service_class]
+
+    async def set_paths(self, service_class: str, paths: Collection[str] | None) -> None:
+        """Change which paths of a class are followed; a new class is discovered at once."""
+        frozen = _frozen(paths)
+        known = service_class in self._classes
+        self._classes[service_class] = frozen
+        if not self._started or self._closed:
+            return
+        if not known:
+            await self._scan_listed(service_class)
+            return
+        workers = [
+            self._enqueue(name, self._job_paths(name, tracked.service.owner))
+            for name, tracked in list(self._by_name.items())
+            if tracked.service.service_class == service_class
+        ]
+        await asyncio.gather(*set(workers), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop following: remove the handler and every match rule; no callbacks fire."""
+        if self._closed:
+            return
+        self._closed = True
+        self.bus.remove_message_handler(self._on_message)
+        workers = list(self._workers.values())
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        rules = [NAME_OWNER_RULE] if self._started else []
+        for tracked in self._by_owner.values():
+            rules.extend(tracked.rules)
+        self._remove_matches(rules)
+        self._by_owner.clear()
+        self._by_name.clear()
+        self.services.clear()
+
+    # ----- signal handler (hot path: keep it cheap) ----------------------------------------
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type is not _SIGNAL:
+            return None
+        if msg.interface == BUSITEM:
+            self.signals_received += 1
+            tracked = self._by_owner.get(msg.sender)
+            if tracked is None:
+                return None
+            member = msg.member
+            if member == "PropertiesChanged":
+                self._on_properties(tracked, msg)
+            elif member == "ItemsChanged":
+                self._on_items(tracked, msg)
+        elif msg.member == "NameOwnerChanged" and msg.sender == DBUS and msg.interface == DBUS:
+            self._on_owner_changed(msg)
+        return None
+
+    def _on_properties(self, tracked: _Tracked, msg: Message) -> None:
+        path = msg.path
+        paths = tracked.paths
+        if paths is not None and path not in paths:
+            return  # only when the fallback sender-wide rule is in use
+        if msg.signature != "a{sv}":
+            self._complain(tracked, "PropertiesChanged", f"signature {msg.signature!r}")
+            return
+        variant = msg.body[0].get("Value")
+        if variant is None:
+            self._complain(tracked, "PropertiesChanged", "an entry without Value")
+            return
+        self._apply(tracked, {path: unwrap(variant)})
+
+    def _on_items(self, tracked: _Tracked, msg: Message) -> None:
+        if msg.signature != "a{sa{sv}}":
+            self._complain(tracked, "ItemsChanged", f"signature {msg.signature!r}")
+            return
+        paths = tracked.paths
+        changes: dict[str, Any] = {}
+        for path, entry in msg.body[0].items():
+            if paths is not None and path not in paths:
+                continue
+            variant = entry.get("Value")
+            if variant is not None:
+                changes[path] = unwrap(variant)
+        if changes:
+            self._apply(tracked, changes)
+
+    def _apply(self, tracked: _Tracked, changes: Mapping[str, Any]) -> None:
+        # A value counts as changed only when it differs from the cached one. Our own publisher
+        # (and some peers) send ItemsChanged AND PropertiesChanged for one change, and clients
+        # must subscribe to both because Victron publishers use one or the other (contract 1.7,
+        # 2.4). Comparing with the cache, as velib's DbusMonitor does, processes that change once.
+        service = tracked.service
+        values = service.values
+        now = self._clock()
+        changed: dict[str, Any] = {}
+        for path, value in changes.items():
+            if path in values and _same(values[path], value):
+                continue
+            values[path] = value
+            service.changed_at[path] = now
+            changed[path] = value
+        if tracked.seen is not None:
+            tracked.seen.update(changes)
+        if not changed or not tracked.ready:
+            return
+        service.last_change = now
+        if self._on_changed is not None:
+            try:
+                self._on_changed(service, changed)
+            except Exception:
+                log.exception("on_changed callback failed for %s", service.name)
+
+    def _on_owner_changed(self, msg: Message) -> None:
+        if msg.signature != "sss":
+            return
+        name, old, new = msg.body
+        if name in self._by_name or self._wanted(name):
+            self._owner_events[name] = self._owner_events.get(name, 0) + 1
+            self._enqueue(name, self._job_owner(name, old, new, listed=False))
+
+    # ----- per-name worker -------------------------------------------------------------------
+
+    def _wanted(self, name: str) -> bool:
+        return name not in self._ignore and class_of(name) in self._classes
+
+    def _enqueue(self, name: str, job: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = deque()
+            self._workers[name] = asyncio.get_running_loop().create_task(self._work(name, queue))
+        queue.append(job)
+        return self._workers[name]
+
+    async def _work(self, name: str, queue: deque[Callable[[], Awaitable[None]]]) -> None:
+        try:
+            while queue:
+                job = queue.popleft()
+                try:
+                    await job()
+                except Exception:
+                    log.exception("following %s failed", name)
+        finally:
+            del self._queues[name]
+            del self._workers[name]
+
+    def _job_owner(self, name: str, old: str, new: str, *, listed: bool) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            if old:
+                self._forget(name, old)
+            if new:
+                await self._add(name, new, listed)
+
+        return job
+
+    def _job_paths(self, name: str, owner: str) -> Callable[[], Awaitable[None]]:
+        return lambda: self._resubscribe(name, owner)
+
+    def _events_waiting(self, name: str) -> bool:
+        return bool(self._queues.get(name))
+
+    # ----- adding, scanning, removing ----------------------------------------------------------
+
+    async def _scan_listed(self, only_class: str | None) -> None:
+        events_before = dict(self._owner_events)
+        reply = await self._dbus("ListNames")
+        names = [
+            n
+            for n in reply.body[0]
+            if self._wanted(n) and (only_class is None or class_of(n) == only_class)
+        ]
+        owners = await asyncio.gather(
+            *(self._dbus("GetNameOwner", "s", [n]) for n in names), return_exceptions=True
+        )
+        workers = {
+            self._enqueue(n, self._job_owner(n, "", o.body[0], listed=True))
+            for n, o in zip(names, owners)
+            if isinstance(o, Message) and self._owner_events.get(n) == events_before.get(n)
+        }
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _add(self, name: str, owner: str, listed: bool) -> None:
+        present = self._by_owner.get(owner)
+        if present is not None:
+            if present.service.name != name:
+                self._log_once(name, "shared", logging.WARNING,
+                               "%s shares connection %s with %s; only %s is followed",
+                               name, owner, present.service.name, present.service.name)
+            return
+        current = self._by_name.get(name)
+        if current is not None:
+            if listed:
+                return
+            self._forget(name, current.service.owner)
+        service_class = class_of(name)
+        if service_class is None or service_class not in self._classes or name in self._ignore:
+            return
+        tracked = _Tracked(RemoteService(name, owner, service_class), self._classes[service_class])
+        self._by_owner[owner] = tracked
+        self._by_name[name] = tracked
+        error = await self._subscribe(tracked, tracked.paths)
+        if error is None:
+            error = await self._scan(tracked)
+            if error is not None and not self._events_waiting(name):
+                await asyncio.sleep(self.retry_delay)
+                if self._by_owner.get(owner) is tracked and not self._events_waiting(name):
+                    error = await self._scan(tracked)
+        if self._by_owner.get(owner) is not tracked:
+            return
+        if error is not None:
+            self._drop(tracked)
+            if self._events_waiting(name):
+                log.info("%s (%s) went away during its scan", name, owner)
+            else:
+                self._log_once(name, error, logging.WARNING, "ignoring %s (%s): %s",
+                               name, owner, error)
+            return
+        tracked.ready = True
+        tracked.seen = None
+        self.services[name] = tracked.service
+        log.info("following %s (%s, instance %s)", name, owner, tracked.service.device_instance)
+        self._callback(self._on_added, tracked.service)
+
+    async def _scan(self, tracked: _Tracked) -> str | None:
+        """One GetItems; apply it to the paths no signal has updated. Return why it failed."""
+        service = tracked.service
+        try:
+            reply = await self._call(service.owner, "/", BUSITEM, "GetItems")
+        except CallFailed as exc:
+            return str(exc)
+        if reply.signature != "a{sa{sv}}":
+            return f"GetItems returned signature {reply.signature!r} instead of 'a{{sa{{sv}}}}'"
+        items = reply.body[0]
+        instance = _device_instance(items.get("/DeviceInstance"))
+        if instance is None and service.service_class not in NO_INSTANCE_CLASSES:
+            return "no valid /DeviceInstance (a service must publish it before claiming its name)"
+        paths = tracked.paths
+        seen = tracked.seen or set()
+        now = self._clock()
+        for path, entry in items.items():
+            if (paths is not None and path not in paths) or path in seen:
+                continue
+            variant = entry.get("Value")
+            if variant is not None:
+                service.values[path] = unwrap(variant)
+                service.changed_at[path] = now
+        service.device_instance = instance
+        service.appeared_at = now
+        service.last_change = now
+        return None
+
+    async def _resubscribe(self, name: str, owner: str) -> None:
+        tracked = self._by_owner.get(owner)
+        if tracked is None or tracked.service.name != name:
+            return
+        service = tracked.service
+        paths = self._classes[service.service_class]
+        old = tracked.paths
+        if paths == old:
+            return
+        tracked.paths = paths
+        error = await self._subscribe(tracked, paths)
+        if error is not None:
+            log.warning("%s: cannot change its subscriptions: %s", name, error)
+        if paths is not None:
+            for path in [p for p in service.values if p not in paths]:
+                del service.values[path]
+                service.changed_at.pop(path, None)
+        if old is None or (paths is not None and paths <= old):
+            return
+        tracked.seen = set()
+        try:
+            reply = await self._call(owner, "/", BUSITEM, "GetItems")
+        except CallFailed as exc:
+            log.warning("%s: cannot read the newly wanted paths: %s", name, exc)
+            return
+        finally:
+            seen, tracked.seen = tracked.seen, None
+        if reply.signature != "a{sa{sv}}" or self._by_owner.get(owner) is not tracked:
+            return
+        fresh = {
+            path: unwrap(entry["Value"])
+            for path, entry in reply.body[0].items()
+            if (paths is None or path in paths)
+            and path not in old
+            and path not in seen
+            and "Value" in entry
+        }
+        self._apply(tracked, fresh)
+
+    def _forget(self, name: str, owner: str) -> None:
+        tracked = self._by_owner.get(owner)
+        if tracked is None:
+            return
+        was_ready = tracked.ready
+        self._drop(tracked)
+        if was_ready:
+            log.info("%s (%s) left the bus", name, owner)
+            self._callback(self._on_removed, tracked.service)
+            tracked.service.values.clear()
+            tracked.service.changed_at.clear()
+
+    def _drop(self, tracked: _Tracked) -> None:
+        service = tracked.service
+        self._by_owner.pop(service.owner, None)
+        if self._by_name.get(service.name) is tracked:
+            del self._by_name[service.name]
+        if self.services.get(service.name) is tracked.service:
+            del self.services[service.name]
+        tracked.ready = False
+        self._remove_matches(tracked.rules)
+        tracked.rules = set()
+
+    # ----- match rules -------------------------------------------------------------------------
+
+    async def _subscribe(self, tracked: _Tracked, paths: frozenset[str] | None) -> str | None:
+        owner = tracked.service.owner
+        error = await self._converge(tracked, _rules(owner, paths))
+        if error is None or paths is None:
+            return error
+        self._log_once(tracked.service.name, "rules", logging.WARNING,
+                       "%s: the bus refused per-path match rules (%s); following all its "
+                       "PropertiesChanged instead, which costs CPU (raise "
+                       "max_match_rules_per_connection in the bus config)",
+                       tracked.service.name, error)
+        wide = _rules(owner, None)
+        self._remove_matches(tracked.rules - wide)
+        tracked.rules &= wide
+        return await self._converge(tracked, wide)
+
+    async def _converge(self, tracked: _Tracked, wanted: set[str]) -> str | None:
+        """Add the missing rules concurrently; remove stale ones only once all were added."""
+        missing = [r for r in wanted if r not in tracked.rules]
+        results = await asyncio.gather(
+            *(self._dbus("AddMatch", "s", [r]) for r in missing), return_exceptions=True
+        )
+        errors = []
+        for rule, result in zip(missing, results):
+            if isinstance(result, Message):
+                tracked.rules.add(rule)
+            else:
+                errors.append(result)
+        if self._by_owner.get(tracked.service.owner) is not tracked:
+            self._remove_matches(tracked.rules)
+            tracked.rules = set()
+            return "it went away while subscribing"
+        if errors:
+            return str(errors[0])
+        self._remove_matches(tracked.rules - wanted)
+        tracked.rules &= wanted
+        return None
+
+    def _remove_matches(self, rules: Collection[str]) -> None:
+        """Fire and forget: the bus applies them in order, and a failure leaves only a dead rule."""
+        if not self.bus.connected:
+            return
+        for rule in rules:
+            try:
+                self.bus.send(Message(destination=DBUS, path=DBUS_PATH, interface=DBUS,
+                                      member="RemoveMatch", signature="s", body=[rule],
+                                      flags=MessageFlag.NO_REPLY_EXPECTED))
+            except Exception as exc:
+                log.debug("RemoveMatch not sent: %s", exc)
+                return
+
+    # ----- calls and helpers -------------------------------------------------------------------
+
+    async def _dbus(self, member: str, signature: str = "", body: list[Any] | None = None) -> Message:
+        return await self._call(DBUS, DBUS_PATH, DBUS, member, signature, body)
+
+    async def _call(self, destination: str, path: str, interface: str, member: str,
+                    signature: str = "", body: list[Any] | None = None) -> Message:
+        msg = Message(destination=destination, path=path, interface=interface, member=member,
+                      signature=signature, body=body or [])
+        try:
+            reply = await asyncio.wait_for(self.bus.call(msg), self.call_timeout)
+        except asyncio.TimeoutError:
+            raise CallFailed(f"no answer to {member} within {self.call_timeout:g} s") from None
+        except Exception as exc:
+            raise CallFailed(f"{member} failed: {exc}") from None
+        if reply is None or reply.message_type is _ERROR:
+            error_name = reply.error_name if reply is not None else None
+            text = reply.body[0] if reply is not None and reply.body else ""
+            raise CallFailed(f"{member} was answered with {error_name}: {text}", error_name)
+        return reply
+
+    def _callback(self, callback: Callable[[RemoteService], None] | None, service: RemoteService) -> None:
+        if callback is None:
+            return
+        try:
+            callback(service)
+        except Exception:
+            log.exception("callback for %s failed", service.name)
+
+    def _complain(self, tracked: _Tracked, member: str, what: str) -> None:
+        if member not in tracked.complaints:
+            tracked.complaints.add(member)
+            log.warning("%s sent a %s with %s; ignored (logged once)",
+                        tracked.service.name, member, what)
+
+    def _log_once(self, name: str, kind: str, level: int, fmt: str, *args: Any) -> None:
+        if (name, kind) not in self._logged:
+            self._logged.add((name, kind))
+            log.log(level, fmt, *args)
