@@ -69,3 +69,28 @@ class SignalRecorder:
                 self.event.clear()
                 await self.event.wait()
         await asyncio.wait_for(_wait(), timeout)
+
+
+async def aggregate_values(bus: MessageBus, service: str = "com.victronenergy.battery.aggregate") -> dict[str, Any]:
+    """GetItems of a service, unwrapped: path -> value (None = invalid)."""
+    from aggbatt.bus.values import unwrap
+
+    return {path: unwrap(entry["Value"]) for path, entry in (await get_items(bus, service)).items()}
+
+
+async def wait_for_values(bus: MessageBus, predicate, timeout: float = 5.0, interval: float = 0.02,
+                          service: str = "com.victronenergy.battery.aggregate") -> dict[str, Any]:
+    """Poll GetItems until predicate(values) holds; fail with the last values after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    values: dict[str, Any] = {}
+    while True:
+        try:
+            values = await aggregate_values(bus, service)
+        except AssertionError:
+            values = {}
+        if values and predicate(values):
+            return values
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s; last values: {values}")
+        await asyncio.sleep(interval)

@@ -46,7 +46,154 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_check_config,)
+def _load_or_report(path: Optional[str]) -> Any:
+    """The config, or None after printing every error (the caller exits 2)."""
+    from aggbatt.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+
+
+def _add_run(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the daemon: publish the aggregate battery",
+        description="Follow every pack on the bus and publish com.victronenergy.battery.aggregate. "
+        "Without --config the defaults apply (plain pass-through bank).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults)")
+    parser.add_argument("--state-dir", metavar="DIR", default="state",
+                        help="where state files are kept (default: ./state)")
+    parser.add_argument("--bus", default="system", metavar="system|session|ADDRESS",
+                        help="D-Bus to use (default: system, as on a GX device)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return EXIT_INVALID
+    _setup_logging(config.logging.level)
+    import asyncio
+    import logging
+    from pathlib import Path
+
+    from aggbatt.bus.service import ServiceNameTaken
+    from aggbatt.daemon import resolve_bus, run
+
+    log = logging.getLogger("aggbatt")
+    log.info("aggbatt %s starting: config %s, state %s, bus %s", __version__,
+             args.config or "defaults", args.state_dir, args.bus)
+    try:
+        return asyncio.run(run(config, resolve_bus(args.bus), Path(args.state_dir)))
+    except ServiceNameTaken as exc:
+        log.error("%s", exc)
+        return 1
+    except (ConnectionError, OSError) as exc:
+        log.error("cannot connect to the %s bus: %s", args.bus, exc)
+        return 1
+
+
+def _capacities(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("capacities are Ah numbers separated by commas") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("capacities must be positive Ah numbers")
+    return values
+
+
+def _add_demo(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="simulated packs, the real daemon and a live table on a private bus",
+        description="Start a private D-Bus, simulated serialbattery packs and the daemon, and show "
+        "a live table. Keys: 1-9 select a pack, f freeze, v vanish/return, b block charging, "
+        "l link loss, q quit.",
+    )
+    parser.add_argument("--packs", type=int, default=3, help="number of packs (default 3)")
+    parser.add_argument("--cells", type=int, default=16, help="cells per pack (default 16)")
+    parser.add_argument("--capacities", type=_capacities, default=[],
+                        help="Ah per pack, comma separated (overrides --packs), e.g. 280,280,200")
+    parser.add_argument("--config", metavar="FILE", help="TOML config for the daemon")
+    parser.add_argument("--scenario", metavar="FILE", help="timed faults, e.g. scenarios/pack-failure.toml")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return EXIT_INVALID
+    if not 1 <= args.packs <= 16 or not 4 <= args.cells <= 32:
+        print("--packs must be 1..16 and --cells 4..32", file=sys.stderr)
+        return EXIT_INVALID
+    _setup_logging("warning")
+    import asyncio
+
+    from aggbatt.demo import DemoOptions, run_demo
+
+    options = DemoOptions(packs=args.packs, cells=args.cells, capacities=args.capacities,
+                          scenario=args.scenario, duration=args.duration,
+                          interactive=sys.stdin.isatty())
+    try:
+        return asyncio.run(run_demo(config, options))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _add_migrate_ini(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "migrate-ini",
+        help="convert a dbus-aggregate-batteries config.ini (and its state files)",
+        description="Convert CONFIG_INI of dbus-aggregate-batteries (over its built-in defaults) "
+        "into an aggbatt TOML file and list every key that could not be mapped and why. With "
+        "--state-dir, also convert storedvalue_charge and storedvalue_last_balancing found next "
+        "to CONFIG_INI (or in --reference-dir).",
+    )
+    parser.add_argument("ini", metavar="CONFIG_INI", help="the reference's config.ini")
+    parser.add_argument("--out", metavar="CONFIG_TOML", required=True, help="TOML file to write")
+    parser.add_argument("--state-dir", metavar="DIR", help="aggbatt state directory to fill")
+    parser.add_argument("--reference-dir", metavar="DIR",
+                        help="where the storedvalue_* files are (default: beside CONFIG_INI)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --out and existing state files")
+    parser.set_defaults(handler=_migrate_ini)
+
+
+def _migrate_ini(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aggbatt.migrate import MigrationError, migrate, report
+
+    try:
+        result = migrate(Path(args.ini), Path(args.out),
+                         state_dir=Path(args.state_dir) if args.state_dir else None,
+                         reference_dir=Path(args.reference_dir) if args.reference_dir else None,
+                         force=args.force)
+    except MigrationError as exc:
+        print(f"migrate-ini: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(report(result))
+    return EXIT_OK
+
+
+_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_check_config, _add_run, _add_demo,
+                                                 _add_migrate_ini)
 
 
 def build_parser() -> argparse.ArgumentParser:

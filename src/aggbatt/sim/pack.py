@@ -36,6 +36,7 @@ import itertools
 import logging
 import math
 import platform
+import random
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -328,6 +329,10 @@ class PackParams:
     float_cell_voltage: float = 3.375
     absorption_seconds: float = 900.0
     rebulk_soc: float = 80.0
+    # Measurement noise of a real BMS (uniform, +-): a pack whose readings never change is not
+    # realistic, and the daemon's staleness rule relies on a live pack's readings moving.
+    noise_a: float = 0.0
+    noise_mv: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cells < 1:
@@ -373,6 +378,8 @@ class SimPack(SimDevice):
         self.product_name = params.product_name or f"SerialBattery(Simulated) {params.serial}"
         self.soc = min(100.0, max(0.0, float(params.soc)))
         self.current = 0.0
+        self.measured_current = 0.0
+        self._rng = random.Random(params.serial)
         self.temperature = float(params.temperature)
         self.elapsed = 0.0
         self._offsets = [o / 1000.0 for o in (params.cell_offsets_mv or [0.0] * params.cells)]
@@ -419,6 +426,7 @@ class SimPack(SimDevice):
         p = self.params
         current = float(current) if self.accepts(current) else 0.0
         self.current = current
+        self.measured_current = current + self._jitter(p.noise_a)
         self.elapsed += dt
         self.soc = min(100.0, max(0.0, self.soc + current * dt / 36.0 / p.capacity_ah))
         self._update_cells()
@@ -431,7 +439,12 @@ class SimPack(SimDevice):
     def _update_cells(self) -> None:
         p = self.params
         base = p.ocv(self.soc / 100.0) + self.current * p.internal_resistance
-        self.cell_voltages = [base + o + d for o, d in zip(self._offsets, self._drift)]
+        noise = self.params.noise_mv / 1000.0
+        self.cell_voltages = [base + o + d + self._jitter(noise)
+                              for o, d in zip(self._offsets, self._drift)]
+
+    def _jitter(self, amplitude: float) -> float:
+        return self._rng.uniform(-amplitude, amplitude) if amplitude else 0.0
 
     def _update_bms(self) -> None:
         p = self.params
@@ -669,8 +682,8 @@ class SimPack(SimDevice):
             "/TimeToGo": self._time_to_go(remaining),
             "/CurrentAvg": sum(h.samples) / len(h.samples) if h.samples else self.current,
             "/Dc/0/Voltage": voltage,
-            "/Dc/0/Current": self.current,
-            "/Dc/0/Power": voltage * self.current,
+            "/Dc/0/Current": self.measured_current,
+            "/Dc/0/Power": voltage * self.measured_current,
             "/Dc/0/Temperature": temp,
             "/Info/BatteryLowVoltage": p.cells * p.min_cell_voltage,
             "/Info/MaxChargeVoltage": self.cvl,

@@ -1,0 +1,482 @@
+"""Typed pack snapshots, input validation, and the pack online/offline state machine.
+
+Everything here is pure: values and the clock come in as arguments.
+
+Validation rules
+----------------
+Every path the engine reads has a rule (`RULES`). A raw value is usable only when it has the
+right type and lies in a plausible range; anything else is *missing* for that path:
+
+- numbers must be int or float (never bool), finite, and inside the path's range: pack voltage
+  (0, 100] V, cell voltage (0, 5] V, current and limits |I| < 5000 A, SoC 0..100 %, installed
+  capacity > 0 Ah, consumed Ah <= 0, temperature -50..120 degC. A pack at 0 V is a broken reading,
+  not a flat pack, so voltage ranges exclude 0.
+- counts, flags and alarm levels must be integral numbers in range (1.0 is accepted as 1; bools
+  are accepted for 0/1 flags only, since a CAN driver may publish them that way).
+- texts must be str.
+`None` (an invalid value on the wire) is simply missing and is no problem to report: serialbattery
+publishes None for absent sensors. Garbage (wrong type, NaN, out of range) is reported so the
+engine can log it once per pack and path.
+
+Online/offline state machine
+----------------------------
+One `PackTracker` per known pack id. Each tick the engine works out whether the pack is healthy
+(`fault_of`) and feeds one `Health` event into the tracker:
+
+- FAULT:   the pack must not be used (reason text attached),
+- FRESH:   the pack is healthy but has not yet been healthy for `readmit_after` seconds,
+- SETTLED: the pack has been healthy continuously for at least `readmit_after` seconds.
+
+    state \\ event  | FAULT    | FRESH        | SETTLED
+    ---------------+----------+--------------+--------
+    NEW            | OFFLINE  | ONLINE       | ONLINE
+    ONLINE         | OFFLINE  | ONLINE       | ONLINE
+    OFFLINE        | OFFLINE  | READMITTING  | ONLINE
+    READMITTING    | OFFLINE  | READMITTING  | ONLINE
+
+NEW is a pack not yet judged in this process. Its first admission is immediate so a restarted
+daemon publishes a valid aggregate at once; only a pack that has been offline in this process waits
+`readmit_after` seconds of continuously healthy data (a flapping link must not flap the limits).
+
+A pack is unhealthy (FAULT) when, checked in this order:
+1. its service is not on the bus (gone, or a known pack not seen yet),
+2. it reports its own link loss: /System/NrOfModulesOnline == 0 (serialbattery after 10 s of failed
+   polls; contract 4.1),
+3. /Dc/0/Voltage, /Dc/0/Current, /Info/MaxChargeVoltage, /Info/MaxChargeCurrent or
+   /Info/MaxDischargeCurrent is missing (serialbattery's link loss makes V and I invalid but keeps
+   the old limits, so both checks are needed),
+4. none of its values changed for longer than the staleness limit.
+
+Staleness decision: a healthy pack at rest can legitimately publish the same rounded values for
+minutes (current 0.0 A, flat LFP voltage). So the limit is `stale_after` while current flows and the
+longer `stale_after_idle` while the bank is idle. "Current flows" means the bank current (sum over
+the packs online before this tick) or the pack's own last current has a magnitude of at least
+`idle_current`. Only online packs count towards the bank current, so a frozen pack that is already
+offline cannot shorten the limit for the healthy ones; its own frozen current does shorten its own
+limit. A liveness probe (GetValue) was rejected: the engine is pure and a probe only shows that the
+driver's D-Bus thread answers, not that its BMS link works.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+@dataclass(frozen=True)
+class ServiceReading:
+    """One battery service as the monitor sees it right now."""
+
+    service: str  # well-known name
+    values: Mapping[str, Any]  # path -> raw unwrapped value (None = invalid; may be garbage)
+    last_change: float  # monotonic time any value last changed
+    appeared_at: float  # monotonic time the service appeared
+
+
+# ---- paths ------------------------------------------------------------------------------------
+
+PRODUCT_NAME = "/ProductName"
+SERIAL = "/Serial"
+CUSTOM_NAME = "/CustomName"
+VOLTAGE = "/Dc/0/Voltage"
+CURRENT = "/Dc/0/Current"
+POWER = "/Dc/0/Power"
+TEMPERATURE = "/Dc/0/Temperature"
+SOC = "/Soc"
+CAPACITY = "/Capacity"
+INSTALLED_CAPACITY = "/InstalledCapacity"
+CONSUMED_AH = "/ConsumedAmphours"
+CVL = "/Info/MaxChargeVoltage"
+CCL = "/Info/MaxChargeCurrent"
+DCL = "/Info/MaxDischargeCurrent"
+BATTERY_LOW_VOLTAGE = "/Info/BatteryLowVoltage"
+CHARGE_MODE = "/Info/ChargeMode"
+ALLOW_CHARGE = "/Io/AllowToCharge"
+ALLOW_DISCHARGE = "/Io/AllowToDischarge"
+ALLOW_BALANCE = "/Io/AllowToBalance"
+MODULES_ONLINE = "/System/NrOfModulesOnline"
+BLOCKING_CHARGE = "/System/NrOfModulesBlockingCharge"
+BLOCKING_DISCHARGE = "/System/NrOfModulesBlockingDischarge"
+CELLS_PER_BATTERY = "/System/NrOfCellsPerBattery"
+MIN_CELL_VOLTAGE = "/System/MinCellVoltage"
+MAX_CELL_VOLTAGE = "/System/MaxCellVoltage"
+MIN_VOLTAGE_CELL_ID = "/System/MinVoltageCellId"
+MAX_VOLTAGE_CELL_ID = "/System/MaxVoltageCellId"
+MIN_CELL_TEMPERATURE = "/System/MinCellTemperature"
+MAX_CELL_TEMPERATURE = "/System/MaxCellTemperature"
+MIN_TEMPERATURE_CELL_ID = "/System/MinTemperatureCellId"
+MAX_TEMPERATURE_CELL_ID = "/System/MaxTemperatureCellId"
+VOLTAGES_SUM = "/Voltages/Sum"
+BALANCING = "/Balancing"
+
+ALARM_NAMES = (
+    "LowVoltage", "HighVoltage", "LowCellVoltage", "HighCellVoltage", "LowSoc", "StateOfHealth",
+    "HighChargeCurrent", "HighDischargeCurrent", "CellImbalance", "InternalFailure",
+    "HighChargeTemperature", "LowChargeTemperature", "HighTemperature", "LowTemperature",
+    "BmsCable", "HighInternalTemperature", "FuseBlown",
+)
+ALARM_PATHS = tuple(f"/Alarms/{name}" for name in ALARM_NAMES)
+BMS_CABLE = "/Alarms/BmsCable"
+INTERNAL_FAILURE = "/Alarms/InternalFailure"
+
+CELL_PREFIX = "/Voltages/Cell"
+MAX_CELLS = 32  # serialbattery publishes /Voltages/Cell1..32 at most
+CELL_PATHS = tuple(f"{CELL_PREFIX}{n}" for n in range(1, MAX_CELLS + 1))
+
+# ---- validation ---------------------------------------------------------------------------------
+
+
+class Kind(enum.Enum):
+    NUMBER = "number"
+    INTEGER = "integer"
+    FLAG = "flag"
+    TEXT = "text"
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: Kind
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False  # the low bound itself is not plausible (0 V)
+    high_open: bool = False  # the high bound itself is not plausible (5000 A)
+
+    def parse(self, raw: Any) -> tuple[Any, str | None]:
+        """(value, None) when usable; (None, None) when invalid on the wire; (None, why) for garbage."""
+        if raw is None:
+            return None, None
+        kind = self.kind
+        if kind is Kind.TEXT:
+            return (raw, None) if isinstance(raw, str) else (None, f"{_show(raw)} is not text")
+        if type(raw) is float or type(raw) is int:  # the usual case, checked first for speed
+            number = float(raw)
+        elif isinstance(raw, bool):
+            if kind is Kind.FLAG:
+                return int(raw), None
+            return None, f"{_show(raw)} is not a number"
+        elif isinstance(raw, (int, float)):
+            number = float(raw)
+        else:
+            return None, f"{_show(raw)} is not a number"
+        if not math.isfinite(number):
+            return None, f"{_show(raw)} is not a finite number"
+        if kind is not Kind.NUMBER and not number.is_integer():
+            return None, f"{_show(raw)} is not a whole number"
+        if ((number <= self.low if self.low_open else number < self.low)
+                or (number >= self.high if self.high_open else number > self.high)):
+            return None, f"{_show(raw)} is outside {self._range()}"
+        return (number, None) if kind is Kind.NUMBER else (int(number), None)
+
+    def _range(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def _show(raw: Any) -> str:
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_PACK_V = Rule(Kind.NUMBER, 0.0, 100.0, low_open=True)
+_CELL_V = Rule(Kind.NUMBER, 0.0, 5.0, low_open=True)
+_AMPS = Rule(Kind.NUMBER, -5000.0, 5000.0, low_open=True, high_open=True)
+_LIMIT_A = Rule(Kind.NUMBER, 0.0, 5000.0, high_open=True)
+_TEMP = Rule(Kind.NUMBER, -50.0, 120.0)
+_AH = Rule(Kind.NUMBER, 0.0, 100_000.0)
+_FLAG = Rule(Kind.FLAG, 0, 1)
+_COUNT = Rule(Kind.INTEGER, 0, 1000)
+_TEXT = Rule(Kind.TEXT)
+
+RULES: dict[str, Rule] = {
+    PRODUCT_NAME: _TEXT,
+    SERIAL: _TEXT,
+    CUSTOM_NAME: _TEXT,
+    VOLTAGE: _PACK_V,
+    CURRENT: _AMPS,
+    POWER: Rule(Kind.NUMBER, -500_000.0, 500_000.0),
+    TEMPERATURE: _TEMP,
+    SOC: Rule(Kind.NUMBER, 0.0, 100.0),
+    CAPACITY: _AH,
+    INSTALLED_CAPACITY: Rule(Kind.NUMBER, 0.0, 100_000.0, low_open=True),
+    CONSUMED_AH: Rule(Kind.NUMBER, -100_000.0, 0.0),
+    CVL: _PACK_V,
+    CCL: _LIMIT_A,
+    DCL: _LIMIT_A,
+    BATTERY_LOW_VOLTAGE: _PACK_V,
+    CHARGE_MODE: _TEXT,
+    ALLOW_CHARGE: _FLAG,
+    ALLOW_DISCHARGE: _FLAG,
+    ALLOW_BALANCE: _FLAG,
+    MODULES_ONLINE: _COUNT,
+    BLOCKING_CHARGE: _COUNT,
+    BLOCKING_DISCHARGE: _COUNT,
+    CELLS_PER_BATTERY: Rule(Kind.INTEGER, 1, 64),
+    MIN_CELL_VOLTAGE: _CELL_V,
+    MAX_CELL_VOLTAGE: _CELL_V,
+    MIN_VOLTAGE_CELL_ID: _TEXT,
+    MAX_VOLTAGE_CELL_ID: _TEXT,
+    MIN_CELL_TEMPERATURE: _TEMP,
+    MAX_CELL_TEMPERATURE: _TEMP,
+    MIN_TEMPERATURE_CELL_ID: _TEXT,
+    MAX_TEMPERATURE_CELL_ID: _TEXT,
+    VOLTAGES_SUM: _PACK_V,
+    BALANCING: _COUNT,
+    **{path: Rule(Kind.INTEGER, 0, 2) for path in ALARM_PATHS},
+}
+
+_RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL_PATHS}}
+
+# Every pack path the engine reads; the monitor subscribes to these only (see `pack_paths`).
+PACK_PATHS: frozenset[str] = frozenset(RULES)
+
+# A change of one of these must trigger an immediate (debounced) tick.
+SAFETY_PATHS: frozenset[str] = frozenset({
+    CVL, CCL, DCL, ALLOW_CHARGE, ALLOW_DISCHARGE, BLOCKING_CHARGE, BLOCKING_DISCHARGE,
+    MAX_CELL_VOLTAGE, MIN_CELL_VOLTAGE, MODULES_ONLINE, *ALARM_PATHS,
+})
+
+# Voltage and current change every second on every pack, so they are not safety paths; only their
+# turning invalid (serialbattery's link loss) is urgent, see `needs_urgent_tick`.
+_LINK_PATHS = (VOLTAGE, CURRENT)
+
+
+def pack_paths(cell_voltages: bool) -> frozenset[str]:
+    """The pack paths to subscribe to; per-cell voltages only when they are published."""
+    return PACK_PATHS | frozenset(CELL_PATHS) if cell_voltages else PACK_PATHS
+
+
+def needs_urgent_tick(changed: Mapping[str, Any]) -> bool:
+    """True when a pack's changed values must be acted on at once rather than at the next tick."""
+    if not SAFETY_PATHS.isdisjoint(changed):
+        return True
+    return any(path in changed and changed[path] is None for path in _LINK_PATHS)
+
+
+@dataclass(frozen=True)
+class Validated:
+    values: Mapping[str, Any]  # path -> usable typed value; missing paths are absent
+    problems: Mapping[str, str]  # path -> why its raw value was rejected (None is not a problem)
+
+
+def validate(values: Any, cell_voltages: bool = False) -> Validated:
+    """Keep only usable values. Never raises, whatever `values` holds."""
+    clean: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    if not isinstance(values, Mapping):
+        return Validated(clean, problems)
+    rules = _RULES_WITH_CELLS if cell_voltages else RULES
+    try:
+        for path, raw in values.items():
+            rule = rules.get(path)
+            if rule is None:
+                continue
+            value, problem = rule.parse(raw)
+            if problem is not None:
+                problems[path] = problem
+            elif value is not None:
+                clean[path] = value
+    except Exception:  # noqa: BLE001 - a broken mapping: keep what was read, the rest is missing
+        pass
+    return Validated(clean, problems)
+
+
+# ---- typed snapshot -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackSnapshot:
+    """One pack's validated values at one tick; None = missing."""
+
+    id: str
+    name: str
+    service: str
+    voltage: float | None = None
+    current: float | None = None
+    power: float | None = None
+    temperature: float | None = None
+    soc: float | None = None
+    capacity: float | None = None  # remaining Ah
+    installed_capacity: float | None = None
+    consumed_ah: float | None = None
+    cvl: float | None = None
+    ccl: float | None = None
+    dcl: float | None = None
+    battery_low_voltage: float | None = None
+    charge_mode: str | None = None
+    allow_charge: int | None = None
+    allow_discharge: int | None = None
+    allow_balance: int | None = None
+    modules_online: int | None = None
+    blocking_charge: int | None = None
+    blocking_discharge: int | None = None
+    cells: int | None = None
+    min_cell_voltage: float | None = None
+    max_cell_voltage: float | None = None
+    min_voltage_cell_id: str | None = None
+    max_voltage_cell_id: str | None = None
+    min_cell_temperature: float | None = None
+    max_cell_temperature: float | None = None
+    min_temperature_cell_id: str | None = None
+    max_temperature_cell_id: str | None = None
+    voltages_sum: float | None = None
+    balancing: int | None = None
+    alarms: Mapping[str, int] = field(default_factory=dict)  # alarm path -> level 0/1/2
+    cell_voltages: Mapping[int, float] = field(default_factory=dict)  # cell number -> V
+
+    @classmethod
+    def build(cls, pack_id: str, name: str, service: str, values: Mapping[str, Any]) -> PackSnapshot:
+        """From `Validated.values` (already typed and range-checked)."""
+        get = values.get
+        return cls(
+            id=pack_id, name=name, service=service,
+            voltage=get(VOLTAGE), current=get(CURRENT), power=get(POWER),
+            temperature=get(TEMPERATURE), soc=get(SOC), capacity=get(CAPACITY),
+            installed_capacity=get(INSTALLED_CAPACITY), consumed_ah=get(CONSUMED_AH),
+            cvl=get(CVL), ccl=get(CCL), dcl=get(DCL), battery_low_voltage=get(BATTERY_LOW_VOLTAGE),
+            charge_mode=get(CHARGE_MODE), allow_charge=get(ALLOW_CHARGE),
+            allow_discharge=get(ALLOW_DISCHARGE), allow_balance=get(ALLOW_BALANCE),
+            modules_online=get(MODULES_ONLINE), blocking_charge=get(BLOCKING_CHARGE),
+            blocking_discharge=get(BLOCKING_DISCHARGE), cells=get(CELLS_PER_BATTERY),
+            min_cell_voltage=get(MIN_CELL_VOLTAGE), max_cell_voltage=get(MAX_CELL_VOLTAGE),
+            min_voltage_cell_id=get(MIN_VOLTAGE_CELL_ID), max_voltage_cell_id=get(MAX_VOLTAGE_CELL_ID),
+            min_cell_temperature=get(MIN_CELL_TEMPERATURE),
+            max_cell_temperature=get(MAX_CELL_TEMPERATURE),
+            min_temperature_cell_id=get(MIN_TEMPERATURE_CELL_ID),
+            max_temperature_cell_id=get(MAX_TEMPERATURE_CELL_ID),
+            voltages_sum=get(VOLTAGES_SUM), balancing=get(BALANCING),
+            alarms={path: values[path] for path in ALARM_PATHS if path in values},
+            cell_voltages={n: values[path] for n, path in enumerate(CELL_PATHS, 1) if path in values},
+        )
+
+    def charge_block(self) -> str | None:
+        """Why this pack forbids charging the bank, or None. Missing flags are no verdict."""
+        return _block(self.ccl, "CCL 0", self.allow_charge, "AllowToCharge 0",
+                      self.blocking_charge, "blocking charge")
+
+    def discharge_block(self) -> str | None:
+        return _block(self.dcl, "DCL 0", self.allow_discharge, "AllowToDischarge 0",
+                      self.blocking_discharge, "blocking discharge")
+
+
+def _block(limit: float | None, zero: str, allow: int | None, forbidden: str,
+           blocking: int | None, blocks: str) -> str | None:
+    if limit is not None and limit <= 0.0:
+        return zero
+    if allow == 0:
+        return forbidden
+    if blocking is not None and blocking > 0:
+        return blocks
+    return None
+
+
+# ---- freshness and the online/offline state machine ---------------------------------------------
+
+
+class PackState(enum.Enum):
+    NEW = "new"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    READMITTING = "readmitting"
+
+
+class Health(enum.Enum):
+    FAULT = "fault"
+    FRESH = "fresh"
+    SETTLED = "settled"
+
+
+TRANSITIONS: dict[tuple[PackState, Health], PackState] = {
+    (PackState.NEW, Health.FAULT): PackState.OFFLINE,
+    (PackState.NEW, Health.FRESH): PackState.ONLINE,
+    (PackState.NEW, Health.SETTLED): PackState.ONLINE,
+    (PackState.ONLINE, Health.FAULT): PackState.OFFLINE,
+    (PackState.ONLINE, Health.FRESH): PackState.ONLINE,
+    (PackState.ONLINE, Health.SETTLED): PackState.ONLINE,
+    (PackState.OFFLINE, Health.FAULT): PackState.OFFLINE,
+    (PackState.OFFLINE, Health.FRESH): PackState.READMITTING,
+    (PackState.OFFLINE, Health.SETTLED): PackState.ONLINE,
+    (PackState.READMITTING, Health.FAULT): PackState.OFFLINE,
+    (PackState.READMITTING, Health.FRESH): PackState.READMITTING,
+    (PackState.READMITTING, Health.SETTLED): PackState.ONLINE,
+}
+
+
+@dataclass
+class PackTracker:
+    """Online/offline state of one pack id (see the table in the module header)."""
+
+    id: str
+    state: PackState = PackState.NEW
+    reason: str | None = "not seen yet"  # why the pack is not online; None while online
+    healthy_since: float | None = None
+    since: float | None = None  # when the present state was entered
+
+    @property
+    def online(self) -> bool:
+        return self.state is PackState.ONLINE
+
+    def update(self, now: float, fault: str | None, readmit_after: float) -> PackState:
+        """Feed one tick's verdict; returns the state before it (compare with `.state`)."""
+        if fault is not None:
+            self.healthy_since = None
+            event = Health.FAULT
+        else:
+            if self.healthy_since is None:
+                self.healthy_since = now
+            settled = now - self.healthy_since >= readmit_after
+            event = Health.SETTLED if settled else Health.FRESH
+        before = self.state
+        self.state = TRANSITIONS[(before, event)]
+        if self.state is not before:
+            self.since = now
+        self.reason = None if self.state is PackState.ONLINE else (fault or "waiting for re-admission")
+        return before
+
+
+def is_current_flowing(current: float | None, idle_current: float) -> bool:
+    return current is not None and abs(current) >= idle_current
+
+
+def stale_limit(bank_current: float | None, pack_current: float | None, idle_current: float,
+                stale_after: float, stale_after_idle: float) -> tuple[float, bool]:
+    """(limit in seconds, whether current flows) for one pack; see the module header."""
+    flowing = (is_current_flowing(bank_current, idle_current)
+               or is_current_flowing(pack_current, idle_current))
+    return (stale_after if flowing else stale_after_idle), flowing
+
+
+def data_age(now: float, last_change: Any, appeared_at: Any) -> float | None:
+    """Seconds since the pack's values last changed (or it appeared); None when unknowable."""
+    stamps = [t for t in (last_change, appeared_at)
+              if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)]
+    if not stamps:
+        return None
+    return max(0.0, now - max(stamps))
+
+
+_REQUIRED = (
+    ("voltage", "/Dc/0/Voltage"),
+    ("current", "/Dc/0/Current"),
+    ("cvl", "CVL (/Info/MaxChargeVoltage)"),
+    ("ccl", "CCL (/Info/MaxChargeCurrent)"),
+    ("dcl", "DCL (/Info/MaxDischargeCurrent)"),
+)
+
+
+def fault_of(snapshot: PackSnapshot | None, age: float | None, limit: float, flowing: bool,
+             seen_before: bool) -> str | None:
+    """Why the pack must not be used right now, or None when it is healthy."""
+    if snapshot is None:
+        return "service gone" if seen_before else "known pack not present"
+    if snapshot.modules_online == 0:
+        return "BMS reports its link lost (NrOfModulesOnline 0)"
+    for attr, label in _REQUIRED:
+        if getattr(snapshot, attr) is None:
+            return f"no valid {label}"
+    if age is None:
+        return "no receive time"
+    if age > limit:
+        return (f"no value changed for {age:.1f} s "
+                f"(limit {limit:g} s {'while current flows' if flowing else 'at rest'})")
+    return None

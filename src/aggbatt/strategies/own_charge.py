@@ -1,0 +1,285 @@
+"""OwnCharge: aggbatt decides CVL, CCL and DCL for the whole bank (charge.strategy = "own").
+
+Rules (issue 6, field-survey 3.3-3.6; the reference's defects of 3.11 items 1-5, 8, 15 addressed):
+
+- Per-cell settings become bank volts per pack: a pack with n cells gets n x the cell voltage, and
+  the bank value is the minimum over the online packs, so packs with different cell counts in
+  parallel each stay within their own per-cell limits. The cell count is /System/NrOfCellsPerBattery,
+  else the number of cell voltages the pack publishes.
+- CVL, in order:
+  1. the month's charge voltage (charge_cell_voltage[month - 1], local calendar month);
+  2. balancing (balancing.py) may raise it to the balancing voltage;
+  3. it never exceeds n x max_cell_voltage of any pack (the LFP preset's 3.55 V months are above its
+     3.45 V max cell voltage, 3.11 item 3: those months are capped, and say so);
+  4. dynamic CVL (dynamic_cvl.py) lowers it while a cell is over max_cell_voltage;
+  5. a pack whose cell count is unknown cannot be held to per-cell limits; its own CVL caps the bank.
+  With no cell count at all the lowest pack CVL is used.
+- CCL/DCL: the tables of current_tables.py, capped by the pass-through per-pack-share limit
+  (strategies.charge.bound), 0 while any pack blocks. The engine applies the same envelope again.
+- /Info/ChargeMode names the rule that sets the CVL now; /Info/ChargeLimitation and
+  /Info/DischargeLimitation name the rule that sets CCL and DCL.
+- The balancing voltage the goal is compared with: the mean pack voltage, with the tolerance of
+  balancing_tolerance x the smallest cell count; the cell difference is the largest max - min cell
+  difference inside one pack (what the pack balancers can fix).
+- Feed-in guard condition: dynamic CVL active, or (feedin.also_when_blocking) any pack blocks
+  charging. The daemon runs the guard (feedin.py) from `feedin_wanted`/`feedin_reason`.
+
+State: the balancing record (balancing.py) is handed over once with `load` before the first tick and
+leaves through `balancing_save` whenever it changed; the daemon writes it to the state dir. The DCL
+latch and the dynamic CVL controller are not persisted (see their modules).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from aggbatt.model import CHARGE_MODE, PackSnapshot
+from aggbatt.strategies import ChargeLimits, CurrentResult, TickContext
+from aggbatt.strategies.charge import CHARGE, DISCHARGE, Bound, bound
+from aggbatt.strategies.balancing import (
+    Balancing, BalancingInputs, BalancingParams, BalancingRecord, Phase,
+)
+from aggbatt.strategies.current_tables import (
+    CurrentTables, Latch, Limit, Table, TableInputs, TableParams,
+)
+from aggbatt.strategies.dynamic_cvl import DynamicCvl, DynamicParams, highest_cell
+
+BALANCING_FILE = "balancing.json"
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December")
+
+
+@dataclass(frozen=True)
+class OwnParams:
+    charge_cell_voltage: tuple[float, ...]  # 12 values, V per cell
+    max_cell_voltage: float
+    min_cell_voltage: float
+    balancing_cell_voltage: float
+    balancing_tolerance: float  # V per cell
+    dynamic_cvl: bool
+    also_when_blocking: bool
+    balancing: BalancingParams
+    dynamic: DynamicParams
+    tables: TableParams
+
+    @classmethod
+    def from_config(cls, config: Any) -> OwnParams:
+        own = config.charge.own
+        return cls(
+            charge_cell_voltage=tuple(own.charge_cell_voltage),
+            max_cell_voltage=own.max_cell_voltage,
+            min_cell_voltage=own.min_cell_voltage,
+            balancing_cell_voltage=own.balancing_cell_voltage,
+            balancing_tolerance=own.balancing_tolerance,
+            dynamic_cvl=own.dynamic_cvl,
+            also_when_blocking=config.feedin.also_when_blocking,
+            balancing=BalancingParams(own.balancing_repetition, own.cell_diff_max, own.balancing_timeout),
+            dynamic=DynamicParams(own.max_cell_voltage, own.cvl_hold_time, own.cvl_recovery_rate,
+                                  own.cvl_gain),
+            tables=TableParams(
+                max_charge_current=own.max_charge_current,
+                max_discharge_current=own.max_discharge_current,
+                charge=Table.of(own.cell_charge_voltages, own.cell_charge_factors),
+                discharge=Table.of(own.cell_discharge_voltages, own.cell_discharge_factors),
+                min_cell_voltage=own.min_cell_voltage,
+                min_cell_hysteresis=own.min_cell_hysteresis,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class OwnDecision:
+    cvl: float | None
+    cvl_source: str  # stable key: month, balancing, max_cell, dynamic, pack_cvl, none
+    charge_mode: str  # /Info/ChargeMode: the rule that sets the CVL
+    ccl: Limit
+    dcl: Limit
+    feedin_wanted: bool
+    feedin_reason: str
+    events: tuple[str, ...]
+    balancing_save: Mapping[str, Any] | None  # the balancing record to persist, when it changed
+
+
+def cell_count(pack: PackSnapshot) -> int | None:
+    if pack.cells is not None and pack.cells > 0:
+        return pack.cells
+    return len(pack.cell_voltages) or None
+
+
+def lowest_cell(pack: PackSnapshot) -> float | None:
+    known = [u for u in pack.cell_voltages.values() if isinstance(u, float) and math.isfinite(u)]
+    if pack.min_cell_voltage is not None:
+        known.append(pack.min_cell_voltage)
+    return min(known) if known else None
+
+
+def largest_cell_diff(packs: Sequence[PackSnapshot]) -> float | None:
+    diffs = []
+    for pack in packs:
+        high, low = highest_cell(pack), lowest_cell(pack)
+        if high is not None and low is not None:
+            diffs.append(high - low)
+    return max(diffs) if diffs else None
+
+
+def _bank(packs: Sequence[tuple[PackSnapshot, int]], per_cell: float) -> tuple[float, PackSnapshot]:
+    """min over packs of n x per_cell, and the pack that sets it."""
+    value, pack = min(((n * per_cell, p) for p, n in packs), key=lambda item: item[0])
+    return value, pack
+
+
+def local_time(ctx: TickContext) -> datetime:
+    """The tick's local wall time: `ctx.wall` as a datetime or as epoch seconds."""
+    wall = getattr(ctx, "wall", None)
+    if isinstance(wall, datetime):
+        return wall
+    if isinstance(wall, (int, float)) and not isinstance(wall, bool) and math.isfinite(wall):
+        return datetime.fromtimestamp(wall)
+    raise ValueError("the own charge strategy needs the wall clock (TickContext.wall)")
+
+
+def _cap(limit: Bound) -> Limit:
+    return Limit(math.inf if limit.cap is None else limit.cap, limit.reason, limit.source)
+
+
+class OwnCharge:
+    name = "own"
+
+    def __init__(self, config: Any) -> None:
+        self.params = OwnParams.from_config(config)
+        self.tables = CurrentTables(self.params.tables)
+        self.dynamic = DynamicCvl(self.params.dynamic)
+        self.balancing: Balancing | None = None
+        self._loaded: tuple[Mapping[str, Any] | None, str | None] = (None, None)
+        self._dynamic_active = False
+        self._latch = self.tables.latch
+        self._cvl_source = ""
+        self.last: OwnDecision | None = None
+
+    def load(self, data: Mapping[str, Any] | None, problem: str | None) -> None:
+        """The balancing state as read by persist.read_json; used at the first tick."""
+        self._loaded = (data, problem)
+
+    # ----- the strategy ----------------------------------------------------------------------
+
+    def limits(self, ctx: TickContext, current: CurrentResult) -> ChargeLimits:
+        decision = self.decide(ctx.now, local_time(ctx), ctx.online,
+                               _cap(bound(ctx, CHARGE)), _cap(bound(ctx, DISCHARGE)))
+        self.last = decision
+        return ChargeLimits(
+            cvl=decision.cvl, ccl=decision.ccl.value, dcl=decision.dcl.value,
+            charge_reason=decision.ccl.reason, discharge_reason=decision.dcl.reason,
+            charge_source=decision.ccl.source, discharge_source=decision.dcl.source,
+            events=decision.events, values={CHARGE_MODE: decision.charge_mode},
+        )
+
+    # ----- the decision ----------------------------------------------------------------------
+
+    def decide(self, now: float, wall: datetime, packs: Sequence[PackSnapshot],
+               charge_cap: Limit, discharge_cap: Limit) -> OwnDecision:
+        p = self.params
+        events: list[str] = []
+        save: Mapping[str, Any] | None = None
+        if self.balancing is None:
+            save = self._start_balancing(now, wall, events)
+
+        counted = [(pack, n) for pack in packs if (n := cell_count(pack)) is not None]
+        uncounted = [pack for pack in packs if cell_count(pack) is None]
+        month = wall.month
+        cvl: float | None
+        if counted:
+            normal, _ = _bank(counted, p.charge_cell_voltage[month - 1])
+            balancing_cvl, _ = _bank(counted, p.balancing_cell_voltage)
+            hard_cap, cap_pack = _bank(counted, p.max_cell_voltage)
+            floor = max(n * p.min_cell_voltage for _, n in counted)
+            tolerance = min(n for _, n in counted) * p.balancing_tolerance
+            voltages = [pack.voltage for pack in packs if pack.voltage is not None]
+            assert self.balancing is not None
+            step = self.balancing.step(now, wall, BalancingInputs(
+                cvl_normal=normal, cvl_balancing=balancing_cvl, tolerance=tolerance,
+                bank_voltage=sum(voltages) / len(voltages) if voltages else None,
+                cell_diff=largest_cell_diff(packs)))
+            events.extend(step.events)
+            if step.changed:
+                save = self.balancing.record.to_json()
+            cvl = step.target
+            if step.phase is Phase.IDLE:
+                source = "month"
+                mode = (f"{MONTHS[month - 1]} charge voltage {p.charge_cell_voltage[month - 1]:.3f} "
+                        f"V/cell; {step.reason}")
+            else:
+                source, mode = "balancing", step.reason
+            if hard_cap < cvl:
+                cvl, source = hard_cap, "max_cell"
+                mode = (f"max cell voltage {p.max_cell_voltage:.3f} V x {cell_count(cap_pack)} cells "
+                        f"({cap_pack.name})")
+            if p.dynamic_cvl:
+                dyn = self.dynamic.update(now, cvl, packs, floor)
+                if dyn.active and dyn.cvl < cvl:
+                    cvl, source, mode = dyn.cvl, "dynamic", dyn.reason or "dynamic CVL"
+                self._note_dynamic(dyn.active, dyn.reason, events)
+        else:
+            cvl, source, mode = None, "none", "no pack reports its cell count"
+        for pack in uncounted:
+            if pack.cvl is not None and (cvl is None or pack.cvl < cvl):
+                cvl, source = pack.cvl, "pack_cvl"
+                mode = f"{pack.name}: cell count unknown, its own CVL applies"
+        if source != self._cvl_source:
+            self._cvl_source = source
+            events.append(f"CVL now set by: {mode}")
+
+        highs = [h for pack in packs if (h := highest_cell(pack)) is not None]
+        lows = [low for pack in packs if (low := lowest_cell(pack)) is not None]
+        charge_block = next((f"{pack.name} ({why})" for pack in packs
+                             if (why := pack.charge_block()) is not None), None)
+        discharge_block = next((f"{pack.name} ({why})" for pack in packs
+                                if (why := pack.discharge_block()) is not None), None)
+        ccl, dcl = self.tables.update(TableInputs(
+            max_cell=max(highs) if highs else None, min_cell=min(lows) if lows else None,
+            charge_blocked_by=charge_block, discharge_blocked_by=discharge_block,
+            charge_cap=charge_cap, discharge_cap=discharge_cap))
+        self._note_latch(dcl, events)
+
+        wanted, why = self._feedin(charge_block, mode if source == "dynamic" else None)
+        return OwnDecision(cvl, source, mode, ccl, dcl, wanted, why, tuple(events), save)
+
+    def _start_balancing(self, now: float, wall: datetime, events: list[str]) -> Mapping[str, Any] | None:
+        data, problem = self._loaded
+        if data is None:
+            record, problems = BalancingRecord(), ([problem] if problem else [])
+        else:
+            record, problems = BalancingRecord.from_json(data)
+        self.balancing = Balancing(self.params.balancing, record, now, wall)
+        if problems:
+            events.append("balancing state: " + "; ".join(problems)
+                          + f" (last balancing {record.last_balancing or 'never'})")
+            return self.balancing.record.to_json()
+        return None
+
+    def _feedin(self, charge_block: str | None, dynamic_reason: str | None) -> tuple[bool, str]:
+        if dynamic_reason is not None or self.dynamic.limit is not None:
+            return True, dynamic_reason or "CVL lowered for an over-voltage cell"
+        if self.params.also_when_blocking and charge_block is not None:
+            return True, f"{charge_block} blocks charging"
+        return False, ""
+
+    def _note_dynamic(self, active: bool, reason: str | None, events: list[str]) -> None:
+        if active != self._dynamic_active:
+            self._dynamic_active = active
+            events.append(f"dynamic CVL: {reason}" if active else "dynamic CVL: back at the target")
+
+    def _note_latch(self, dcl: Limit, events: list[str]) -> None:
+        latch = self.tables.latch
+        if latch is not self._latch:
+            if latch is Latch.CUT:
+                events.append(f"DCL cut off: {dcl.reason}")
+            elif self._latch is Latch.CUT:
+                events.append("DCL cut-off released: lowest cell above the hysteresis")
+            self._latch = latch
+
+    def next_balancing(self, today: date) -> date | None:
+        return self.balancing.next_due(today) if self.balancing is not None else None

@@ -1,0 +1,66 @@
+"""Start simulated packs, a simulated settings service and the real daemon on the private bus."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from dbus_fast.aio import MessageBus
+
+from aggbatt.config import Config, config_from_dict
+from aggbatt.daemon import Daemon
+from aggbatt.sim.bank import SimBank
+from aggbatt.sim.pack import PackParams
+from aggbatt.sim.settings import SimSettings
+
+FAST = {"freshness": {"stale_after": 0.5, "stale_after_idle": 0.5, "readmit_after": 0.3}}
+
+
+def fast_config(**sections: Any) -> Config:
+    data: dict[str, Any] = {k: dict(v) for k, v in FAST.items()}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return config_from_dict(data)
+
+
+class Harness:
+    def __init__(self, bank: SimBank, daemon: Daemon, settings: SimSettings | None, client: MessageBus):
+        self.bank = bank
+        self.daemon = daemon
+        self.settings = settings
+        self.client = client
+
+
+@asynccontextmanager
+async def running(bus_address: str, tmp_path: Path, packs: list[PackParams] | None = None, *,
+                  config: Config | None = None, with_settings: bool = True,
+                  publish_interval: float = 0.1, bank_current: float = 0.0) -> AsyncIterator[Harness]:
+    """Bank publishing every `publish_interval` s (faster than real time: keeps tests short)."""
+    settings = None
+    if with_settings:
+        settings = SimSettings(await MessageBus(bus_address=bus_address).connect(),
+                               str(tmp_path / "settings.json"))
+        await settings.start()
+    bank = SimBank(packs, bank_current=bank_current)
+    await bank.start(bus_address)
+    bank.step(0.0)
+    bank.publish()
+    bank_task = asyncio.create_task(bank.run(publish_interval))
+    daemon = Daemon(config or fast_config(), bus_address, tmp_path / "state")
+    await daemon.start()
+    loop_task = asyncio.create_task(daemon.run_forever())
+    client = await MessageBus(bus_address=bus_address).connect()
+    try:
+        yield Harness(bank, daemon, settings, client)
+    finally:
+        client.disconnect()
+        daemon.stop()
+        await asyncio.gather(loop_task, return_exceptions=True)
+        await daemon.close()
+        bank_task.cancel()
+        await asyncio.gather(bank_task, return_exceptions=True)
+        await bank.stop()
+        if settings is not None:
+            await settings.close()

@@ -1,0 +1,182 @@
+"""The daemon on a private bus with simulated packs, read the way Venus consumers read it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from dbus_fast import Variant
+from dbus_fast.aio import MessageBus
+
+from aggbatt.bus.service import ServiceNameTaken
+from aggbatt.daemon import Daemon
+from aggbatt.sim.pack import PackParams
+from tests.busclient import aggregate_values, get_items, set_value, wait_for_values
+from tests.daemonharness import fast_config, running
+
+AGG = "com.victronenergy.battery.aggregate"
+MANDATORY = ("/Mgmt/ProcessName", "/Mgmt/ProcessVersion", "/Mgmt/Connection", "/DeviceInstance",
+             "/ProductId", "/ProductName", "/FirmwareVersion", "/Connected", "/CustomName")
+
+
+def packs(*capacities: float, soc: float = 50.0) -> list[PackParams]:
+    """Packs with a real BMS's reading noise, so a live pack's values keep moving."""
+    return [PackParams(capacity_ah=c, soc=soc, serial=f"P{i}", noise_a=0.05, noise_mv=1.0)
+            for i, c in enumerate(capacities)]
+
+
+async def test_published_service_follows_the_checklist(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+        items = await get_items(h.client, AGG)
+        for path in MANDATORY:
+            assert path in items, path
+        assert items["/Connected"]["Value"] == Variant("i", 1)
+        assert items["/DeviceInstance"]["Value"].signature == "i"
+        assert items["/ProductId"]["Value"].value not in (0xB004, 0xB009, 0xBA77, 0xBA44)
+        for path in ("/Dc/0/Voltage", "/Dc/0/Current", "/Soc", "/Info/MaxChargeVoltage",
+                     "/Info/MaxChargeCurrent", "/Info/MaxDischargeCurrent"):
+            assert items[path]["Value"].signature == "d", path
+        values = await aggregate_values(h.client)
+        assert values["/System/NrOfModulesOnline"] == 2
+        # the device instance came from localsettings, the setting holds "battery:<n>"
+        assert h.settings is not None
+        claimed = h.settings.values["/Settings/Devices/aggbatt/ClassAndVrmInstance"]
+        assert claimed == f"battery:{values['/DeviceInstance']}"
+
+
+async def test_bank_values_combine_online_packs(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 100), bank_current=38.0) as h:
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2
+                                       and v["/Dc/0/Current"] is not None
+                                       and abs(v["/Dc/0/Current"] - 38.0) <= 0.12)  # 2 x 0.05 A noise + rounding
+        assert values["/InstalledCapacity"] == pytest.approx(380.0)
+        p1, p2 = h.bank.packs
+        assert values["/Info/MaxChargeVoltage"] == pytest.approx(min(p1.cvl, p2.cvl), abs=0.01)
+
+
+async def test_unequal_packs_bank_ccl_respects_each_pack_share(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 100)) as h:
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+        ccl = values["/Info/MaxChargeCurrent"]
+        for pack in h.bank.packs:
+            share = pack.params.capacity_ah / 380.0  # at rest the share is the capacity share
+            assert ccl * share <= pack.ccl + 0.1
+
+
+async def test_a_pack_blocking_charge_zeroes_bank_ccl_without_waiting_for_the_tick(bus_address, tmp_path):
+    # only the urgent path can be quick: the periodic tick comes every 10 s
+    config = fast_config(service={"tick_interval": 10.0}, safety={"watchdog_timeout": 30.0})
+    async with running(bus_address, tmp_path, packs(280, 280), config=config) as h:
+        await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0)
+        h.bank.packs[1].block_charge(True)
+        h.bank.packs[1].publish()
+        started = time.monotonic()
+        values = await wait_for_values(h.client, lambda v: v["/Info/MaxChargeCurrent"] == 0,
+                                       timeout=2.0, interval=0.005)
+        assert time.monotonic() - started < 2.0
+        assert values["/System/NrOfModulesBlockingCharge"] == 1
+        assert values["/Io/AllowToCharge"] == 0
+
+
+async def test_frozen_pack_goes_offline_and_limits_come_from_the_rest(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280, 280), bank_current=30.0) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 3)
+        h.bank.packs[2].freeze(True)
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
+        assert values["/System/NrOfModulesOnline"] == 2
+        assert values["/Alarms/BmsCable"] == 1  # a warning names the lost pack
+        assert values["/InstalledCapacity"] == pytest.approx(560.0)
+        h.bank.packs[2].freeze(False)
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 3)
+
+
+async def test_vanished_pack_counts_offline_and_is_readmitted_under_a_new_unique_name(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+        pack = h.bank.packs[0]
+        old_owner = pack.unique_name
+        await pack.vanish()
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
+        assert values["/System/NrOfModulesOnline"] == 1
+        await pack.reappear()
+        assert pack.unique_name != old_owner
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2
+                              and v["/System/NrOfModulesOffline"] == 0)
+
+
+async def test_no_pack_online_invalidates_limits_and_raises_bms_cable(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280)) as h:
+        await wait_for_values(h.client, lambda v: v["/Info/MaxChargeVoltage"] is not None)
+        h.bank.packs[0].link_lost(True)
+        values = await wait_for_values(h.client, lambda v: v["/Info/MaxChargeVoltage"] is None)
+        assert values["/Info/MaxChargeCurrent"] is None
+        assert values["/Info/MaxDischargeCurrent"] is None
+        assert values["/Alarms/BmsCable"] == 2
+
+
+async def test_garbage_values_never_crash_and_leave_the_pack_out(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+        h.bank.packs[1].set_override("/Info/MaxChargeCurrent", "lots")
+        h.bank.packs[1].set_override("/Dc/0/Voltage", 1000.0)
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
+        assert values["/Alarms/InternalFailure"] in (0, None)
+        assert h.daemon.ticks > 0
+
+
+async def test_settings_service_absent_at_start(bus_address, tmp_path):
+    config = fast_config(service={"device_instance": 77})
+    async with running(bus_address, tmp_path, packs(280), config=config, with_settings=False) as h:
+        values = await aggregate_values(h.client)
+        assert values["/DeviceInstance"] == 77
+        assert values["/System/NrOfModulesOnline"] == 1
+
+
+async def test_custom_name_is_written_to_localsettings(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280)) as h:
+        assert await set_value(h.client, AGG, "/CustomName", Variant("s", "Shed bank")) == 0
+        assert h.settings is not None
+        for _ in range(100):
+            if h.settings.values.get("/Settings/Devices/aggbatt/CustomName") == "Shed bank":
+                break
+            await asyncio.sleep(0.02)
+        assert h.settings.values["/Settings/Devices/aggbatt/CustomName"] == "Shed bank"
+
+
+async def test_second_instance_is_refused_with_a_clear_message(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280)):
+        second = Daemon(fast_config(), bus_address, tmp_path / "state2")
+        with pytest.raises(ServiceNameTaken, match="another instance"):
+            await second.start()
+        await second.close()
+
+
+async def test_exception_in_tick_publishes_fail_safe_limits(bus_address, tmp_path, monkeypatch):
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+        await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0)
+
+        def broken(*args, **kwargs):
+            raise ZeroDivisionError("injected")
+
+        monkeypatch.setattr(h.daemon.engine, "tick", broken)
+        values = await wait_for_values(h.client, lambda v: v["/Alarms/InternalFailure"] == 2)
+        assert values["/Info/MaxChargeCurrent"] == 0
+        dcls = [p.dcl for p in h.bank.packs]
+        assert values["/Info/MaxDischargeCurrent"] <= min(dcls) + 0.1
+        assert values["/Info/MaxChargeVoltage"] <= min(p.cvl for p in h.bank.packs) + 0.01
+
+
+async def test_sixteen_pack_bank(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(*([100.0] * 16))) as h:
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 16)
+        assert values["/InstalledCapacity"] == pytest.approx(1600.0)
+
+
+async def test_known_packs_survive_a_restart_and_a_missing_one_counts_offline(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+    async with running(bus_address, tmp_path, packs(280)) as h:
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
+        assert values["/System/NrOfModulesOffline"] == 1

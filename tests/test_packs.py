@@ -1,0 +1,134 @@
+"""packs.py: which battery services are packs and how each is identified."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aggbatt.config import config_from_dict, default_config
+from aggbatt.model import ServiceReading
+from aggbatt.packs import PackDirectory, PackRules, base_id, why_not_a_pack
+
+SB = "com.victronenergy.battery."
+
+
+def reading(service: str, **values: Any) -> ServiceReading:
+    raw: dict[str, Any] = {
+        "/ProductName": "SerialBattery(Jkbms) 1234 @ ttyUSB0",
+        "/Info/MaxChargeVoltage": 55.2,
+        "/Info/MaxChargeCurrent": 100.0,
+        "/Info/MaxDischargeCurrent": 100.0,
+    }
+    for key, value in values.items():
+        path = "/" + key.replace("__", "/")
+        if value is _ABSENT:
+            raw.pop(path, None)
+        else:
+            raw[path] = value
+    return ServiceReading(service, raw, 0.0, 0.0)
+
+
+_ABSENT = object()
+RULES = PackRules.from_config(default_config())
+
+
+def test_default_rules_come_from_the_config() -> None:
+    assert RULES.own_service == "com.victronenergy.battery.aggregate"
+    assert RULES.product_name_contains == ("SerialBattery",)
+    assert RULES.include == frozenset() and RULES.exclude == frozenset()
+
+
+def test_a_serialbattery_service_is_a_pack() -> None:
+    assert why_not_a_pack(reading(SB + "ttyUSB0"), RULES) is None
+
+
+def test_invalid_limits_still_make_a_pack() -> None:
+    # A pack that lost its BMS link stays a pack (and goes offline) instead of vanishing from the count.
+    pack = reading(SB + "ttyUSB0", Info__MaxChargeVoltage=None, Info__MaxChargeCurrent=None,
+                   Info__MaxDischargeCurrent=None)
+    assert why_not_a_pack(pack, RULES) is None
+
+
+def test_what_is_never_a_pack() -> None:
+    assert why_not_a_pack(reading("com.victronenergy.battery.aggregate"), RULES) == "our own service"
+    assert why_not_a_pack(reading("com.victronenergy.solarcharger.ttyS1"), RULES) == "not a battery service"
+    shunt = reading(SB + "ttyS2", ProductName="SmartShunt 500A/50mV")
+    assert "shunt" in why_not_a_pack(shunt, RULES)  # type: ignore[operator]
+    no_limits = reading(SB + "ttyS3", Info__MaxChargeVoltage=_ABSENT, Info__MaxChargeCurrent=_ABSENT,
+                        Info__MaxDischargeCurrent=_ABSENT)
+    assert why_not_a_pack(no_limits, RULES) == "publishes no charge limits (not a BMS)"
+    other = reading(SB + "socketcan_can0", ProductName="Pylontech battery")
+    assert why_not_a_pack(other, RULES) == "product name does not match"
+    garbage_name = reading(SB + "ttyUSB4", ProductName=["SerialBattery"])
+    assert why_not_a_pack(garbage_name, RULES) == "product name does not match"
+
+
+def test_a_shunt_stays_out_even_when_included() -> None:
+    rules = PackRules.from_config(config_from_dict({"discovery": {"include": [SB + "ttyS2"]}}))
+    shunt = reading(SB + "ttyS2", ProductName="SmartShunt 500A/50mV")
+    assert why_not_a_pack(shunt, rules) is not None
+
+
+def test_include_lists_the_only_packs() -> None:
+    rules = PackRules.from_config(config_from_dict(
+        {"discovery": {"include": [SB + "socketcan_can0", "SER-2", "Garage"]}}))
+    can = reading(SB + "socketcan_can0", ProductName="Pylontech battery")
+    assert why_not_a_pack(can, rules) is None                       # by service name
+    assert why_not_a_pack(reading(SB + "a", Serial="SER-2"), rules) is None
+    assert why_not_a_pack(reading(SB + "b", CustomName="Garage"), rules) is None
+    assert why_not_a_pack(reading(SB + "c", Serial="SER-3"), rules) == "not in include"
+
+
+def test_exclude_by_service_serial_or_custom_name() -> None:
+    rules = PackRules.from_config(config_from_dict(
+        {"discovery": {"exclude": [SB + "ttyUSB9", "SER-9", "Spare"]}}))
+    assert why_not_a_pack(reading(SB + "ttyUSB9"), rules) == "excluded"
+    assert why_not_a_pack(reading(SB + "a", Serial="SER-9"), rules) == "excluded"
+    assert why_not_a_pack(reading(SB + "b", CustomName="Spare"), rules) == "excluded"
+    assert why_not_a_pack(reading(SB + "c", Serial="SER-1"), rules) is None
+
+
+def test_identity_serial_then_custom_name_then_service() -> None:
+    assert base_id(reading(SB + "a", Serial="SER-1", CustomName="Pack A")) == "SER-1"
+    assert base_id(reading(SB + "a", Serial="  ", CustomName="Pack A")) == "Pack A"
+    assert base_id(reading(SB + "a", Serial=None, CustomName=7)) == SB + "a"
+
+
+def test_same_serial_under_a_new_service_name_is_the_same_pack() -> None:
+    directory = PackDirectory(RULES)
+    before, _ = directory.identify([reading(SB + "ttyUSB0", Serial="SER-1", CustomName="Pack A")])
+    after, _ = directory.identify([reading(SB + "ttyUSB3", Serial="SER-1", CustomName="Pack A")])
+    assert [p.id for p in before] == [p.id for p in after] == ["SER-1"]
+    assert after[0].name == "Pack A" and after[0].reading.service == SB + "ttyUSB3"
+
+
+def test_two_packs_with_the_same_serial_are_both_kept() -> None:
+    directory = PackDirectory(RULES)
+    packs, events = directory.identify([
+        reading(SB + "ttyUSB1", Serial="0000"),
+        reading(SB + "ttyUSB0", Serial="0000"),
+        reading(SB + "ttyUSB2", Serial="SER-2"),
+    ])
+    assert [p.id for p in packs] == [f"0000@{SB}ttyUSB0", f"0000@{SB}ttyUSB1", "SER-2"]
+    assert len(events) == 1 and "'0000'" in events[0] and f"0000@{SB}ttyUSB1" in events[0]
+    assert directory.ambiguous == frozenset({"0000"})
+    # Sticky: when one of the two is gone, the other keeps its id; no new event.
+    packs, events = directory.identify([reading(SB + "ttyUSB1", Serial="0000")])
+    assert [p.id for p in packs] == [f"0000@{SB}ttyUSB1"] and events == []
+    assert directory.is_excluded_id("0000")
+
+
+def test_ambiguity_is_recovered_from_persisted_ids() -> None:
+    directory = PackDirectory(RULES, known=[f"0000@{SB}ttyUSB0", "SER-2"])
+    packs, events = directory.identify([reading(SB + "ttyUSB0", Serial="0000")])
+    assert [p.id for p in packs] == [f"0000@{SB}ttyUSB0"] and events == []
+
+
+def test_garbage_readings_never_raise() -> None:
+    directory = PackDirectory(RULES)
+    weird = [
+        ServiceReading(SB + "x", None, 0.0, 0.0),  # type: ignore[arg-type]
+        ServiceReading(SB + "y", {"/ProductName": None}, 0.0, 0.0),
+        ServiceReading(42, {}, 0.0, 0.0),  # type: ignore[arg-type]
+    ]
+    packs, events = directory.identify(weird)
+    assert packs == [] and events == []
