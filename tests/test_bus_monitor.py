@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import signal
@@ -11,9 +12,14 @@ import subprocess
 import pytest
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
+from hypothesis import given
+from hypothesis import strategies as st
 
-from aggbatt.bus.monitor import Monitor, RemoteService
+from aggbatt.bus.monitor import Monitor, RemoteService, RulePlan, plan_rules
 from aggbatt.bus.service import BusItemService
+from aggbatt.bus.values import unwrap
+from aggbatt.sim.bank import SimBank
+from tests.busclient import get_items
 
 BUSITEM = "com.victronenergy.BusItem"
 DBUS = "org.freedesktop.DBus"
@@ -453,6 +459,245 @@ async def test_set_paths_changes_the_subscription_at_runtime(connect):
     assert monitor.signals_received == before + 1
 
 
+# ----- match-rule plan ---------------------------------------------------------------------------
+
+# What a dbus-serialbattery pack publishes (contract 4.1), with 24 cells.
+SB_ROOT = ("/DeviceInstance", "/ProductId", "/ProductName", "/FirmwareVersion", "/HardwareVersion",
+           "/Family", "/Connected", "/CustomName", "/Serial", "/DeviceName", "/Manufacturer",
+           "/State", "/Mode", "/DeviceState", "/ErrorCode", "/ConnectionInformation", "/Soc", "/Soh",
+           "/Capacity", "/InstalledCapacity", "/ConsumedAmphours", "/TimeToGo", "/CurrentAvg",
+           "/Balancing", "/Heating", "/JsonData")
+SB_DC = ("/Dc/0/Voltage", "/Dc/0/Current", "/Dc/0/Power", "/Dc/0/Temperature", "/Dc/0/MidVoltage",
+         "/Dc/0/MidVoltageDeviation")
+SB_INFO = ("/Info/BatteryLowVoltage", "/Info/MaxChargeVoltage", "/Info/MaxChargeCurrent",
+           "/Info/MaxDischargeCurrent", "/Info/ChargeMode", "/Info/MaxChargeCellVoltage",
+           "/Info/ChargeModeDebug", "/Info/ChargeModeDebugFloat", "/Info/ChargeModeDebugBulk",
+           "/Info/ChargeLimitation", "/Info/DischargeLimitation", "/Info/HeatingCurrent",
+           "/Info/HeatingPower", "/Info/HeatingTemperatureStart", "/Info/HeatingTemperatureStop")
+SB_SYSTEM = ("/System/NrOfCellsPerBattery", "/System/NrOfModulesOnline",
+             "/System/NrOfModulesBlockingCharge", "/System/NrOfModulesBlockingDischarge",
+             "/System/MinCellVoltage", "/System/MaxCellVoltage", "/System/MinVoltageCellId",
+             "/System/MaxVoltageCellId", "/System/MinCellTemperature", "/System/MaxCellTemperature",
+             "/System/MinTemperatureCellId", "/System/MaxTemperatureCellId",
+             "/System/NrOfModulesOffline", "/System/MOSTemperature",
+             *(f"/System/Temperature{n}" for n in range(1, 5)),
+             *(f"/System/Temperature{n}Name" for n in range(1, 5)))
+SB_IO = ("/Io/AllowToCharge", "/Io/AllowToDischarge", "/Io/AllowToBalance", "/Io/AllowToHeat")
+SB_ALARMS = tuple(f"/Alarms/{a}" for a in (
+    "LowVoltage", "HighVoltage", "LowCellVoltage", "HighCellVoltage", "LowSoc", "StateOfHealth",
+    "HighChargeCurrent", "HighDischargeCurrent", "CellImbalance", "InternalFailure",
+    "HighChargeTemperature", "LowChargeTemperature", "HighTemperature", "LowTemperature",
+    "BmsCable", "HighInternalTemperature", "FuseBlown"))
+SB_CELLS = tuple(f"/Voltages/Cell{n}" for n in range(1, 25))
+SB_PATHS = frozenset((*SB_ROOT, *SB_DC, *SB_INFO, *SB_SYSTEM, *SB_IO, *SB_ALARMS, *SB_CELLS,
+                      "/Voltages/Sum", "/Voltages/Diff", "/Mgmt/ProcessName", "/Mgmt/Connection",
+                      *(f"/Balances/Cell{n}" for n in range(1, 25)),
+                      "/History/ChargeCycles", "/History/TotalAhDrawn", "/Settings/HasSettings"))
+# A representative wanted set (the brief's list from contract 4.1): 54 paths.
+WANTED_ROOT = ("/Soc", "/Capacity", "/InstalledCapacity", "/ConsumedAmphours", "/TimeToGo",
+               "/Serial", "/CustomName", "/ProductName", "/Balancing", "/Connected", "/DeviceInstance")
+WANTED = frozenset((*WANTED_ROOT, *SB_DC[:4], *SB_INFO[:5], *SB_SYSTEM[:12], *SB_IO[:3], *SB_ALARMS,
+                    "/Voltages/Sum", "/Voltages/Diff"))
+
+
+def test_plan_for_a_serialbattery_pack():
+    assert len(WANTED) == 54
+    plan = plan_rules(WANTED, SB_PATHS)
+    # /Dc 4 wanted of 6, /Info 5 of 15, /System 12 of 22, /Io 3 of 4, /Alarms 17 of 17: all within
+    # 3x. /Voltages holds 2 wanted next to 24 cells; the root is never a namespace.
+    assert plan == RulePlan(frozenset({"/Dc", "/Info", "/System", "/Io", "/Alarms"}),
+                            frozenset({*WANTED_ROOT, "/Voltages/Sum", "/Voltages/Diff"}))
+
+    # serialbattery's optional /Info/Config/* makes /Info mostly unwanted: single rules again.
+    config = {f"/Info/Config/Value{n}" for n in range(20)}
+    plan = plan_rules(WANTED, SB_PATHS | config)
+    assert plan.namespaces == {"/Dc", "/System", "/Io", "/Alarms"}
+    assert plan.paths == {*WANTED_ROOT, *SB_INFO[:5], "/Voltages/Sum", "/Voltages/Diff"}
+
+    # Wanted cells (up to 32, of which the pack has 24) share one rule.
+    cells = {f"/Voltages/Cell{n}" for n in range(1, 33)}
+    plan = plan_rules(WANTED | cells, SB_PATHS)
+    assert plan.namespaces == {"/Dc", "/Info", "/System", "/Io", "/Alarms", "/Voltages"}
+    assert plan.paths == set(WANTED_ROOT)
+
+
+def test_plan_thresholds():
+    def a(*numbers: int) -> set[str]:
+        return {f"/A/{n}" for n in numbers}
+
+    # Two wanted paths never make a namespace, three do when the sub-tree holds at most 9 paths.
+    assert plan_rules(a(1, 2), a(1, 2)) == RulePlan(frozenset(), frozenset(a(1, 2)))
+    assert plan_rules(a(1, 2, 3), a(*range(1, 10))).namespaces == {"/A"}
+    assert plan_rules(a(1, 2, 3), a(*range(1, 11))).namespaces == set()
+    # A namespace matches the path equal to it: that path needs no rule of its own.
+    assert plan_rules(a(1, 2, 3) | {"/A"}, ()) == RulePlan(frozenset({"/A"}), frozenset())
+    # Wanted paths the service does not publish count as its paths too.
+    assert plan_rules(a(1, 2, 3), ()).namespaces == {"/A"}
+    # The shallowest ancestor that qualifies wins; a mixed one gives way to a deeper one.
+    deep = {"/A/B/1", "/A/B/2", "/A/B/3"}
+    assert plan_rules(deep, deep | {"/A/C/1"}) == RulePlan(frozenset({"/A"}), frozenset())
+    noisy = deep | {f"/A/C/{n}" for n in range(10)}
+    assert plan_rules(deep, noisy) == RulePlan(frozenset({"/A/B"}), frozenset())
+
+
+segment = st.sampled_from(["A", "B", "C", "Cell1", "Cell2", "0"])
+bus_paths = st.lists(segment, min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts))
+
+
+@given(st.sets(bus_paths, max_size=40), st.data())
+def test_plan_covers_every_wanted_path_and_admits_at_most_two_unwanted_per_wanted(known, data):
+    wanted = data.draw(st.sets(bus_paths, max_size=20))
+    plan = plan_rules(wanted, known)
+    everything = known | wanted
+
+    def under(namespace: str, path: str) -> bool:
+        return path == namespace or path.startswith(namespace + "/")
+
+    assert "/" not in plan.namespaces and plan.paths <= wanted
+    for path in wanted:
+        covered = [n for n in plan.namespaces if under(n, path)]
+        assert (path in plan.paths) != bool(covered)  # covered exactly once
+    for n in plan.namespaces:
+        assert not any(under(m, n) for m in plan.namespaces if m != n)
+        inside = {p for p in everything if under(n, p)}
+        wanted_inside = inside & wanted
+        assert len(wanted_inside) >= 3 and len(inside - wanted) <= 2 * len(wanted_inside)
+
+
+async def test_a_bank_of_sixteen_packs_fits_the_match_rule_limit(connect, bus_address, caplog):
+    from aggbatt.engine import PACK_PATHS
+
+    caplog.set_level(logging.INFO, LOGGER)
+    packs = 16
+    # One rule per wanted path would need 1 + 16 * (1 + 50): over a stock bus's 512.
+    assert 1 + packs * (1 + len(PACK_PATHS)) > 512
+    bank = SimBank(count=packs, cells=24, name_prefix="bank")
+    await bank.start(bus_address)
+    try:
+        events = Events()
+        monitor = await start_monitor(connect, events, classes={"battery": PACK_PATHS})
+        assert len(monitor.services) == packs
+        rules = await match_rules(monitor.bus)
+        assert warnings_about(caplog, "max_match_rules_per_connection") == []
+        per_pack, rest = divmod(rules - 1, packs)
+        assert rest == 0 and 1 + 32 * per_pack <= 512, f"{per_pack} rules per pack"
+
+        # The wanted paths each pack has a valid value on, read as a Venus consumer would.
+        client = await connect()
+        valid = {}
+        for pack in bank.packs:
+            items = await get_items(client, pack.service_name)
+            valid[pack.service_name] = {p for p in PACK_PATHS
+                                        if p in items and unwrap(items[p]["Value"]) is not None}
+        assert all("/Soc" in paths for paths in valid.values())
+
+        # Every cell of every pack changes, then /Soc: only the 16 /Soc signals arrive.
+        received = monitor.signals_received
+        for pack in bank.packs:
+            for n in range(1, 25):
+                pack.invalidate(f"/Voltages/Cell{n}")
+            assert pack.publish() == 24
+            pack.invalidate("/Soc")
+            assert pack.publish() == 1
+        await events.until(lambda: len(events.changed) == packs)
+        assert monitor.signals_received == received + packs
+        assert all(changes == {"/Soc": None} for _, changes in events.changed)
+
+        # Every other wanted path changes (most of them lie in namespaces): all are delivered.
+        events.changed.clear()
+        received, unwanted = monitor.signals_received, monitor.unwanted_signals
+        expected = {name: paths - {"/Soc"} for name, paths in valid.items()}
+        for pack in bank.packs:
+            for path in expected[pack.service_name]:
+                pack.invalidate(path)
+            pack.publish()
+
+        def delivered() -> dict[str, set[str]]:
+            got: dict[str, set[str]] = {name: set() for name in expected}
+            for name, changes in events.changed:
+                got[name].update(path for path, value in changes.items() if value is None)
+            return got
+
+        with contextlib.suppress(asyncio.TimeoutError):
+            await events.until(lambda: delivered() == expected)
+        assert delivered() == expected
+        assert monitor.signals_received - received == sum(map(len, expected.values()))
+        assert monitor.unwanted_signals == unwanted
+
+        # Removing all 1 + 16 * per_pack rules at once must not overrun the connection.
+        await monitor.close()
+        assert monitor.bus.connected
+        assert await match_rules(monitor.bus) == 0
+    finally:
+        await bank.stop()
+
+
+async def test_namespace_rule_admits_unwanted_neighbours_that_are_counted_and_dropped(connect):
+    svc = BusItemService(await connect(), battery_name("ns"), signals="properties")
+    svc.add_path("/DeviceInstance", 7, kind=int)
+    for n in range(1, 5):
+        svc.add_path(f"/Alarms/A{n}", 0, kind=int)
+    for n in range(1, 9):
+        svc.add_path(f"/Voltages/Cell{n}", 3.3, kind=float)
+    svc.add_path("/Voltages/Sum", 26.4, kind=float)
+    await svc.register()
+    wanted = ["/Alarms/A1", "/Alarms/A2", "/Alarms/A3", "/Voltages/Sum"]
+    events = Events()
+    monitor = await start_monitor(connect, events, classes={"battery": wanted})
+    # NameOwnerChanged, ItemsChanged, /Alarms (3 wanted of 4), /Voltages/Sum (1 of 9).
+    assert await match_rules(monitor.bus) == 4
+
+    svc["/Alarms/A4"] = 2
+    for n in range(1, 9):
+        svc[f"/Voltages/Cell{n}"] = 3.4
+    svc.publish()
+    for n in range(1, 4):
+        svc[f"/Alarms/A{n}"] = 1
+    svc["/Voltages/Sum"] = 27.2
+    svc.publish()
+    await events.until(lambda: len(events.changed) == 4)
+    assert monitor.signals_received == 1 + 4
+    assert monitor.unwanted_signals == 1
+    assert {p: v for _, c in events.changed for p, v in c.items()} == {
+        "/Alarms/A1": 1, "/Alarms/A2": 1, "/Alarms/A3": 1, "/Voltages/Sum": 27.2}
+    assert "/Alarms/A4" not in monitor.services[battery_name("ns")].values
+
+
+async def test_close_while_a_scan_is_in_flight(connect):
+    pending: list[Message] = []
+    asked = asyncio.Event()
+
+    def answer(msg: Message, bus: MessageBus):
+        if msg.member != "GetItems":
+            return None
+        pending.append(msg)
+        asked.set()
+        return True  # answered only after close()
+
+    service = await raw_service(connect, battery_name("slow"), answer)
+    events = Events()
+    monitor = Monitor(await connect(), {"battery": BATTERY_PATHS}, on_added=events.on_added,
+                      on_changed=events.on_changed, call_timeout=5.0)
+    start = asyncio.create_task(monitor.start())
+    await asyncio.wait_for(asked.wait(), 3)
+    # NameOwnerChanged, and the scan's ItemsChanged and sender-wide PropertiesChanged.
+    assert await match_rules(monitor.bus) == 3
+    await monitor.close()
+    await asyncio.wait_for(start, 3)
+    assert await match_rules(monitor.bus) == 0
+
+    # The late answer and a signal reach a closed monitor: nothing happens.
+    items = {"/DeviceInstance": {"Value": Variant("i", 1), "Text": Variant("s", "1")},
+             "/Soc": {"Value": Variant("d", 50.0), "Text": Variant("s", "50")}}
+    service.send(Message.new_method_return(pending[0], "a{sa{sv}}", [items]))
+    service.send(raw_signal("/Soc", "PropertiesChanged", "a{sv}",
+                            {"Value": Variant("d", 51.0), "Text": Variant("s", "51")}))
+    # Round trips on both connections: the daemon has routed the answer, the monitor has read it.
+    await match_rules(service)
+    assert await match_rules(monitor.bus) == 0
+    assert monitor.services == {} and events.added == [] and events.changed == []
+
+
 LIMITED_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
@@ -488,6 +733,7 @@ def limited_bus(tmp_path):
 
 
 async def test_too_many_match_rules_fall_back_to_one_rule_per_sender(limited_bus, caplog):
+    """Four of sixteen cells cannot share a namespace rule: 1 + 1 + 3 + 4 rules > 6."""
     caplog.set_level(logging.INFO, LOGGER)
     buses: list[MessageBus] = []
 
@@ -497,8 +743,8 @@ async def test_too_many_match_rules_fall_back_to_one_rule_per_sender(limited_bus
         return bus
 
     try:
-        svc = await publish_battery(connect, "many", signals="properties", cells=8)
-        wanted = [*BATTERY_PATHS, *(f"/Voltages/Cell{n}" for n in range(1, 9))]
+        svc = await publish_battery(connect, "many", signals="properties", cells=16)
+        wanted = [*BATTERY_PATHS, *(f"/Voltages/Cell{n}" for n in range(1, 5))]
         events = Events()
         monitor = await start_monitor(connect, events, classes={"battery": wanted})
         record = monitor.services[battery_name("many")]
@@ -510,10 +756,13 @@ async def test_too_many_match_rules_fall_back_to_one_rule_per_sender(limited_bus
         svc.publish()
         svc["/Voltages/Cell8"] = 3.5
         svc.publish()
+        svc["/Voltages/Cell4"] = 3.5
+        svc.publish()
         await events.until(lambda: events.changed)
-        # The unwanted path now reaches the process but is filtered there.
-        assert monitor.signals_received == 2
-        assert events.changed == [(battery_name("many"), {"/Voltages/Cell8": 3.5})]
+        # The unwanted paths now reach the process but are filtered there.
+        assert monitor.signals_received == 3
+        assert monitor.unwanted_signals == 2
+        assert events.changed == [(battery_name("many"), {"/Voltages/Cell4": 3.5})]
     finally:
         for bus in buses:
             bus.disconnect()

@@ -9,11 +9,14 @@ Rules (victron-dbus-contract.md sections 2 and 6.2):
 - A service is keyed by its unique name (`:1.x`), the only sender a signal carries. Its record
   exists before the scan so signals that arrive during the scan are kept, and it becomes public
   (`services`, on_added) only after a successful scan.
-- Match rules carry `sender=<unique name>`. PropertiesChanged is matched per wanted path, so the
-  bus daemon drops cell voltages, history etc. before they wake this process: the main CPU lever
-  on a GX. If the bus refuses that many rules (max_match_rules_per_connection is 512 on a stock
-  system bus), the service falls back to one sender-wide rule and the filter runs in-process.
+- Match rules carry `sender=<unique name>`. PropertiesChanged is matched per wanted path or
+  per namespace (see "Match-rule plan"), so the bus daemon drops cell voltages, history etc.
+  before they wake this process: the main CPU lever on a GX. If the bus refuses the plan, the
+  service falls back to one sender-wide rule and the filter runs in-process.
 - Every call is bounded by `call_timeout`; dbus-fast calls never time out on their own.
+- At most BURST match-rule calls are in flight: dbus-fast drops the whole connection when the
+  socket's send buffer is full (it treats EAGAIN as fatal, python-dbus-next#153), and a burst of
+  ~240 RemoveMatch (close() with 16 packs) did fill it.
 - Malformed input (wrong signatures, garbage GetItems, no /DeviceInstance) never raises: the
   service or signal is ignored and logged once.
 
@@ -32,6 +35,35 @@ already dispatched, so the reply may be older than what the cache holds (contrac
 
 (1) unless a NameOwnerChanged for the name arrived since ListNames: then the listing is outdated.
 (2) unless another event for the name waits; a failed service never fires on_added/on_removed.
+
+Match-rule plan. dbus-daemon caps the match rules of one connection (max_match_rules_per_connection,
+512 in its stock config); one rule per wanted path costs a serialbattery pack ~51, so 16 packs
+overflow. A rule may instead name a sub-tree, `path_namespace='/System'` (dbus-daemon >= 1.5), which
+also admits the sub-tree's unwanted paths. `plan_rules` decides, per service:
+
+- Candidates are the proper ancestors of a wanted path except `/` ('/Dc' and '/Dc/0' for
+  '/Dc/0/Voltage'); `/` would be the sender-wide rule.
+- A candidate N qualifies when it holds >= 3 wanted paths and the service's paths in N (those its
+  GetItems listed, plus the wanted ones) are at most 3x the wanted ones: each rule saved admits
+  about two unwanted paths at most. Those still reach the handler, which drops and counts them
+  (`unwanted_signals`).
+- Each wanted path is covered by its shallowest qualifying ancestor, else by a rule of its own.
+
+Why 3x: for a serialbattery pack (contract 4.1) and the engine's ~50 paths it selects /Alarms
+(17 wanted of 17), /System (12 of 22), /Dc (4 of 4-6), /Io (3 of 4) and /Info (5 of 13-15); with the
+root-level paths and /Voltages/Sum as single rules a pack costs 15 rules (ItemsChanged included),
+so 32 packs take 481. At 2x /Info would stay per-path (19 a pack, 32 packs = 609). Cell voltages,
+the bulk of a pack's traffic (one signal per cell per poll), stay out: /Voltages holds one or two
+wanted paths next to 4-32 cells, which fails both the >= 3 and the 3x test unless the cells
+themselves are wanted. A publisher of many extra paths (serialbattery's optional /Info/Config/*)
+pushes its namespace over 3x and back to single rules.
+
+The paths are known only after the scan, and rules must be in place before it (a change between
+GetItems and AddMatch would be lost). So a service is subscribed sender-wide for its scan, then
+moved to its plan; the plan's rules are added before the sender-wide one is removed, so nothing is
+missed in the switch. Switches hold a lock: while many packs appear at once only one service holds
+both rule sets, so the peak is the steady count plus one plan. Paths a service adds after its scan
+are not counted: wanted ones are covered anyway, unwanted ones cost at most in-process filtering.
 """
 
 from __future__ import annotations
@@ -60,6 +92,10 @@ NAME_OWNER_RULE = (
 )
 # Classes that have no /DeviceInstance by design (contract 2.1 step 6).
 NO_INSTANCE_CLASSES = frozenset({"settings"})
+# When a path_namespace rule replaces per-path rules (module docstring, "Match-rule plan").
+NAMESPACE_MIN_WANTED = 3
+NAMESPACE_MAX_RATIO = 3
+BURST = 32
 
 _SIGNAL = MessageType.SIGNAL
 _ERROR = MessageType.ERROR
@@ -98,6 +134,8 @@ class _Tracked:
 
     service: RemoteService
     paths: frozenset[str] | None
+    # Every path the scan listed, wanted or not: the base of the match-rule plan.
+    known: frozenset[str] = frozenset()
     rules: set[str] = field(default_factory=set)
     ready: bool = False
     # Paths a signal updated while a scan was in flight; None when no scan is in flight.
@@ -143,15 +181,53 @@ def _frozen(paths: Collection[str] | None) -> frozenset[str] | None:
     return frozenset(paths)
 
 
-def _rules(owner: str, paths: frozenset[str] | None) -> set[str]:
+@dataclass(frozen=True)
+class RulePlan:
+    """The PropertiesChanged rules of one service: sub-trees and single paths."""
+
+    namespaces: frozenset[str]
+    paths: frozenset[str]
+
+
+def _ancestors(path: str) -> list[str]:
+    """'/Dc/0/Voltage' -> ['/Dc', '/Dc/0']: shallowest first, without '/' and the path itself."""
+    parts = path.split("/")
+    return ["/".join(parts[:n]) for n in range(2, len(parts))]
+
+
+def plan_rules(wanted: Collection[str], known: Collection[str]) -> RulePlan:
+    """Cover `wanted` with namespaces where they hold mostly wanted paths of the service's
+    `known` ones, and single paths elsewhere (module docstring, "Match-rule plan")."""
+    wanted = set(wanted)
+    # A namespace also matches the path equal to it, so "in N" counts N itself.
+    wanted_in: dict[str, int] = {}
+    paths_in: dict[str, int] = {}
+    for path in wanted | set(known):
+        for node in (*_ancestors(path), path):
+            paths_in[node] = paths_in.get(node, 0) + 1
+            if path in wanted:
+                wanted_in[node] = wanted_in.get(node, 0) + 1
+    namespaces: set[str] = set()
+    for path in wanted:
+        for node in _ancestors(path):
+            count = wanted_in[node]
+            if count >= NAMESPACE_MIN_WANTED and paths_in[node] <= NAMESPACE_MAX_RATIO * count:
+                namespaces.add(node)
+                break
+    single = {p for p in wanted if not any(n in namespaces for n in (*_ancestors(p), p))}
+    return RulePlan(frozenset(namespaces), frozenset(single))
+
+
+def _rules(owner: str, plan: RulePlan | None) -> set[str]:
+    """Match rules for `plan`; None means every PropertiesChanged of the sender."""
     head = f"type='signal',sender='{owner}',"
+    tail = f"interface='{BUSITEM}',member='PropertiesChanged'"
     rules = {head + f"path='/',interface='{BUSITEM}',member='ItemsChanged'"}
-    if paths is None:
-        rules.add(head + f"interface='{BUSITEM}',member='PropertiesChanged'")
+    if plan is None:
+        rules.add(head + tail)
     else:
-        rules.update(
-            head + f"path='{p}',interface='{BUSITEM}',member='PropertiesChanged'" for p in paths
-        )
+        rules.update(head + f"path_namespace='{n}'," + tail for n in plan.namespaces)
+        rules.update(head + f"path='{p}'," + tail for p in plan.paths)
     return rules
 
 
@@ -183,6 +259,11 @@ class Monitor:
         self.services: dict[str, RemoteService] = {}
         # BusItem signals that reached the handler: shows what the match rules let through.
         self.signals_received = 0
+        # PropertiesChanged of unwanted paths dropped in-process (admitted by a namespace rule,
+        # the sender-wide rule during a scan, or the fallback).
+        self.unwanted_signals = 0
+        # Held while a service moves to a new rule set (module docstring, "Match-rule plan").
+        self._switching = asyncio.Lock()
         self._by_owner: dict[str, _Tracked] = {}
         self._by_name: dict[str, _Tracked] = {}
         self._queues: dict[str, deque[Callable[[], Awaitable[None]]]] = {}
@@ -217,12 +298,12 @@ class Monitor:
         if not known:
             await self._scan_listed(service_class)
             return
-        workers = [
+        workers = {
             self._enqueue(name, self._job_paths(name, tracked.service.owner))
             for name, tracked in list(self._by_name.items())
             if tracked.service.service_class == service_class
-        ]
-        await asyncio.gather(*set(workers), return_exceptions=True)
+        }
+        await asyncio.gather(*workers, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop following: remove the handler and every match rule; no callbacks fire."""
@@ -237,7 +318,8 @@ class Monitor:
         rules = [NAME_OWNER_RULE] if self._started else []
         for tracked in self._by_owner.values():
             rules.extend(tracked.rules)
-        self._remove_matches(rules)
+        if self.bus.connected:
+            await self._match_calls("RemoveMatch", rules)
         self._by_owner.clear()
         self._by_name.clear()
         self.services.clear()
@@ -265,7 +347,8 @@ class Monitor:
         path = msg.path
         paths = tracked.paths
         if paths is not None and path not in paths:
-            return  # only when the fallback sender-wide rule is in use
+            self.unwanted_signals += 1
+            return
         if msg.signature != "a{sv}":
             self._complain(tracked, "PropertiesChanged", f"signature {msg.signature!r}")
             return
@@ -329,7 +412,12 @@ class Monitor:
     def _wanted(self, name: str) -> bool:
         return name not in self._ignore and class_of(name) in self._classes
 
-    def _enqueue(self, name: str, job: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    def _enqueue(self, name: str, job: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        if self._closed:
+            # A listing or set_paths that was in flight when close() ran: nothing to follow.
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         queue = self._queues.get(name)
         if queue is None:
             queue = self._queues[name] = deque()
@@ -403,13 +491,15 @@ class Monitor:
         tracked = _Tracked(RemoteService(name, owner, service_class), self._classes[service_class])
         self._by_owner[owner] = tracked
         self._by_name[name] = tracked
-        error = await self._subscribe(tracked, tracked.paths)
+        error = await self._converge(tracked, _rules(owner, None))
         if error is None:
             error = await self._scan(tracked)
             if error is not None and not self._events_waiting(name):
                 await asyncio.sleep(self.retry_delay)
                 if self._by_owner.get(owner) is tracked and not self._events_waiting(name):
                     error = await self._scan(tracked)
+            if error is None and tracked.paths is not None:
+                await self._subscribe(tracked)
         if self._by_owner.get(owner) is not tracked:
             return
         if error is not None:
@@ -442,6 +532,7 @@ class Monitor:
         paths = tracked.paths
         seen = tracked.seen or set()
         now = self._clock()
+        tracked.known = frozenset(items)
         for path, entry in items.items():
             if (paths is not None and path not in paths) or path in seen:
                 continue
@@ -464,7 +555,7 @@ class Monitor:
         if paths == old:
             return
         tracked.paths = paths
-        error = await self._subscribe(tracked, paths)
+        error = await self._subscribe(tracked)
         if error is not None:
             log.warning("%s: cannot change its subscriptions: %s", name, error)
         if paths is not None:
@@ -518,33 +609,45 @@ class Monitor:
 
     # ----- match rules -------------------------------------------------------------------------
 
-    async def _subscribe(self, tracked: _Tracked, paths: frozenset[str] | None) -> str | None:
+    async def _subscribe(self, tracked: _Tracked) -> str | None:
+        """Move the service to the rules its wanted and known paths call for."""
         owner = tracked.service.owner
-        error = await self._converge(tracked, _rules(owner, paths))
-        if error is None or paths is None:
-            return error
-        self._log_once(tracked.service.name, "rules", logging.WARNING,
-                       "%s: the bus refused per-path match rules (%s); following all its "
-                       "PropertiesChanged instead, which costs CPU (raise "
-                       "max_match_rules_per_connection in the bus config)",
-                       tracked.service.name, error)
-        wide = _rules(owner, None)
-        self._remove_matches(tracked.rules - wide)
-        tracked.rules &= wide
-        return await self._converge(tracked, wide)
+        paths = tracked.paths
+        plan = None if paths is None else plan_rules(paths, tracked.known)
+        async with self._switching:
+            before = set(tracked.rules)
+            error = await self._converge(tracked, _rules(owner, plan))
+            if error is None or plan is None or self._by_owner.get(owner) is not tracked:
+                return error
+            self._log_once(tracked.service.name, "rules", logging.WARNING,
+                           "%s: the bus refused its match rules (%s); following all its "
+                           "PropertiesChanged instead, which costs CPU (raise "
+                           "max_match_rules_per_connection in the bus config)",
+                           tracked.service.name, error)
+            # Free what the refused attempt took; the old rules stay until the wide one is in.
+            wide = _rules(owner, None)
+            attempt = tracked.rules - before - wide
+            self._remove_matches(attempt)
+            tracked.rules -= attempt
+            return await self._converge(tracked, wide)
 
     async def _converge(self, tracked: _Tracked, wanted: set[str]) -> str | None:
-        """Add the missing rules concurrently; remove stale ones only once all were added."""
+        """Add the missing rules concurrently; remove stale ones only once all were added.
+
+        A rule counts as held from the moment its AddMatch is sent, and until the bus refuses it,
+        so that close() or a vanish while the calls are in flight (or unanswered) removes it too;
+        RemoveMatch of a rule the bus never added is harmless.
+        """
         missing = [r for r in wanted if r not in tracked.rules]
-        results = await asyncio.gather(
-            *(self._dbus("AddMatch", "s", [r]) for r in missing), return_exceptions=True
-        )
+        tracked.rules.update(missing)
+        results = await self._match_calls("AddMatch", missing)
         errors = []
         for rule, result in zip(missing, results):
             if isinstance(result, Message):
-                tracked.rules.add(rule)
-            else:
-                errors.append(result)
+                continue
+            errors.append(result)
+            if isinstance(result, CallFailed) and result.error_name is not None:
+                tracked.rules.discard(rule)
         if self._by_owner.get(tracked.service.owner) is not tracked:
             self._remove_matches(tracked.rules)
             tracked.rules = set()
@@ -554,6 +657,23 @@ class Monitor:
         self._remove_matches(tracked.rules - wanted)
         tracked.rules &= wanted
         return None
+
+    async def _match_calls(self, member: str, rules: list[str]) -> list[Message | BaseException]:
+        """AddMatch or RemoveMatch each rule, BURST at a time; the results in order.
+
+        A call that got no answer at all (timeout, lost connection) ends the work: the rest
+        would only wait for call_timeout each, so they share that failure.
+        """
+        results: list[Message | BaseException] = []
+        for start in range(0, len(rules), BURST):
+            results += await asyncio.gather(
+                *(self._dbus(member, "s", [r]) for r in rules[start : start + BURST]),
+                return_exceptions=True,
+            )
+            lost = [r for r in results if isinstance(r, CallFailed) and r.error_name is None]
+            if lost:
+                return results + [lost[0]] * (len(rules) - len(results))
+        return results
 
     def _remove_matches(self, rules: Collection[str]) -> None:
         """Fire and forget: the bus applies them in order, and a failure leaves only a dead rule."""
