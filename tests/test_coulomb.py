@@ -57,7 +57,8 @@ def run(counter: CoulombCounter, start: float, end: float, current: float, *, dt
 def test_interval_charge_by_hand() -> None:
     assert interval_charge(10.0, 10.0, 360.0, 1.0) == pytest.approx(1.0)       # 10 A x 0.1 h
     assert interval_charge(10.0, 10.0, 360.0, 0.9) == pytest.approx(0.9)
-    assert interval_charge(-10.0, -10.0, 360.0, 0.9) == pytest.approx(-1.0)    # no efficiency on discharge
+    # no efficiency on discharge
+    assert interval_charge(-10.0, -10.0, 360.0, 0.9) == pytest.approx(-1.0)
     assert interval_charge(0.0, 20.0, 360.0, 1.0) == pytest.approx(1.0)        # ramp: mean 10 A
     # +10 A -> -10 A over 720 s crosses zero at 360 s: +0.5 Ah (x 0.9) then -0.5 Ah
     assert interval_charge(10.0, -10.0, 720.0, 0.9) == pytest.approx(0.45 - 0.5)
@@ -185,7 +186,8 @@ def test_empty_reset_only_when_enabled_and_held() -> None:
     off = started(CoulombParams(empty_cell_voltage=2.9, zero_soc_reset=False), soc=10.0)
     run(off, 0.0, 60.0, -1.0, min_cell_voltage=2.85)
     assert off.charge > 0
-    on = started(CoulombParams(empty_cell_voltage=2.9, zero_soc_reset=True, empty_hold_time=5.0), soc=10.0)
+    on = started(CoulombParams(empty_cell_voltage=2.9, zero_soc_reset=True, empty_hold_time=5.0),
+                 soc=10.0)
     run(on, 0.0, 3.0, -150.0, min_cell_voltage=2.85)              # a load spike sags a cell
     run(on, 3.0, 4.0, -5.0, min_cell_voltage=3.1)
     assert on.charge > 19.0
@@ -249,7 +251,8 @@ def test_waits_for_a_pack_instead_of_publishing_zero() -> None:
 
 def test_restores_a_valid_record_without_rewriting_it() -> None:
     counter = CoulombCounter(CoulombParams())
-    counter.load({"version": 1, "charge_ah": 123.0, "capacity_ah": 200.0, "saved_at": iso(WALL - 3600)}, None, WALL)
+    counter.load({"version": 1, "charge_ah": 123.0, "capacity_ah": 200.0,
+                  "saved_at": iso(WALL - 3600)}, None, WALL)
     step = counter.update(0.0, CounterInputs(current=0.0, capacity=200.0, bms_soc=10.0))
     assert step.values["/Soc"] == pytest.approx(61.5)
     assert step.save is None
@@ -258,7 +261,8 @@ def test_restores_a_valid_record_without_rewriting_it() -> None:
 
 def test_restore_keeps_the_soc_when_fewer_packs_are_online_at_start() -> None:
     counter = CoulombCounter(CoulombParams())
-    counter.load({"version": 1, "charge_ah": 300.0, "capacity_ah": 400.0, "saved_at": iso(WALL)}, None, WALL)
+    counter.load({"version": 1, "charge_ah": 300.0, "capacity_ah": 400.0, "saved_at": iso(WALL)},
+                 None, WALL)
     counter.update(0.0, CounterInputs(current=0.0, capacity=200.0))
     assert counter.charge == pytest.approx(150.0)
     counter.update(1.0, CounterInputs(current=0.0, capacity=400.0))      # second pack online

@@ -79,6 +79,14 @@ def test_user_change_while_holding_wins_for_the_episode():
     assert writes(guard.step(11.0, True, REASON, 1)) == [0]
 
 
+def test_user_change_right_after_our_write_is_not_overwritten():
+    guard = FeedinGuard()
+    guard.step(0.0, True, REASON, 1)
+    guard.write_result(0.1, ok=True)  # our 0 landed; the user sets 1 before the next tick
+    actions = guard.step(1.0, True, REASON, 1)
+    assert writes(actions) == [] and guard.mode is Mode.HANDS_OFF
+
+
 def test_user_restores_before_us():
     guard = FeedinGuard(Restored(Mode.HOLDING, None))
     actions = guard.step(0.0, False, "", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 
 import pytest
@@ -17,9 +18,9 @@ NORMAL, BAL, TOL = 53.6, 55.2, 0.8
 
 
 def inputs(volts: float | None, diff: float | None = 0.010, normal: float = NORMAL,
-           bal: float = BAL) -> BalancingInputs:
+           bal: float = BAL, charging: bool = True) -> BalancingInputs:
     return BalancingInputs(cvl_normal=normal, cvl_balancing=bal, tolerance=TOL,
-                           bank_voltage=volts, cell_diff=diff)
+                           bank_voltage=volts, cell_diff=diff, charging=charging)
 
 
 def at(day: str, hour: int = 12) -> datetime:
@@ -62,6 +63,19 @@ def test_leap_year_end_is_one_day_not_zero():
     assert b.step(1.0, at("2025-01-01", 0), inputs(52.0)).phase is Phase.RAISING
 
 
+def test_due_balancing_waits_for_the_bank_to_charge_and_times_from_there():
+    b = machine("2024-05-01")
+    step = b.step(0.0, at("2024-06-01", 0), inputs(52.0, charging=False))
+    assert (step.phase, step.target) == (Phase.IDLE, NORMAL)
+    assert "starts when the bank charges" in step.reason
+    assert b.step(8 * 3600.0, at("2024-06-01", 8), inputs(52.0, charging=False)).phase is Phase.IDLE
+    assert b.step(9 * 3600.0, at("2024-06-01", 9), inputs(52.5)).phase is Phase.RAISING
+    # The 4 h timeout runs from 09:00, not from midnight; a pause in charging does not matter.
+    assert b.step(13 * 3600.0 - 1, at("2024-06-01", 13), inputs(54.0, charging=False)).phase \
+        is Phase.RAISING
+    assert b.step(13 * 3600.0, at("2024-06-01", 13), inputs(54.0)).phase is Phase.IDLE
+
+
 def test_gap_of_more_than_a_year_is_due():
     # Day-of-year arithmetic aliased 369 days to 4 days and skipped the balancing.
     b = machine("2022-06-01")
@@ -85,14 +99,24 @@ def test_full_cycle_records_the_date_the_bank_falls_back():
     assert step.phase is Phase.HOLDING
     assert step.target == BAL
     assert any("goal reached" in e for e in step.events)
+    # A cable drop under charge current: the BMS reads the normal CVL, the hold goes on.
+    assert b.step(240.0, wall, inputs(53.5)).phase is Phase.HOLDING
     # Held overnight while the voltage stays above the normal CVL, across midnight.
-    assert b.step(3600.0, at("2024-06-01", 23), inputs(54.0)).target == BAL
-    assert b.step(7200.0, at("2024-06-02", 1), inputs(53.61)).phase is Phase.HOLDING
-    step = b.step(7260.0, at("2024-06-02", 1), inputs(53.6))
+    assert b.step(3600.0, at("2024-06-01", 23), inputs(54.0, charging=False)).target == BAL
+    assert b.step(7200.0, at("2024-06-02", 1), inputs(53.61, charging=False)).phase is Phase.HOLDING
+    step = b.step(7260.0, at("2024-06-02", 1), inputs(53.6, charging=False))
     assert step.phase is Phase.IDLE
     assert step.target == NORMAL
     assert b.record.last_balancing == date(2024, 6, 2)
     assert b.next_due(date(2024, 6, 2)) == date(2024, 6, 12)
+
+
+def test_tolerance_applies_only_under_charge_current():
+    b = machine(None)
+    b.step(0.0, at("2024-06-01"), inputs(53.0))
+    # At rest there is no cable drop: 54.4 V is 0.8 V short of 55.2 V, not "reached".
+    assert b.step(1.0, at("2024-06-01"), inputs(54.4, charging=False)).phase is Phase.RAISING
+    assert b.step(2.0, at("2024-06-01"), inputs(55.2, charging=False)).phase is Phase.HOLDING
 
 
 def test_goal_unknown_inputs_do_not_count():
@@ -105,8 +129,8 @@ def test_idle_raising_holding_may_chain_in_one_tick_but_not_fall_back():
     b = machine(None)
     # The tolerance reaches below the normal CVL here: goal and fall back both hold for 53.0 V.
     wide = BalancingInputs(cvl_normal=54.0, cvl_balancing=54.4, tolerance=2.0, bank_voltage=53.0,
-                           cell_diff=0.0)
-    step = b.step(0.0, at("2024-06-01"), wide)
+                           cell_diff=0.0, charging=False)
+    step = b.step(0.0, at("2024-06-01"), replace(wide, charging=True))
     assert step.phase is Phase.HOLDING
     assert b.record.last_balancing is None
     assert b.step(1.0, at("2024-06-01"), wide).phase is Phase.IDLE
@@ -183,7 +207,7 @@ def test_restart_while_holding_keeps_holding_then_records(tmp_path):
     b = reload(b, tmp_path, 0.0, at("2024-06-02", 10))
     step = b.step(0.0, at("2024-06-02", 10), inputs(54.0))
     assert (step.phase, step.target) == (Phase.HOLDING, BAL)
-    assert b.step(1.0, at("2024-06-02", 20), inputs(53.5)).phase is Phase.IDLE
+    assert b.step(1.0, at("2024-06-02", 20), inputs(53.5, charging=False)).phase is Phase.IDLE
     assert b.record.last_balancing == date(2024, 6, 2)
 
 

@@ -52,6 +52,7 @@ def ctx(cfg, packs, wall: datetime, now: float = 0.0) -> SimpleNamespace:
 
 
 NO_CURRENT = CurrentResult(current=0.0, power=0.0, source="test")
+CHARGING = CurrentResult(current=50.0, power=2700.0, source="test")
 
 
 def strategy(cfg=None, record: dict | None = RECENT) -> OwnCharge:
@@ -88,20 +89,24 @@ def test_lfp_preset_months_above_max_cell_voltage_are_capped():
     own.load({**RECENT, "last_balancing": "2024-01-10"}, None)
     limits = own.limits(ctx(lfp, [pack("a"), pack("b")], datetime(2024, 1, 15)), NO_CURRENT)
     assert limits.cvl == pytest.approx(16 * 3.45)  # not 16 x 3.55
-    assert "max cell voltage 3.450 V x 16 cells" in limits.values[CHARGE_MODE]
+    assert "January charge voltage 3.550 V/cell capped at max cell voltage 3.450 V x 16 cells" \
+        in limits.values[CHARGE_MODE]
 
 
-def test_balancing_raises_and_persists_the_record():
-    own = strategy(record=None)  # first start: never balanced
-    limits = own.limits(ctx(config(), [pack("a")], datetime(2024, 6, 5, 9)), NO_CURRENT)
+def test_balancing_raises_when_the_bank_charges_and_persists_the_record():
+    own = strategy(record=None)  # first start: never balanced, so due
+    limits = own.limits(ctx(config(), [pack("a")], datetime(2024, 6, 5, 2)), NO_CURRENT)
+    assert limits.cvl == pytest.approx(16 * 3.35)  # at night: not yet
+    assert "balancing due: starts when the bank charges" in limits.values[CHARGE_MODE]
+    limits = own.limits(ctx(config(), [pack("a")], datetime(2024, 6, 5, 9), now=1.0), CHARGING)
     assert limits.cvl == pytest.approx(16 * 3.45)
     assert "charging to the balancing voltage" in limits.values[CHARGE_MODE]
     assert own.last is not None and own.last.balancing_save is not None
     assert own.last.balancing_save["phase"] == "raising"
-    limits = own.limits(ctx(config(), [pack("a")], datetime(2024, 6, 5, 9), now=1.0), NO_CURRENT)
+    limits = own.limits(ctx(config(), [pack("a")], datetime(2024, 6, 5, 9), now=2.0), NO_CURRENT)
     assert own.last.balancing_save is None  # unchanged: nothing to write
     # Goal: mean voltage >= 16 x (3.45 - 0.05) = 54.4 V with cells within 25 mV.
-    own.limits(ctx(config(), [pack("a", cell=3.40)], datetime(2024, 6, 5, 11), now=2.0), NO_CURRENT)
+    own.limits(ctx(config(), [pack("a", cell=3.40)], datetime(2024, 6, 5, 11), now=3.0), CHARGING)
     assert own.last.balancing_save is not None and own.last.balancing_save["phase"] == "holding"
 
 
@@ -185,8 +190,9 @@ _PACK = st.builds(
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_PACK, min_size=1, max_size=5), st.integers(1, 12), st.booleans(),
-       st.lists(st.floats(0.0, 5.0), min_size=1, max_size=4))
-def test_limits_never_exceed_cell_limits_tables_or_share_caps(specs, month, balancing_due, gaps):
+       st.lists(st.floats(0.0, 5.0), min_size=1, max_size=4), st.sampled_from([NO_CURRENT, CHARGING]))
+def test_limits_never_exceed_cell_limits_tables_or_share_caps(specs, month, balancing_due, gaps,
+                                                              bank_current):
     cfg = config()
     p = cfg.charge.own
     own = strategy(record=None if balancing_due else RECENT)
@@ -199,7 +205,7 @@ def test_limits_never_exceed_cell_limits_tables_or_share_caps(specs, month, bala
     for gap in gaps:
         now += gap
         context = ctx(cfg, packs, datetime(2024, month, 10, 12), now=now)
-        limits = apply_envelope(own.limits(context, NO_CURRENT), context)
+        limits = apply_envelope(own.limits(context, bank_current), context)
         assert limits.cvl is not None
         for pk in packs:
             assert limits.cvl <= pk.cells * p.max_cell_voltage + 1e-9

@@ -33,8 +33,8 @@ def mppt(current: Any, suffix: str = "ttyS5", **kw: Any) -> ServiceReading:
 
 def shunt(current: Any, instance: int = 279, name: str = "", suffix: str = "ttyS6",
           product: str = "SmartShunt 500A/50mV", **kw: Any) -> ServiceReading:
-    return reading(f"com.victronenergy.battery.{suffix}", Dc__0__Current=current, DeviceInstance=instance,
-                   CustomName=name, ProductName=product, **kw)
+    return reading(f"com.victronenergy.battery.{suffix}", Dc__0__Current=current,
+                   DeviceInstance=instance, CustomName=name, ProductName=product, **kw)
 
 
 def dcload(current: Any, instance: int = 290, name: str = "", suffix: str = "ttyS7") -> ServiceReading:
@@ -43,8 +43,9 @@ def dcload(current: Any, instance: int = 290, name: str = "", suffix: str = "tty
 
 
 def pack(current: float, suffix: str = "ttyUSB0", instance: int = 1) -> ServiceReading:
-    return reading(f"com.victronenergy.battery.{suffix}", Dc__0__Current=current, DeviceInstance=instance,
-                   CustomName="", ProductName="SerialBattery(Jkbms)", Info__MaxChargeVoltage=55.2)
+    return reading(f"com.victronenergy.battery.{suffix}", Dc__0__Current=current,
+                   DeviceInstance=instance, CustomName="", ProductName="SerialBattery(Jkbms)",
+                   Info__MaxChargeVoltage=55.2)
 
 
 def source(**kw: Any) -> VictronDevices:
@@ -130,7 +131,8 @@ def test_shunts_by_instance_name_or_service_and_only_those() -> None:
     assert measure(source(), *devices).current == pytest.approx(10.0)            # empty list: none
     assert measure(source(shunts=[280]), *devices).current == pytest.approx(8.0)
     assert measure(source(shunts=["House"]), *devices).current == pytest.approx(9.0)
-    assert measure(source(shunts=["com.victronenergy.dcload.ttyS8"]), *devices).current == pytest.approx(7.0)
+    by_service = source(shunts=["com.victronenergy.dcload.ttyS8"])
+    assert measure(by_service, *devices).current == pytest.approx(7.0)
     assert measure(source(all_shunts=True), *devices).current == pytest.approx(10.0 - 1.0 - 2.0 - 3.0)
 
 
@@ -248,7 +250,8 @@ a_reading = st.builds(lambda s, v, t: ServiceReading(s, v, t, 0.0), services,
 
 
 @settings(max_examples=200, deadline=None)
-@given(rounds=st.lists(st.tuples(st.floats(0, 200), st.lists(a_reading, max_size=6), junk, junk), max_size=8),
+@given(rounds=st.lists(st.tuples(st.floats(0, 200), st.lists(a_reading, max_size=6), junk, junk),
+                      max_size=8),
        shunts=st.lists(st.one_of(st.integers(0, 300), st.text(max_size=4)), max_size=3),
        alone=st.booleans(), everything=st.booleans())
 def test_garbage_never_raises_and_the_current_is_a_number_or_the_bms_value(rounds, shunts, alone,

@@ -67,6 +67,25 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _bus_address(choice: str) -> Optional[str]:
+    """--bus value -> address (None = the system bus)."""
+    import os
+
+    if choice == "system":
+        return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+    if choice == "session":
+        address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+        if not address:
+            raise SystemExit("--bus session: DBUS_SESSION_BUS_ADDRESS is not set")
+        return address
+    return choice
+
+
+def _add_bus(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bus", default="system", metavar="system|session|ADDRESS",
+                        help="D-Bus to use (default: system, as on a GX device)")
+
+
 def _add_run(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "run",
@@ -77,8 +96,7 @@ def _add_run(subparsers: Any) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults)")
     parser.add_argument("--state-dir", metavar="DIR", default="state",
                         help="where state files are kept (default: ./state)")
-    parser.add_argument("--bus", default="system", metavar="system|session|ADDRESS",
-                        help="D-Bus to use (default: system, as on a GX device)")
+    _add_bus(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -92,13 +110,14 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aggbatt.bus.service import ServiceNameTaken
-    from aggbatt.daemon import resolve_bus, run
+    from aggbatt.daemon import run
 
     log = logging.getLogger("aggbatt")
     log.info("aggbatt %s starting: config %s, state %s, bus %s", __version__,
              args.config or "defaults", args.state_dir, args.bus)
     try:
-        return asyncio.run(run(config, resolve_bus(args.bus), Path(args.state_dir)))
+        return asyncio.run(run(config, _bus_address(args.bus), Path(args.state_dir),
+                               config_path=args.config))
     except ServiceNameTaken as exc:
         log.error("%s", exc)
         return 1
@@ -192,8 +211,135 @@ def _migrate_ini(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _date(text: str) -> Any:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a date is YYYY-MM-DD") from None
+
+
+def _add_simulate(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="run the charge strategies over a simulated day, faster than real time",
+        description="Run the configured strategies against a simulated bank (solar by day, loads, "
+        "one cell 80 mV high) and write DIR/day.csv, the log lines to DIR/day.log and, with "
+        "matplotlib (pip install 'aggbatt[plot]'), DIR/day.png: voltage, cell extremes, CVL, CCL, "
+        "DCL and SoC.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config (default: built-in defaults)")
+    parser.add_argument("--profile", choices=("day",), default="day", help="what to simulate")
+    parser.add_argument("--out", metavar="DIR", required=True, help="directory for the CSV and PNG")
+    parser.add_argument("--packs", type=int, default=2, help="number of packs (default 2)")
+    parser.add_argument("--cells", type=int, help="cells per pack (default 16 LFP, 24 LTO)")
+    parser.add_argument("--capacity", type=float, default=280.0, help="Ah per pack (default 280)")
+    parser.add_argument("--date", type=_date, help="the simulated day, YYYY-MM-DD (default today)")
+    parser.add_argument("--last-balancing", type=_date, metavar="DATE",
+                        help="date of the last balancing (default: never, so it is due)")
+    parser.add_argument("--step", type=float, default=5.0, help="simulated seconds per tick (default 5)")
+    parser.set_defaults(handler=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return EXIT_INVALID
+    if not 1 <= args.packs <= 16 or not (args.cells is None or 4 <= args.cells <= 32) \
+            or args.capacity <= 0 or not 0.5 <= args.step <= 10:
+        print("--packs must be 1..16, --cells 4..32, --capacity > 0 and --step 0.5..10",
+              file=sys.stderr)
+        return EXIT_INVALID
+    _setup_logging("warning")
+    from pathlib import Path
+
+    from aggbatt.simulate import SimulateOptions, simulate
+
+    options = SimulateOptions(out=Path(args.out), profile=args.profile, packs=args.packs,
+                              cells=args.cells, capacity_ah=args.capacity, day=args.date,
+                              last_balancing=args.last_balancing, step=args.step)
+    result = simulate(config, options, source=args.config or "defaults")
+    print(f"{result.rows} rows: {result.csv}\nevents: {result.log}")
+    if result.png is not None:
+        print(f"plot: {result.png}")
+    else:
+        print(result.note)
+    return EXIT_OK
+
+
+def _add_status(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="show what the running daemon and Venus make of the bank",
+        description="Ask the running daemon for each pack and the aggregate (values, online or "
+        "offline with reason and age, limits and the rule that set them, current source, SoC "
+        "strategy, balancing, feed-in guard) and com.victronenergy.system for the battery and "
+        "BMS it uses; warn when that is not the aggregate. Exit code 1 when aggbatt is not "
+        "running.",
+    )
+    _add_bus(parser)
+    parser.add_argument("--service", default="com.victronenergy.battery.aggregate", metavar="NAME",
+                        help="the aggregate's bus name (service.name in the config)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds per D-Bus call")
+    parser.set_defaults(handler=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aggbatt.status import main
+
+    return asyncio.run(main(_bus_address(args.bus), args.service, args.json, sys.stdout,
+                            sys.stderr, args.timeout))
+
+
+def _add_select_battery(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "select-battery",
+        help="make the aggregate Venus' battery monitor and BMS (on), or give it back (off)",
+        description="on: save the present /Settings/SystemSetup/BatteryService and BmsInstance in "
+        "the state dir, then select the aggregate. off: restore the saved values where they still "
+        "hold the aggregate (a choice made since in the GX menu is kept).",
+    )
+    parser.add_argument("mode", choices=("on", "off"))
+    _add_bus(parser)
+    parser.add_argument("--state-dir", metavar="DIR", default="state",
+                        help="aggbatt's state directory (default: ./state)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="the daemon's TOML config, for service.name and service.unique_id")
+    parser.set_defaults(handler=_select_battery)
+
+
+def _select_battery(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return EXIT_INVALID
+    import asyncio
+    from pathlib import Path
+
+    from aggbatt.bus.settings import SettingsUnavailable
+    from aggbatt.selection import SelectionError, command
+
+    try:
+        lines = asyncio.run(command(_bus_address(args.bus), args.mode == "on",
+                                    Path(args.state_dir), config.service.name,
+                                    config.service.unique_id))
+    except (SelectionError, SettingsUnavailable) as exc:
+        print(f"select-battery: {exc}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    if args.mode == "off" and config.service.select_as_battery:
+        print(f"note: service.select_as_battery is true in {args.config}: the daemon selects the "
+              "aggregate again at its next start")
+    return EXIT_OK
+
+
 _COMMANDS: tuple[Callable[[Any], None], ...] = (_add_check_config, _add_run, _add_demo,
-                                                 _add_migrate_ini)
+                                                 _add_migrate_ini, _add_simulate, _add_status,
+                                                 _add_select_battery)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,9 @@ Theory of operation:
   DVCC applying stale limits forever: systemcalc has no timeout, contract 4.6).
 - The bus name is claimed after the first tick, so the first GetItems a consumer makes already
   holds a computed aggregate, and with DO_NOT_QUEUE so a second instance exits with a message.
+- Run-time changes: SIGHUP re-reads the config file (rules and what it resets: aggbatt.reload),
+  /LogLevel sets the log level, and `service.select_as_battery` makes the aggregate Venus' battery
+  monitor and BMS once the name is ours, in the background (aggbatt.selection).
 """
 
 from __future__ import annotations
@@ -36,26 +39,47 @@ from aggbatt import __version__
 from aggbatt.bus.monitor import Monitor, RemoteService
 from aggbatt.bus.service import BusItemService
 from aggbatt.bus.settings import SettingsClient, SettingSpec, SettingsUnavailable
-from aggbatt.config import Config
+from aggbatt.charge_io import OwnChargeIO
+from aggbatt.config import Config, ConfigError
 from aggbatt.engine import Engine, ServiceReading, TickResult, needs_urgent_tick, pack_paths
 from aggbatt.paths import PRODUCT_ID, add_spec_path
 from aggbatt.persist import read_json, write_json_atomic
+from aggbatt.reload import (
+    LOG_LEVELS, ROOT_LOGGER, plan_reload, read_config, rebuild_strategies, set_log_level,
+)
+from aggbatt.selection import apply_config_switch, selection_status
+from aggbatt.status import STATUS_INTERFACE
+from aggbatt.strategies.coulomb import (
+    MIN_SOC_SETTING, SETTINGS_SERVICE, STATE_FILE as SOC_FILE, STATE_VERSION as SOC_VERSION,
+    CoulombSoc, SaveDecision,
+)
+from aggbatt.strategies.victron_current import SERVICE_PATHS, VictronDevices
 
 log = logging.getLogger("aggbatt")
 
-STATUS_INTERFACE = "io.github.aggbatt.Status"
 PACKS_FILE = "packs.json"
 STATE_VERSION = 1
 
 
 class Daemon:
     def __init__(self, config: Config, bus_address: str | None, state_dir: Path,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time,
+                 config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # re-read on SIGHUP
         self.bus_address = bus_address
         self.state_dir = state_dir
         self.clock = clock
+        self.wall_clock = wall_clock
         self.engine = Engine(config, known_packs=self._load_known_packs())
+        soc = self.engine.strategies.soc
+        self._counter = soc if isinstance(soc, CoulombSoc) else None
+        self._min_soc: Any = None  # ESS minimum SoC from localsettings, for the own /TimeToGo
+        if self._counter is not None:
+            read = read_json(self.state_dir / SOC_FILE, SOC_VERSION)
+            self._counter.counter.load(read.data, read.problem, wall_clock())
+        self._own = OwnChargeIO.create(self.engine.strategies.charge, config, state_dir, clock)
         self.service: BusItemService | None = None
         self.monitor: Monitor | None = None
         self.settings: SettingsClient | None = None
@@ -66,6 +90,8 @@ class Daemon:
         self._logged_errors: set[str] = set()
         self._last: TickResult | None = None
         self.ticks = 0
+        self._selection: asyncio.Task[None] | None = None
+        self._level_before: int | None = None  # the aggbatt logger's level, restored by close()
 
     # ----- start-up ------------------------------------------------------------------------
 
@@ -92,10 +118,18 @@ class Daemon:
             add_spec_path(svc, path, value)
         svc.add_path("/CustomName", custom_name, kind=str, writeable=True,
                      on_change=self._custom_name_changed)
+        self._level_before = logging.getLogger(ROOT_LOGGER).level
+        set_log_level(self.config.logging.level)
+        svc.add_path("/LogLevel", self.config.logging.level, kind=str, writeable=True,
+                     on_change=self._log_level_written)
         service_bus.add_message_handler(self._status_call)
+        if self._counter is not None and self.config.soc.time_to_go_to_min_soc:
+            await self._follow_min_soc()
+        if self._own is not None:
+            await self._own.start(self.settings)
         self.monitor = Monitor(
             client_bus,
-            {"battery": pack_paths(self.config.discovery.cell_voltages)},
+            self._monitored(),
             ignore=(cfg.name,),
             on_added=self._service_added,
             on_removed=self._service_added,
@@ -104,8 +138,31 @@ class Daemon:
         await self.monitor.start()
         self.tick()
         await svc.register()
+        self._select_battery()
         log.info("published %s as DeviceInstance %d with %d pack(s) found", cfg.name, instance,
                  sum(1 for p in (self._last.packs if self._last else ()) if p.online))
+
+    def _monitored(self) -> dict[str, Any]:
+        """Service classes and paths to follow: packs, plus the Victron devices of VictronDevices."""
+        battery = pack_paths(self.config.discovery.cell_voltages)
+        if not isinstance(self.engine.strategies.current, VictronDevices):
+            return {"battery": battery}
+        classes: dict[str, Any] = {c: frozenset(p) for c, p in SERVICE_PATHS.items()}
+        classes["battery"] = battery | classes["battery"]
+        if not self.config.current.include_dcdc:
+            del classes["dcdc"]
+        return classes
+
+    async def _follow_min_soc(self) -> None:
+        assert self.settings is not None
+        try:
+            await self.settings.watch([MIN_SOC_SETTING], self._min_soc_changed)
+            self._min_soc = await self.settings.get(MIN_SOC_SETTING)
+        except SettingsUnavailable as exc:
+            log.info("no ESS minimum SoC (%s): /TimeToGo counts down to 0 %%", exc)
+
+    def _min_soc_changed(self, path: str, value: Any) -> None:
+        self._min_soc = value
 
     async def _connect(self) -> MessageBus:
         if self.bus_address is None:
@@ -166,23 +223,31 @@ class Daemon:
 
     def _readings(self) -> list[ServiceReading]:
         assert self.monitor is not None
-        return [
+        readings = [
             ServiceReading(service=s.name, values=s.values, last_change=s.last_change,
                            appeared_at=s.appeared_at)
-            for s in self.monitor.of_class("battery")
+            for s in self.monitor.services.values()
         ]
+        if self._min_soc is not None:
+            readings.append(ServiceReading(SETTINGS_SERVICE, {MIN_SOC_SETTING: self._min_soc},
+                                           last_change=0.0, appeared_at=0.0))
+        return readings
 
     def tick(self) -> None:
         now = self.clock()
         self._heartbeat = now
         readings = self._readings()
         try:
-            result = self.engine.tick(now, readings, wall=time.time())
+            result = self.engine.tick(now, readings, wall=self.wall_clock())
         except Exception as exc:  # noqa: BLE001 - the tick must never die (property 1)
             self._log_once(exc)
             result = self.engine.fail_safe(now, readings, exc)
         self.ticks += 1
         self._apply(result)
+        if self._counter is not None:
+            self._save_soc(self._counter.take_save())
+        if self._own is not None:
+            self._own.after_tick(now, self.service is not None and self.service.registered)
 
     def _log_once(self, exc: BaseException) -> None:
         kind = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -234,6 +299,17 @@ class Daemon:
             self._urgent = None
         if self._last is not None:
             self._save_known_packs(self._last.known_packs)
+        if self._counter is not None and self.service is not None and self.service.registered:
+            # Only the instance that owns the bus name may write: a second copy that failed to
+            # register must not overwrite the running one's charge.
+            self._save_soc(self._counter.counter.shutdown())
+        if self._own is not None:
+            await self._own.close(self.service is not None and self.service.registered)
+        if self._selection is not None and not self._selection.done():
+            await asyncio.wait([self._selection], timeout=2.0)
+            self._selection.cancel()
+        if self._level_before is not None:
+            logging.getLogger(ROOT_LOGGER).setLevel(self._level_before)
         if self.monitor is not None:
             try:
                 await asyncio.wait_for(self.monitor.close(), 1.0)
@@ -242,6 +318,60 @@ class Daemon:
         for bus in self._buses:
             bus.disconnect()
         self._buses.clear()
+
+    # ----- run-time changes: SIGHUP reload, /LogLevel, battery selection --------------------
+
+    def reload(self) -> None:
+        """SIGHUP: apply the config file again; rules and what it resets in aggbatt.reload."""
+        if self.config_path is None:
+            log.warning("SIGHUP: started without --config (built-in defaults), nothing to reload")
+            return
+        new = read_config(self.config_path)
+        if new is None:
+            return
+        try:
+            plan = plan_reload(self.config, new)
+            strategies = rebuild_strategies(self.engine.strategies, plan.config, plan.rebuild,
+                                            self.state_dir, self.wall_clock())
+        except (ConfigError, ValueError) as exc:
+            log.error("config reload: %s; keeping the running configuration", exc)
+            return
+        for level, line in plan.lines(self.config_path):
+            log.log(level, "%s", line)
+        old, self.config = self.config, plan.config
+        self.engine.config = plan.config
+        self.engine.strategies = strategies
+        self._counter = strategies.soc if isinstance(strategies.soc, CoulombSoc) else None
+        if self._own is not None:
+            self._own.strategy = strategies.charge
+        if self.service is None:
+            return
+        if plan.config.logging.level != old.logging.level:
+            set_log_level(plan.config.logging.level)
+            self.service["/LogLevel"] = plan.config.logging.level
+        self.service["/ProductName"] = plan.config.service.product_name
+        if plan.config.service.select_as_battery != old.service.select_as_battery:
+            self._select_battery()
+        self.tick()
+
+    def _log_level_written(self, path: str, value: Any) -> bool:
+        if value not in LOG_LEVELS:
+            log.warning("%s = %r refused: use one of %s", path, value, ", ".join(LOG_LEVELS))
+            return False
+        set_log_level(value)
+        log.warning("log level now %s (written to %s)", value, path)
+        return True
+
+    def _select_battery(self) -> None:
+        """service.select_as_battery, in the background: a hung localsettings must not hold
+        up the ticks."""
+        if self.settings is None or self.service is None:
+            return
+        if self._selection is not None and not self._selection.done():
+            self._selection.cancel()
+        self._selection = asyncio.get_running_loop().create_task(apply_config_switch(
+            self.settings, self.service["/DeviceInstance"], self.state_dir,
+            self.config.service.select_as_battery))
 
     # ----- watchdog ------------------------------------------------------------------------
 
@@ -276,6 +406,14 @@ class Daemon:
             return []
         return known
 
+    def _save_soc(self, decision: SaveDecision | None) -> None:
+        if decision is None:
+            return
+        try:
+            write_json_atomic(self.state_dir / SOC_FILE, decision.record(self.wall_clock()))
+        except OSError as exc:
+            log.error("cannot save the own SoC to %s: %s", self.state_dir / SOC_FILE, exc)
+
     def _save_known_packs(self, known: frozenset[str]) -> None:
         try:
             write_json_atomic(self.state_dir / PACKS_FILE,
@@ -299,7 +437,17 @@ class Daemon:
                 "current": self.config.current.source,
                 "charge": self.config.charge.strategy,
             },
+            "current_source": self._current_status(),
+            "selection": selection_status(self.state_dir, self.config.service.select_as_battery),
+            **({"own_charge": self._own.status()} if self._own is not None else {}),
         }
+
+    def _current_status(self) -> dict[str, Any]:
+        """Which current source is in use, why not the configured one, shunts not found."""
+        current = self.engine.strategies.current
+        if isinstance(current, VictronDevices):
+            return current.status()
+        return {"source": self.config.current.source}
 
     def _status_call(self, msg: Message) -> Message | None:
         if (msg.message_type is not MessageType.METHOD_CALL or msg.interface != STATUS_INTERFACE
@@ -308,25 +456,15 @@ class Daemon:
         return Message.new_method_return(msg, "s", [json.dumps(self.status(), default=str)])
 
 
-def resolve_bus(choice: str) -> str | None:
-    """--bus value -> address (None = system bus)."""
-    if choice == "system":
-        return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
-    if choice == "session":
-        address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
-        if not address:
-            raise SystemExit("--bus session: DBUS_SESSION_BUS_ADDRESS is not set")
-        return address
-    return choice
-
-
 async def run(config: Config, bus_address: str | None, state_dir: Path,
-              ready: Callable[[Daemon], None] | None = None) -> int:
-    daemon = Daemon(config, bus_address, state_dir)
+              ready: Callable[[Daemon], None] | None = None,
+              config_path: str | None = None) -> int:
+    daemon = Daemon(config, bus_address, state_dir, config_path=config_path)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig, handler in ((signal.SIGTERM, daemon.stop), (signal.SIGINT, daemon.stop),
+                         (signal.SIGHUP, daemon.reload)):
         try:
-            loop.add_signal_handler(sig, daemon.stop)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
     try:

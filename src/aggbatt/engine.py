@@ -49,6 +49,7 @@ from aggbatt.model import (
 from aggbatt.packs import PackDirectory, PackRules
 from aggbatt.strategies import OfflinePack, Strategies, TickContext, build_strategies
 from aggbatt.strategies.charge import apply_envelope
+from aggbatt.strategies.victron_current import block_limits
 
 __all__ = [
     "DYNAMIC_PATHS", "PACK_PATHS", "SAFETY_PATHS", "Engine", "PackStatus", "ServiceReading",
@@ -137,6 +138,8 @@ class Engine:
         current = self.strategies.current.measure(ctx)
         soc = self.strategies.soc.estimate(ctx, current)
         limits = apply_envelope(self.strategies.charge.limits(ctx, current), ctx)
+        if current.block:
+            limits = block_limits(limits)
 
         values: dict[str, Any] = dict.fromkeys(DYNAMIC_PATHS)
         values.update(aggregate(online, len(offline), cfg.discovery.expected_packs,

@@ -52,6 +52,9 @@ class CurrentResult:
     source: str  # short text for status, e.g. "bms_sum"
     events: Sequence[str] = ()
     values: Mapping[str, Any] = field(default_factory=dict)
+    # The configured source is lost and current.on_source_lost = "block": the engine sets CCL and
+    # DCL to 0 whatever the charge strategy returned (strategies.victron_current.block_limits).
+    block: bool = False
 
 
 @dataclass(frozen=True)

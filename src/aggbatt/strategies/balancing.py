@@ -7,10 +7,15 @@ Rules (field-survey 3.3, with the defects of 3.11 items 1 and 2 fixed):
   count correctly. Due: never balanced, or `repetition` days or more since the last balancing, or
   the stored date is after today (the clock was stepped back, or the date was written by a wrong
   clock: when unsure, balance; a balancing charge stays within the configured cell voltages).
+- A due balancing starts (raising) only while the bank charges (or its current is unknown): a
+  due day begins at midnight, and an attempt started then would spend its timeout in the dark.
 - Goal: bank voltage >= balancing CVL - tolerance (cable and shunt drop: the BMS measures less than
-  the charger regulates, 3.11 item 2) and the largest cell difference inside a pack < cell_diff_max.
-- After the goal the balancing CVL is held until the bank voltage falls to the normal CVL (the
-  evening's own consumption); that date becomes the last balancing.
+  the charger regulates, 3.11 item 2; there is no drop without current, so at rest the tolerance
+  does not apply) and the largest cell difference inside a pack < cell_diff_max.
+- After the goal the balancing CVL is held until the bank, no longer charging, has fallen to the
+  normal CVL (the evening's own consumption); that date becomes the last balancing. "No longer
+  charging" keeps a cable drop under charge current (the BMS reading below the normal CVL while
+  the charger holds the balancing CVL) from ending the hold at once.
 - A goal not reached within `timeout` seconds of raising is given up and logged, and not retried
   before the next calendar day, so the bank is never held at balancing voltage forever.
 - When the balancing CVL is not above the normal CVL (a month whose charge voltage already reaches
@@ -143,6 +148,7 @@ class BalancingInputs:
     tolerance: float  # bank V the measured voltage may stay below cvl_balancing
     bank_voltage: float | None
     cell_diff: float | None  # largest max-min cell difference inside one pack, V
+    charging: bool = True  # the bank takes charge current now (or its current is unknown)
 
 
 @dataclass(frozen=True)
@@ -201,9 +207,10 @@ class Balancing:
         return max(candidates)
 
     def _goal(self, inp: BalancingInputs) -> bool:
+        drop = inp.tolerance if inp.charging else 0.0
         return (inp.bank_voltage is not None and inp.cell_diff is not None
                 and math.isfinite(inp.bank_voltage) and math.isfinite(inp.cell_diff)
-                and inp.bank_voltage >= inp.cvl_balancing - inp.tolerance - EPSILON
+                and inp.bank_voltage >= inp.cvl_balancing - drop - EPSILON
                 and inp.cell_diff < self.params.cell_diff_max - EPSILON)
 
     def _event(self, now: float, today: date, inp: BalancingInputs) -> Event | None:
@@ -212,7 +219,7 @@ class Balancing:
             if not self.due(today):
                 return None
             if inp.cvl_balancing > inp.cvl_normal:
-                return Event.DUE
+                return Event.DUE if inp.charging else None
             return Event.DONE_AT_NORMAL if self._goal(inp) else None
         if phase is Phase.RAISING:
             if self._goal(inp):
@@ -220,7 +227,8 @@ class Balancing:
             if now - self._phase_start >= self.params.timeout:
                 return Event.TIMED_OUT
             return None
-        if inp.bank_voltage is not None and inp.bank_voltage <= inp.cvl_normal + EPSILON:
+        if (not inp.charging and inp.bank_voltage is not None
+                and inp.bank_voltage <= inp.cvl_normal + EPSILON):
             return Event.FELL_BACK
         return None
 
@@ -247,7 +255,7 @@ class Balancing:
             events.append(self._describe(before, event, after, inp, today))
             if after is not Phase.RAISING:
                 break
-        return BalancingStep(self._target(inp), self.record.phase, self._reason(today),
+        return BalancingStep(self._target(inp), self.record.phase, self._reason(today, inp),
                              tuple(events), changed)
 
     def _target(self, inp: BalancingInputs) -> float:
@@ -255,12 +263,16 @@ class Balancing:
             return inp.cvl_normal
         return max(inp.cvl_normal, inp.cvl_balancing)
 
-    def _reason(self, today: date) -> str:
+    def _reason(self, today: date, inp: BalancingInputs) -> str:
         phase = self.record.phase
         if phase is Phase.RAISING:
             return "balancing: charging to the balancing voltage"
         if phase is Phase.HOLDING:
             return "balancing: holding the balancing voltage"
+        if self.due(today) and inp.cvl_balancing > inp.cvl_normal:
+            return "normal charge (balancing due: starts when the bank charges)"
+        if self.due(today):
+            return "normal charge (balancing due: done when the goal is met at this voltage)"
         return f"normal charge (next balancing {self.next_due(today).isoformat()})"
 
     def _describe(self, before: Phase, event: Event, after: Phase, inp: BalancingInputs,

@@ -41,14 +41,15 @@ Transitions (v = the setting's present value as the daemon knows it):
     ---------------+------------------+------------------+-------------------+-----------------
     IDLE           | ENGAGING (save,  | HANDS_OFF        | IDLE              | IDLE
                    |  then write 0)   |                  |                   |
-    ENGAGING       | ENGAGING (retry) | HOLDING *        | IDLE              | HOLDING *
+    ENGAGING       | ENGAGING (retry)*| HOLDING *        | IDLE              | HOLDING *
     HOLDING        | HANDS_OFF (user) | HOLDING          | IDLE (user)       | RESTORING (write)
     RESTORING      | IDLE (restored)  | RESTORING (retry)| IDLE (restored)   | RESTORING (retry)
     HANDS_OFF      | HANDS_OFF        | HANDS_OFF        | IDLE              | IDLE
 
 v unknown: no transition. ENGAGING waits while its write is in flight. * A 0 in ENGAGING is ours
-only if our write succeeded (or may have, right before a crash); a 0 we never wrote is the user's:
-HANDS_OFF while wanted, else IDLE, as in HOLDING when the user sets 1.
+only if our write succeeded (or may have, right before a crash); a 0 we never wrote is the user's,
+and so is a 1 after our 0 was written: HANDS_OFF while wanted, else IDLE, as in HOLDING when the
+user sets 1.
 """
 
 from __future__ import annotations
@@ -244,6 +245,8 @@ class FeedinGuard:
             if self._zero_written is False:
                 return self._user_took_over(wanted)
             return [self._enter(Mode.HOLDING)]
+        if self._zero_written:  # our 0 landed and the setting reads 1 again: the user's doing
+            return self._user_took_over(wanted)
         if wanted:
             return self._write(now, FEEDIN_OFF, f"{reason} (retry)")
         return [self._enter(Mode.IDLE),
@@ -263,7 +266,7 @@ class FeedinGuard:
         if wanted:
             return []
         self.mode = Mode.RESTORING
-        return self._write(now, FEEDIN_ON, f"{reason}; restoring your value 1")
+        return self._write(now, FEEDIN_ON, "condition cleared: restoring your value 1")
 
     def _restoring(self, now: float, wanted: bool, reason: str, value: int) -> list[Action]:
         if value == FEEDIN_ON or self._restored:

@@ -18,6 +18,8 @@ Rules (issue 6, field-survey 3.3-3.6; the reference's defects of 3.11 items 1-5,
   (strategies.charge.bound), 0 while any pack blocks. The engine applies the same envelope again.
 - /Info/ChargeMode names the rule that sets the CVL now; /Info/ChargeLimitation and
   /Info/DischargeLimitation name the rule that sets CCL and DCL.
+- A due balancing starts while the bank current (the configured current source) is at least
+  freshness.idle_current, or unknown.
 - The balancing voltage the goal is compared with: the mean pack voltage, with the tolerance of
   balancing_tolerance x the smallest cell count; the cell difference is the largest max - min cell
   difference inside one pack (what the pack balancers can fix).
@@ -142,6 +144,10 @@ def local_time(ctx: TickContext) -> datetime:
     raise ValueError("the own charge strategy needs the wall clock (TickContext.wall)")
 
 
+def _charging(current: float | None, idle_current: float) -> bool:
+    return current is None or current >= max(idle_current, 0.0) and current > 0.0
+
+
 def _cap(limit: Bound) -> Limit:
     return Limit(math.inf if limit.cap is None else limit.cap, limit.reason, limit.source)
 
@@ -151,6 +157,7 @@ class OwnCharge:
 
     def __init__(self, config: Any) -> None:
         self.params = OwnParams.from_config(config)
+        self.idle_current = float(config.freshness.idle_current)
         self.tables = CurrentTables(self.params.tables)
         self.dynamic = DynamicCvl(self.params.dynamic)
         self.balancing: Balancing | None = None
@@ -168,7 +175,8 @@ class OwnCharge:
 
     def limits(self, ctx: TickContext, current: CurrentResult) -> ChargeLimits:
         decision = self.decide(ctx.now, local_time(ctx), ctx.online,
-                               _cap(bound(ctx, CHARGE)), _cap(bound(ctx, DISCHARGE)))
+                               _cap(bound(ctx, CHARGE)), _cap(bound(ctx, DISCHARGE)),
+                               charging=_charging(current.current, self.idle_current))
         self.last = decision
         return ChargeLimits(
             cvl=decision.cvl, ccl=decision.ccl.value, dcl=decision.dcl.value,
@@ -180,7 +188,8 @@ class OwnCharge:
     # ----- the decision ----------------------------------------------------------------------
 
     def decide(self, now: float, wall: datetime, packs: Sequence[PackSnapshot],
-               charge_cap: Limit, discharge_cap: Limit) -> OwnDecision:
+               charge_cap: Limit, discharge_cap: Limit, charging: bool = True) -> OwnDecision:
+        """`charging`: the bank takes charge current now (or its current is unknown)."""
         p = self.params
         events: list[str] = []
         save: Mapping[str, Any] | None = None
@@ -192,9 +201,11 @@ class OwnCharge:
         month = wall.month
         cvl: float | None
         if counted:
-            normal, _ = _bank(counted, p.charge_cell_voltage[month - 1])
-            balancing_cvl, _ = _bank(counted, p.balancing_cell_voltage)
             hard_cap, cap_pack = _bank(counted, p.max_cell_voltage)
+            # The bank never goes above the hard cap, so balancing compares with what it can reach.
+            month_cvl, _ = _bank(counted, p.charge_cell_voltage[month - 1])
+            normal = min(month_cvl, hard_cap)
+            balancing_cvl, _ = _bank(counted, p.balancing_cell_voltage)
             floor = max(n * p.min_cell_voltage for _, n in counted)
             tolerance = min(n for _, n in counted) * p.balancing_tolerance
             voltages = [pack.voltage for pack in packs if pack.voltage is not None]
@@ -202,21 +213,25 @@ class OwnCharge:
             step = self.balancing.step(now, wall, BalancingInputs(
                 cvl_normal=normal, cvl_balancing=balancing_cvl, tolerance=tolerance,
                 bank_voltage=sum(voltages) / len(voltages) if voltages else None,
-                cell_diff=largest_cell_diff(packs)))
+                cell_diff=largest_cell_diff(packs), charging=charging))
             events.extend(step.events)
             if step.changed:
                 save = self.balancing.record.to_json()
             cvl = step.target
-            if step.phase is Phase.IDLE:
+            capped = (f"max cell voltage {p.max_cell_voltage:.3f} V x {cell_count(cap_pack)} cells "
+                      f"({cap_pack.name})")
+            if step.phase is not Phase.IDLE:
+                source, mode = "balancing", step.reason
+            elif month_cvl > hard_cap:
+                source = "max_cell"
+                mode = (f"{MONTHS[month - 1]} charge voltage {p.charge_cell_voltage[month - 1]:.3f} "
+                        f"V/cell capped at {capped}; {step.reason}")
+            else:
                 source = "month"
                 mode = (f"{MONTHS[month - 1]} charge voltage {p.charge_cell_voltage[month - 1]:.3f} "
                         f"V/cell; {step.reason}")
-            else:
-                source, mode = "balancing", step.reason
             if hard_cap < cvl:
-                cvl, source = hard_cap, "max_cell"
-                mode = (f"max cell voltage {p.max_cell_voltage:.3f} V x {cell_count(cap_pack)} cells "
-                        f"({cap_pack.name})")
+                cvl, source, mode = hard_cap, "max_cell", capped
             if p.dynamic_cvl:
                 dyn = self.dynamic.update(now, cvl, packs, floor)
                 if dyn.active and dyn.cvl < cvl:

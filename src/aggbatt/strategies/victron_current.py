@@ -15,8 +15,9 @@ Rules (sign: + = into the battery, contract 5.1-5.4):
   invalid one) is a BMS, never a shunt (shunts publish no /Info/* paths, contract 5.3); with
   `all_shunts` a battery service is a shunt when its /ProductName names one, as packs.py decides.
   Every dcload service is a shunt in DC-load mode. An empty selection is valid.
-- The source is LOST, and the BMS sum is used instead (`on_source_lost = "fallback"`) or the
-  result says `block` so the charge strategy sets CCL/DCL to 0 (`"block"`), while any used device
+- The source is LOST, and the BMS sum is used instead (`on_source_lost = "fallback"`), with
+  CCL/DCL 0 on top (`"block"`: the result's `block` flag, applied by the engine through
+  `block_limits` whatever the charge strategy returned), while any used device
   - reports a current that is None, NaN or not a number,
   - is stale: no value of its service changed for `stale_after` seconds while its last current is
     at least `idle_current`. A Victron driver sends only changes, so a quiet charger at night
@@ -25,20 +26,21 @@ Rules (sign: + = into the battery, contract 5.1-5.4):
     forgotten at the next restart),
   - is a configured shunt that is not on the bus, or no device at all is there to measure.
 - Start: during the first `stale_after` seconds devices are still being discovered; a lost source
-  falls back without a warning. After that each episode gives one warning event naming the
-  reasons and one event when the Victron current is back. Never an exception.
-- /Dc/0/Power = V x I (bank voltage) while the current comes from the Victron devices.
+  falls back without a warning and does not block. After that each episode gives one warning
+  event naming the reasons and one event when the Victron current is back. Never an exception.
+- /Dc/0/Power = V x I (bank voltage: mean of the online packs) while the current comes from the
+  Victron devices; the BMS power sum otherwise.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from aggbatt.packs import BMS_PATHS, SHUNT_NAMES
-from aggbatt.strategies import CurrentResult, TickContext
+from aggbatt.strategies import ChargeLimits, CurrentResult, TickContext
 from aggbatt.strategies.current import BmsSum
 
 VEBUS = "com.victronenergy.vebus."
@@ -107,6 +109,17 @@ class DeviceCurrent:
     parts: dict[str, float] = field(default_factory=dict)
 
 
+def block_limits(limits: ChargeLimits) -> ChargeLimits:
+    """CCL and DCL 0 for `on_source_lost = "block"`; an invalid limit (no pack) stays invalid."""
+    why = "bank current source lost (current.on_source_lost = block)"
+    return replace(
+        limits,
+        ccl=None if limits.ccl is None else 0.0, dcl=None if limits.dcl is None else 0.0,
+        charge_reason=why, discharge_reason=why,
+        charge_source="current source lost", discharge_source="current source lost",
+    )
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -165,7 +178,7 @@ class VictronDevices:
         if found.source == "victron":
             return CurrentResult(found.current, found.power, self.name, events=found.events)
         return CurrentResult(bms.current, bms.power, f"{bms.source} (victron_devices lost)",
-                             events=found.events)
+                             events=found.events, block=found.block)
 
     def update(self, now: float, readings: Iterable[Reading], bms_current: float | None,
                voltage: float | None) -> DeviceCurrent:

@@ -1,0 +1,3 @@
+from aggbatt.bench.runner import main
+
+raise SystemExit(main())

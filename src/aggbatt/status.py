@@ -1,0 +1,299 @@
+"""`aggbatt status`: what the running daemon and Venus make of the bank, for people and scripts.
+
+The daemon answers `GetStatus` (interface io.github.aggbatt.Status, any path) on the aggregate's
+own connection with one JSON object (Daemon.status). This module asks for it, asks
+com.victronenergy.system which battery monitor and BMS Venus really uses (contract 4.3, 4.4,
+5.5), adds warnings, and prints text or JSON.
+
+Rules:
+- Only dbus-fast and the standard library are imported: a status check on a GX device must not
+  pay for pydantic or the engine.
+- Every call is bounded by a timeout; the daemon missing, hung or not aggbatt is a StatusError
+  whose message says what to do (the command exits 1).
+- The printer is robust: any key may be missing or hold garbage, and keys it does not know
+  (added by newer daemon versions) are printed as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from aggbatt.bus.values import unwrap
+
+STATUS_INTERFACE = "io.github.aggbatt.Status"
+DEFAULT_SERVICE = "com.victronenergy.battery.aggregate"
+SYSTEM_SERVICE = "com.victronenergy.system"
+BUSITEM = "com.victronenergy.BusItem"
+CALL_TIMEOUT = 3.0
+
+_ABSENT = frozenset({"org.freedesktop.DBus.Error.ServiceUnknown",
+                     "org.freedesktop.DBus.Error.NameHasNoOwner"})
+_SYSTEM_PATHS = ("/ActiveBatteryService", "/ActiveBmsService", "/ActiveBmsInstance")
+# Keys the text printer lays out itself; any other key is printed generically.
+_KNOWN = frozenset({"service", "version", "ticks", "aggregate", "packs", "config", "current_source",
+                    "selection", "system", "warnings"})
+
+FIX_SELECTION = (
+    "to fix: run 'aggbatt-ctl enable' (or 'aggbatt select-battery on'), or set "
+    "service.select_as_battery = true in config.toml and restart aggbatt, or choose it on the GX "
+    "device: Settings > System setup > Battery monitor, and Settings > DVCC > Controlling BMS")
+
+
+class StatusError(RuntimeError):
+    """No status could be read; the message says why and what to do."""
+
+
+# ----- reading ------------------------------------------------------------------------------
+
+async def _call(bus: MessageBus, msg: Message, timeout: float, what: str) -> Message:
+    try:
+        reply = await asyncio.wait_for(bus.call(msg), timeout)
+    except asyncio.TimeoutError:
+        raise StatusError(f"{what} did not answer within {timeout:g} s") from None
+    if reply is None:
+        raise StatusError(f"no reply from {what}")
+    return reply
+
+
+async def _daemon_status(bus: MessageBus, service: str, timeout: float) -> dict[str, Any]:
+    try:
+        reply = await _call(bus, Message(destination=service, path="/", interface=STATUS_INTERFACE,
+                                         member="GetStatus"), timeout, service)
+    except StatusError as exc:
+        raise StatusError(f"{exc}: aggbatt is hung or the system is overloaded; see its log "
+                          "(aggbatt-ctl logs)") from None
+    if reply.message_type is MessageType.ERROR:
+        if reply.error_name in _ABSENT:
+            raise StatusError(f"aggbatt is not running: {service} is not on the bus. Start it "
+                              "with 'aggbatt-ctl start' and see 'aggbatt-ctl logs' if it stops")
+        raise StatusError(f"{service} does not answer GetStatus ({reply.error_name}): it is not "
+                          "aggbatt, or an aggbatt too old for this command")
+    try:
+        data = json.loads(reply.body[0])
+    except (ValueError, TypeError, IndexError):
+        data = None
+    if not isinstance(data, dict):
+        raise StatusError(f"{service} answered GetStatus with something that is not a JSON object")
+    return data
+
+
+async def _system_choice(bus: MessageBus, timeout: float) -> dict[str, Any]:
+    """What com.victronenergy.system uses; {"present": False} when it is not on the bus."""
+    async def value(path: str) -> Any:
+        reply = await _call(bus, Message(destination=SYSTEM_SERVICE, path=path, interface=BUSITEM,
+                                         member="GetValue"), timeout, SYSTEM_SERVICE)
+        if reply.message_type is MessageType.ERROR:
+            if reply.error_name in _ABSENT:
+                raise LookupError
+            return None
+        return unwrap(reply.body[0])
+
+    try:
+        values = await asyncio.gather(*(value(p) for p in _SYSTEM_PATHS))
+    except LookupError:
+        return {"present": False}
+    except StatusError as exc:
+        return {"present": True, "error": str(exc)}
+    return {"present": True, **{p.lstrip("/"): v for p, v in zip(_SYSTEM_PATHS, values)}}
+
+
+async def gather(address: str | None, service: str = DEFAULT_SERVICE,
+                 timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+    """The daemon's status plus "system" (Venus' choice) and "warnings"."""
+    where = "the system bus" if address is None else address
+    try:
+        if address is None:
+            bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), timeout)
+        else:
+            bus = await asyncio.wait_for(MessageBus(bus_address=address).connect(), timeout)
+    except asyncio.TimeoutError:
+        raise StatusError(f"cannot connect to {where}: no answer within {timeout:g} s") from None
+    except Exception as exc:  # noqa: BLE001 - dbus-fast raises many kinds for a bad address
+        raise StatusError(f"cannot connect to {where}: {exc}") from None
+    try:
+        status = await _daemon_status(bus, service, timeout)
+        system = await _system_choice(bus, timeout)
+    finally:
+        bus.disconnect()
+    status["system"] = system
+    status["warnings"] = warnings(status, system)
+    return status
+
+
+# ----- judging ------------------------------------------------------------------------------
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+def _aggregate(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    agg = status.get("aggregate")
+    return agg if isinstance(agg, Mapping) else {}
+
+
+def selection_warnings(service: str, instance: Any, system: Mapping[str, Any]) -> list[str]:
+    """Why Venus does not use the aggregate as battery monitor or BMS (empty when it does)."""
+    if not system.get("present"):
+        return [f"{SYSTEM_SERVICE} is not on this bus, so it is unknown whether Venus uses the "
+                "aggregate (normal on a PC; on a GX device dbus-systemcalc-py is not running)"]
+    if "error" in system:
+        return [f"cannot read which battery Venus uses: {system['error']}"]
+    found = []
+    ours = f"com.victronenergy.battery/{instance}"
+    battery = system.get("ActiveBatteryService")
+    if battery != ours:
+        found.append(f"Venus uses {battery or 'no battery monitor'} as its battery monitor "
+                     f"(/ActiveBatteryService), not the aggregate ({ours})")
+    bms = system.get("ActiveBmsService")
+    if bms != service:
+        found.append(f"DVCC is controlled by {bms or 'no BMS'} (/ActiveBmsService), not the "
+                     f"aggregate ({service}): the packs' own limits apply, not the bank's")
+    if found:
+        found.append(FIX_SELECTION)
+    return found
+
+
+def warnings(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
+    agg = _aggregate(status)
+    service = status.get("service") if isinstance(status.get("service"), str) else DEFAULT_SERVICE
+    found = selection_warnings(service, agg.get("/DeviceInstance"), system)
+    packs = [p for p in _list(status.get("packs")) if isinstance(p, Mapping)]
+    offline = [p for p in packs if not p.get("online")]
+    if offline:
+        names = ", ".join(f"{p.get('name', p.get('id', '?'))} ({p.get('reason') or p.get('state')})"
+                          for p in offline)
+        found.append(f"{len(offline)} of {len(packs)} pack(s) not online: {names}")
+    failure = agg.get("/Alarms/InternalFailure")
+    if isinstance(failure, (int, float)) and failure:
+        found.append("internal failure: aggbatt publishes fail-safe limits; see its log")
+    return found
+
+
+# ----- printing -----------------------------------------------------------------------------
+
+def _num(value: Any, decimals: int, unit: str = "", sign: bool = False) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "--"
+    text = f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
+    return f"{text} {unit}" if unit else text
+
+
+def _age(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "--"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.0f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v) for v in value) or "-"
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def render_text(report: Mapping[str, Any]) -> str:
+    agg = _aggregate(report)
+    config = report.get("config") if isinstance(report.get("config"), Mapping) else {}
+    lines = [
+        f"aggbatt {report.get('version', '?')}: {report.get('service', '?')} "
+        f"(DeviceInstance {agg.get('/DeviceInstance', '?')}), {report.get('ticks', '?')} ticks, "
+        f"log level {agg.get('/LogLevel', '?')}",
+        "",
+        "Aggregate:",
+        f"  {_num(agg.get('/Dc/0/Voltage'), 2, 'V')}"
+        f"   {_num(agg.get('/Dc/0/Current'), 1, 'A', True)}"
+        f"   {_num(agg.get('/Dc/0/Power'), 0, 'W')}   SoC {_num(agg.get('/Soc'), 1, '%')}"
+        f"   packs online {agg.get('/System/NrOfModulesOnline', '?')},"
+        f" offline {agg.get('/System/NrOfModulesOffline', '?')}",
+        f"  CVL {_num(agg.get('/Info/MaxChargeVoltage'), 2, 'V')}"
+        f"   CCL {_num(agg.get('/Info/MaxChargeCurrent'), 1, 'A')}"
+        f"   DCL {_num(agg.get('/Info/MaxDischargeCurrent'), 1, 'A')}"
+        f"   allow charge {agg.get('/Io/AllowToCharge', '?')}, discharge"
+        f" {agg.get('/Io/AllowToDischarge', '?')}",
+        f"  charge limit:    {_plain(agg.get('/Info/ChargeLimitation'))}",
+        f"  discharge limit: {_plain(agg.get('/Info/DischargeLimitation'))}",
+    ]
+    if agg.get("/Info/ChargeMode") is not None:
+        lines.append(f"  CVL rule:        {_plain(agg.get('/Info/ChargeMode'))}")
+    current = report.get("current_source", config.get("current"))
+    lines += [
+        f"  current source:  {_plain(current)}",
+        f"  SoC strategy:    {_plain(config.get('soc'))}",
+        f"  charge strategy: {_plain(config.get('charge'))}",
+    ]
+    for key, value in report.items():
+        if key not in _KNOWN:
+            lines.append(f"  {key}: {_plain(value)}")
+    alarms = [f"{p.rsplit('/', 1)[-1]}={v}" for p, v in agg.items()
+              if str(p).startswith("/Alarms/") and isinstance(v, (int, float)) and v]
+    if alarms:
+        lines.append(f"  alarms: {', '.join(alarms)}")
+    lines += ["", "Packs:"]
+    packs = [p for p in _list(report.get("packs")) if isinstance(p, Mapping)]
+    if packs:
+        rows = [["NAME", "STATE", "AGE", "V", "A", "SOC", "CVL", "CCL", "DCL", "SERVICE / REASON"]]
+        for p in packs:
+            why = p.get("reason")
+            rows.append([
+                _plain(p.get("name", p.get("id"))), _plain(p.get("state")), _age(p.get("age")),
+                _num(p.get("voltage"), 2), _num(p.get("current"), 1, sign=True),
+                _num(p.get("soc"), 1), _num(p.get("cvl"), 2), _num(p.get("ccl"), 1),
+                _num(p.get("dcl"), 1),
+                _plain(p.get("service")) + (f"  ({why})" if why and not p.get("online") else ""),
+            ])
+        lines += _table(rows)
+    else:
+        lines.append("  none found")
+    lines += ["", "Battery selection:"]
+    system = report.get("system") if isinstance(report.get("system"), Mapping) else {}
+    if system.get("present"):
+        lines += [f"  Venus battery monitor: {_plain(system.get('ActiveBatteryService'))}",
+                  f"  Venus BMS for DVCC:    {_plain(system.get('ActiveBmsService'))}"]
+    else:
+        lines.append("  Venus: com.victronenergy.system not found")
+    selection = report.get("selection")
+    if isinstance(selection, Mapping):
+        lines.append(f"  service.select_as_battery = {_plain(selection.get('select_as_battery'))}"
+                     + (f"; saved to restore: {_plain(selection.get('previous'))}"
+                        if selection.get("previous") else ""))
+    found = _list(report.get("warnings"))
+    if found:
+        lines += ["", "Warnings:"] + [f"  ! {w}" for w in found]
+    return "\n".join(lines)
+
+
+def render_json(report: Mapping[str, Any]) -> str:
+    return json.dumps(report, indent=2, default=str)
+
+
+async def main(address: str | None, service: str, as_json: bool, out: TextIO,
+               err: TextIO, timeout: float = CALL_TIMEOUT) -> int:
+    """`aggbatt status`: 0 with the status printed, 1 when there is none (message on `err`)."""
+    try:
+        report = await gather(address, service, timeout)
+    except StatusError as exc:
+        print(f"aggbatt status: {exc}", file=err)
+        return 1
+    print(render_json(report) if as_json else render_text(report), file=out)
+    return 0
