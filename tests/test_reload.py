@@ -126,7 +126,9 @@ async def test_log_level_is_writeable_at_run_time(bus_address, tmp_path):
 
 async def test_steady_bank_at_info_level_does_not_log_per_tick(bus_address, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    config = fast_config(service={"tick_interval": 0.1})
+    # a generous stale_after: a loaded CI machine must not turn a late sample into a log line
+    config = fast_config(service={"tick_interval": 0.1},
+                         freshness={"stale_after": 5.0, "stale_after_idle": 5.0})
     async with running(bus_address, tmp_path, packs(3), config=config, bank_current=20.0) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 3)
         counts = []
