@@ -6,6 +6,7 @@ _apt_install() {
     local missing=()
     command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus-daemon)
     command -v svscan >/dev/null 2>&1 || missing+=(daemontools)
+    command -v busybox >/dev/null 2>&1 || missing+=(busybox)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
     [ ${#missing[@]} -eq 0 ] && return 0

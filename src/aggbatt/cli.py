@@ -100,9 +100,25 @@ def _add_run(subparsers: Any) -> None:
     parser.set_defaults(handler=_run)
 
 
+def _pause_before_failing() -> None:
+    """Under supervise (service/run sets AGGBATT_ERROR_PAUSE) an error that cannot heal by itself
+    would restart us every second and fill the 100 kB flash log with the same lines."""
+    import os
+    import time
+
+    try:
+        pause = float(os.environ.get("AGGBATT_ERROR_PAUSE", "0"))
+    except ValueError:
+        pause = 0.0
+    if pause > 0:
+        print(f"aggbatt: waiting {pause:g} s before exiting", file=sys.stderr, flush=True)
+        time.sleep(pause)
+
+
 def _run(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
+        _pause_before_failing()
         return EXIT_INVALID
     _setup_logging(config.logging.level)
     import asyncio

@@ -90,6 +90,9 @@ class Daemon:
         self._logged_errors: set[str] = set()
         self._last: TickResult | None = None
         self.ticks = 0
+        self.exit_code = 0
+        self._watches: list[asyncio.Task[None]] = []
+        self._closing = False
         self._selection: asyncio.Task[None] | None = None
         self._level_before: int | None = None  # the aggbatt logger's level, restored by close()
 
@@ -170,7 +173,20 @@ class Daemon:
         else:
             bus = await MessageBus(bus_address=self.bus_address).connect()
         self._buses.append(bus)
+        self._watches.append(asyncio.get_running_loop().create_task(self._watch_bus(bus)))
         return bus
+
+    async def _watch_bus(self, bus: MessageBus) -> None:
+        """A lost bus connection cannot be healed in place: stop with exit code 1 so the
+        supervisor restarts us and we reconnect and rescan from scratch."""
+        try:
+            await bus.wait_for_disconnect()
+        except Exception as exc:  # noqa: BLE001 - how it ended matters less than that it did
+            log.debug("bus connection ended: %r", exc)
+        if not self._stopped.is_set() and not self._closing:
+            log.error("lost the D-Bus connection: exiting so the supervisor restarts aggbatt")
+            self.exit_code = 1
+            self.stop()
 
     async def _claim_identity(self) -> tuple[int, str]:
         cfg = self.config.service
@@ -294,6 +310,7 @@ class Daemon:
         self._stopped.set()
 
     async def close(self) -> None:
+        self._closing = True
         if self._urgent is not None:
             self._urgent.cancel()
             self._urgent = None
@@ -318,6 +335,8 @@ class Daemon:
         for bus in self._buses:
             bus.disconnect()
         self._buses.clear()
+        for task in self._watches:
+            task.cancel()
 
     # ----- run-time changes: SIGHUP reload, /LogLevel, battery selection --------------------
 
@@ -480,4 +499,4 @@ async def run(config: Config, bus_address: str | None, state_dir: Path,
     finally:
         await daemon.close()
         log.info("stopped")
-    return 0
+    return daemon.exit_code
