@@ -111,6 +111,20 @@ def test_full_cycle_records_the_date_the_bank_falls_back():
     assert b.next_due(date(2024, 6, 2)) == date(2024, 6, 12)
 
 
+def test_hold_ends_after_the_timeout_when_the_bank_never_falls_back():
+    b = machine("2024-05-01")
+    wall = at("2024-06-01", 8)
+    b.step(0.0, wall, inputs(53.0))
+    assert b.step(100.0, wall, inputs(55.0)).phase is Phase.HOLDING
+    # A backup bank kept full from the grid: never discharges, never reaches the normal CVL.
+    assert b.step(100.0 + 4 * 3600 - 1, wall, inputs(55.1, charging=False)).phase is Phase.HOLDING
+    step = b.step(100.0 + 4 * 3600, at("2024-06-01", 12), inputs(55.1, charging=False))
+    assert step.phase is Phase.IDLE
+    assert step.target == NORMAL
+    assert any("without the bank falling back" in e for e in step.events)
+    assert b.record.last_balancing == date(2024, 6, 1)
+
+
 def test_tolerance_applies_only_under_charge_current():
     b = machine(None)
     b.step(0.0, at("2024-06-01"), inputs(53.0))
@@ -204,10 +218,21 @@ def test_restart_while_holding_keeps_holding_then_records(tmp_path):
     b = machine(None)
     b.step(0.0, at("2024-06-01", 9), inputs(53.0))
     b.step(1.0, at("2024-06-01", 10), inputs(55.0))
-    b = reload(b, tmp_path, 0.0, at("2024-06-02", 10))
-    step = b.step(0.0, at("2024-06-02", 10), inputs(54.0))
+    b = reload(b, tmp_path, 0.0, at("2024-06-01", 11))
+    step = b.step(0.0, at("2024-06-01", 11), inputs(54.0))
     assert (step.phase, step.target) == (Phase.HOLDING, BAL)
-    assert b.step(1.0, at("2024-06-02", 20), inputs(53.5, charging=False)).phase is Phase.IDLE
+    assert b.step(1.0, at("2024-06-01", 12), inputs(53.5, charging=False)).phase is Phase.IDLE
+    assert b.record.last_balancing == date(2024, 6, 1)
+
+
+def test_restart_after_the_hold_time_ends_the_hold(tmp_path):
+    b = machine(None)
+    b.step(0.0, at("2024-06-01", 9), inputs(53.0))
+    b.step(1.0, at("2024-06-01", 10), inputs(55.0))
+    # Down for a day: the wall time since the hold began counts, 24 h > the 4 h limit.
+    b = reload(b, tmp_path, 0.0, at("2024-06-02", 10))
+    step = b.step(0.0, at("2024-06-02", 10), inputs(55.0, charging=False))
+    assert (step.phase, step.target) == (Phase.IDLE, NORMAL)
     assert b.record.last_balancing == date(2024, 6, 2)
 
 

@@ -18,6 +18,9 @@ Rules (field-survey 3.3, with the defects of 3.11 items 1 and 2 fixed):
   the charger holds the balancing CVL) from ending the hold at once.
 - A goal not reached within `timeout` seconds of raising is given up and logged, and not retried
   before the next calendar day, so the bank is never held at balancing voltage forever.
+- The hold after the goal also ends after `timeout` seconds (the balancing counts as done): a bank
+  that never discharges, e.g. a backup bank kept full from the grid, would otherwise sit at the
+  balancing voltage for weeks, which ages lithium cells.
 - When the balancing CVL is not above the normal CVL (a month whose charge voltage already reaches
   it, as in the LFP preset) there is nothing to raise: a due balancing counts as done when the goal
   is met at the normal CVL.
@@ -36,6 +39,7 @@ tick, so the goal and the fall back never happen in the same tick.
     IDLE          | RAISING  |          |           |           | IDLE (record date)
     RAISING       |          | HOLDING  | IDLE      |           |
     HOLDING       |          |          |           | IDLE (record date) |
+    HOLDING + HOLD_EXPIRED -> IDLE (record date)
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class Event(enum.Enum):
     GOAL = "goal reached"
     TIMED_OUT = "timed out"
     FELL_BACK = "fell back to the normal CVL"
+    HOLD_EXPIRED = "hold time over"
     DONE_AT_NORMAL = "goal reached at the normal CVL"
 
 
@@ -70,9 +75,10 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
     (Phase.RAISING, Event.GOAL): Phase.HOLDING,
     (Phase.RAISING, Event.TIMED_OUT): Phase.IDLE,
     (Phase.HOLDING, Event.FELL_BACK): Phase.IDLE,
+    (Phase.HOLDING, Event.HOLD_EXPIRED): Phase.IDLE,
 }
 
-RECORDS_DATE = (Event.FELL_BACK, Event.DONE_AT_NORMAL)
+RECORDS_DATE = (Event.FELL_BACK, Event.DONE_AT_NORMAL, Event.HOLD_EXPIRED)
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,8 @@ class Balancing:
         if (not inp.charging and inp.bank_voltage is not None
                 and inp.bank_voltage <= inp.cvl_normal + EPSILON):
             return Event.FELL_BACK
+        if now - self._phase_start >= self.params.timeout:
+            return Event.HOLD_EXPIRED
         return None
 
     def step(self, now: float, wall: datetime, inp: BalancingInputs) -> BalancingStep:
@@ -293,6 +301,9 @@ class Balancing:
                     f"{self.next_due(today).isoformat()}")
         if event is Event.FELL_BACK:
             return f"balancing finished: bank at {volts}, back to the normal CVL {inp.cvl_normal:.2f} V"
+        if event is Event.HOLD_EXPIRED:
+            return (f"balancing finished: held {self.params.timeout:g} s without the bank falling "
+                    f"back (now {volts}); back to the normal CVL {inp.cvl_normal:.2f} V")
         return (f"balancing done at the normal CVL {inp.cvl_normal:.2f} V ({volts}, "
                 f"cell difference {diff})")
 

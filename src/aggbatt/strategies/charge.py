@@ -106,7 +106,7 @@ class ShareLimit:
     def reason(self, direction: Direction) -> str:
         if self.pack is None:
             return "no pack online"
-        return f"{self.pack.name} {direction.label} {self.pack_limit:g} A at {self.share:.0%} share"
+        return f"{self.pack.name} {direction.label} {round(self.pack_limit, 1):g} A at {self.share:.0%} share"
 
 
 def share_limit(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
