@@ -5,13 +5,10 @@ Expected values come from the task brief and spec/field-survey.md section 3.6, n
 
 from __future__ import annotations
 
-import math
-import os
 import re
 import subprocess
 import sys
 import textwrap
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 from dbus_fast import Variant
-from dbus_fast.aio import MessageBus
 
 from aggbatt.bus.service import ServiceNameTaken
 from aggbatt.daemon import Daemon

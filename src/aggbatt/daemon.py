@@ -32,26 +32,46 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from aggbatt import __version__
+from aggbatt.bus.connection import open_bus
 from aggbatt.bus.monitor import Monitor, RemoteService
 from aggbatt.bus.service import BusItemService
 from aggbatt.bus.settings import SettingsClient, SettingSpec, SettingsUnavailable
 from aggbatt.charge_io import OwnChargeIO
 from aggbatt.config import Config, ConfigError
-from aggbatt.engine import Engine, ServiceReading, TickResult, needs_urgent_tick, pack_paths
+from aggbatt.engine import (
+    Engine,
+    ServiceReading,
+    TickResult,
+    needs_urgent_tick,
+    pack_paths,
+)
 from aggbatt.paths import PRODUCT_ID, add_spec_path
 from aggbatt.persist import read_json, write_json_atomic
 from aggbatt.reload import (
-    LOG_LEVELS, ROOT_LOGGER, plan_reload, read_config, rebuild_strategies, set_log_level,
+    LOG_LEVELS,
+    ROOT_LOGGER,
+    plan_reload,
+    read_config,
+    rebuild_strategies,
+    set_log_level,
 )
 from aggbatt.selection import apply_config_switch, selection_status
 from aggbatt.status import STATUS_INTERFACE
 from aggbatt.strategies.coulomb import (
-    MIN_SOC_SETTING, SETTINGS_SERVICE, STATE_FILE as SOC_FILE, STATE_VERSION as SOC_VERSION,
-    CoulombSoc, SaveDecision,
+    MIN_SOC_SETTING,
+    SETTINGS_SERVICE,
+    CoulombSoc,
+    SaveDecision,
+)
+from aggbatt.strategies.coulomb import (
+    STATE_FILE as SOC_FILE,
+)
+from aggbatt.strategies.coulomb import (
+    STATE_VERSION as SOC_VERSION,
 )
 from aggbatt.strategies.victron_current import SERVICE_PATHS, VictronDevices
 
@@ -168,10 +188,7 @@ class Daemon:
         self._min_soc = value
 
     async def _connect(self) -> MessageBus:
-        if self.bus_address is None:
-            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        else:
-            bus = await MessageBus(bus_address=self.bus_address).connect()
+        bus = await open_bus(self.bus_address)
         self._buses.append(bus)
         self._watches.append(asyncio.get_running_loop().create_task(self._watch_bus(bus)))
         return bus

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from aggbatt.bus.connection import open_bus
 from aggbatt.config import Config
 from aggbatt.daemon import Daemon
 from aggbatt.sim.bank import SimBank
@@ -61,6 +62,16 @@ def _fmt(value: Any, spec: str = ".1f", width: int = 7) -> str:
     return str(value).rjust(width)
 
 
+def _label(pack: SimPack, status: dict[str, Any]) -> str:
+    suffix = pack.service_name.rsplit(".", 1)[-1]
+    name = status.get("name")
+    return f"{suffix} ({name})"[:18] if name else suffix
+
+
+def bank_current(bank: SimBank) -> float:
+    return bank.profile(bank.time) if bank.profile is not None else bank.bank_current
+
+
 def render(daemon: Daemon, bank: SimBank, selected: int, toggles: list[PackToggles]) -> str:
     svc = daemon.service
     status = daemon.status()
@@ -73,7 +84,7 @@ def render(daemon: Daemon, bank: SimBank, selected: int, toggles: list[PackToggl
         flags = [name for name, on in vars(toggles[index]).items() if on]
         state = "online" if st.get("online") else f"OFFLINE ({st.get('reason') or 'not seen'})"
         lines.append(
-            f"{'>' if index == selected else ' '} {index + 1} {pack.service_name[-18:]:<18}"
+            f"{'>' if index == selected else ' '} {index + 1} {_label(pack, st):<18}"
             f"{_fmt(st.get('voltage'), '.2f')}{_fmt(st.get('current'))}{_fmt(st.get('soc'))}"
             f"{_fmt(st.get('cvl'), '.2f')}{_fmt(st.get('ccl'))}{_fmt(st.get('dcl'))}  {state}"
             + (f"  [{', '.join(flags)}]" if flags else "")
@@ -85,8 +96,8 @@ def render(daemon: Daemon, bank: SimBank, selected: int, toggles: list[PackToggl
         f"{_fmt(svc['/Soc'])}{_fmt(svc['/Info/MaxChargeVoltage'], '.2f')}"
         f"{_fmt(svc['/Info/MaxChargeCurrent'])}{_fmt(svc['/Info/MaxDischargeCurrent'])}",
         f"  packs online {svc['/System/NrOfModulesOnline']}, offline "
-        f"{svc['/System/NrOfModulesOffline']}; bank current set by the simulator "
-        f"{bank.bank_current:.1f} A",
+        f"{svc['/System/NrOfModulesOffline']}; bank current driven by the simulator "
+        f"{bank_current(bank):.1f} A",
         f"  charge limited by:    {svc['/Info/ChargeLimitation'] if '/Info/ChargeLimitation' in svc else '---'}",
         f"  discharge limited by: {svc['/Info/DischargeLimitation'] if '/Info/DischargeLimitation' in svc else '---'}",
         "",
@@ -137,10 +148,10 @@ def _cbreak(stream: TextIO) -> Iterator[bool]:
 async def run_demo(config: Config, options: DemoOptions, out: TextIO = sys.stdout) -> int:
     capacities = options.capacities or [280.0] * options.packs
     params = [PackParams(cells=options.cells, capacity_ah=c, serial=f"DEMO{i + 1:03d}",
-                         soc=55.0 - 5 * i)
+                         soc=55.0 - 5 * i, noise_a=0.05, noise_mv=1.0)
               for i, c in enumerate(capacities)]
     with start_private_bus() as bus, tempfile.TemporaryDirectory(prefix="aggbatt-demo-") as tmp:
-        settings = SimSettings(await _connect(bus.address), str(Path(tmp) / "settings.json"))
+        settings = SimSettings(await open_bus(bus.address), str(Path(tmp) / "settings.json"))
         await settings.start()
         bank = SimBank(params)
         bank.profile = bank_profile
@@ -152,7 +163,7 @@ async def run_demo(config: Config, options: DemoOptions, out: TextIO = sys.stdou
         scenario_task = None
         if options.scenario:
             scenario = load_scenario(options.scenario)
-            scenario_task = asyncio.create_task(scenario.run(bank, loop_clock()))
+            scenario_task = asyncio.create_task(scenario.run(bank))
         toggles = [PackToggles() for _ in bank.packs]
         selected = 0
         keys: asyncio.Queue[str] = asyncio.Queue()
@@ -189,15 +200,3 @@ async def run_demo(config: Config, options: DemoOptions, out: TextIO = sys.stdou
             await bank.stop()
             await settings.close()
     return 0
-
-
-def loop_clock():  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    return lambda: loop.time() - start
-
-
-async def _connect(address: str):  # type: ignore[no-untyped-def]
-    from dbus_fast.aio import MessageBus
-
-    return await MessageBus(bus_address=address).connect()

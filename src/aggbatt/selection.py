@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from aggbatt.bus.connection import BusUnavailable, open_bus
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
 from aggbatt.bus.values import unwrap
 from aggbatt.persist import read_json, write_json_atomic
@@ -256,16 +257,10 @@ async def _device_instance(bus: MessageBus, settings: SettingsClient, service: s
 async def command(address: str | None, on: bool, state_dir: Path, service: str, unique_id: str,
                   timeout: float = 3.0) -> list[str]:
     """`aggbatt select-battery on|off`; raises SelectionError or SettingsUnavailable."""
-    where = "the system bus" if address is None else address
     try:
-        if address is None:
-            bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), timeout)
-        else:
-            bus = await asyncio.wait_for(MessageBus(bus_address=address).connect(), timeout)
-    except asyncio.TimeoutError:
-        raise SelectionError(f"cannot connect to {where}: no answer within {timeout:g} s") from None
-    except Exception as exc:  # noqa: BLE001 - dbus-fast raises many kinds for a bad address
-        raise SelectionError(f"cannot connect to {where}: {exc}") from None
+        bus = await open_bus(address, timeout)
+    except BusUnavailable as exc:
+        raise SelectionError(str(exc)) from None
     try:
         settings = SettingsClient(bus, timeout=timeout)
         if not on:

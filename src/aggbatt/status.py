@@ -22,9 +22,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from aggbatt.bus.connection import BusUnavailable, open_bus
 from aggbatt.bus.values import unwrap
 
 STATUS_INTERFACE = "io.github.aggbatt.Status"
@@ -107,16 +108,10 @@ async def _system_choice(bus: MessageBus, timeout: float) -> dict[str, Any]:
 async def gather(address: str | None, service: str = DEFAULT_SERVICE,
                  timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
     """The daemon's status plus "system" (Venus' choice) and "warnings"."""
-    where = "the system bus" if address is None else address
     try:
-        if address is None:
-            bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), timeout)
-        else:
-            bus = await asyncio.wait_for(MessageBus(bus_address=address).connect(), timeout)
-    except asyncio.TimeoutError:
-        raise StatusError(f"cannot connect to {where}: no answer within {timeout:g} s") from None
-    except Exception as exc:  # noqa: BLE001 - dbus-fast raises many kinds for a bad address
-        raise StatusError(f"cannot connect to {where}: {exc}") from None
+        bus = await open_bus(address, timeout)
+    except BusUnavailable as exc:
+        raise StatusError(str(exc)) from None
     try:
         status = await _daemon_status(bus, service, timeout)
         system = await _system_choice(bus, timeout)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dbus_fast import (
-    BusType,
     Message,
     MessageFlag,
     MessageType,
@@ -304,9 +303,3 @@ def _signal(path: str, member: str, signature: str, body: Any) -> Message:
         flags=MessageFlag.NO_REPLY_EXPECTED,
     )
 
-
-async def connect(address: str | None = None) -> MessageBus:
-    """Open a new connection; `address` None means the system bus."""
-    if address is None:
-        return await MessageBus(bus_type=BusType.SYSTEM).connect()
-    return await MessageBus(bus_address=address).connect()

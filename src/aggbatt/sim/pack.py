@@ -45,12 +45,12 @@ from typing import Any
 from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
 
+from aggbatt.bus.connection import open_bus
 from aggbatt.bus.service import (
     BusItemService,
     ServiceNameTaken,
     SignalStyle,
     TextFormatter,
-    connect,
     unit_text,
 )
 from aggbatt.sim.lfp import OcvCurve, ocv, piecewise_linear
@@ -154,7 +154,7 @@ class SimDevice:
         if self._svc is not None:
             return
         self._address = bus_address
-        bus = await connect(bus_address)
+        bus = await open_bus(bus_address)
         svc = BusItemService(bus, self.service_name, signals=self.signals)
         values = self._current()
         for spec in self._paths().values():
