@@ -178,3 +178,22 @@ async def test_known_packs_survive_a_restart_and_a_missing_one_counts_offline(bu
     async with running(bus_address, tmp_path, packs(280)) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
         assert values["/System/NrOfModulesOffline"] == 1
+
+
+async def test_forget_packs_drops_a_pack_removed_for_good(bus_address, tmp_path):
+    import io
+
+    from aggbatt.status import forget_missing
+
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+    async with running(bus_address, tmp_path, packs(280)) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
+        out, err = io.StringIO(), io.StringIO()
+        assert await forget_missing(bus_address, AGG, out, err) == 0
+        assert "forgot: P1" in out.getvalue()
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 0)
+        assert values["/Alarms/BmsCable"] == 0
+    async with running(bus_address, tmp_path, packs(280)) as h:
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
+        assert values["/System/NrOfModulesOffline"] == 0  # the forgotten pack stays forgotten

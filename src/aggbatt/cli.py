@@ -311,6 +311,28 @@ def _status(args: argparse.Namespace) -> int:
                             sys.stderr, args.timeout))
 
 
+def _add_forget_packs(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "forget-packs",
+        help="forget known packs that are not on the bus (removed for good)",
+        description="aggbatt remembers every pack it has seen, so one missing after a reboot "
+        "counts offline and raises /Alarms/BmsCable. After removing a pack for good, run this "
+        "once while the remaining packs are connected.",
+    )
+    _add_bus(parser)
+    parser.add_argument("--service", default="com.victronenergy.battery.aggregate", metavar="NAME",
+                        help="the aggregate's bus name (service.name in the config)")
+    parser.set_defaults(handler=_forget_packs)
+
+
+def _forget_packs(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aggbatt.status import forget_missing
+
+    return asyncio.run(forget_missing(_bus_address(args.bus), args.service, sys.stdout, sys.stderr))
+
+
 def _add_select_battery(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "select-battery",
@@ -355,7 +377,7 @@ def _select_battery(args: argparse.Namespace) -> int:
 
 _COMMANDS: tuple[Callable[[Any], None], ...] = (_add_check_config, _add_run, _add_demo,
                                                  _add_migrate_ini, _add_simulate, _add_status,
-                                                 _add_select_battery)
+                                                 _add_select_battery, _add_forget_packs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -486,10 +486,17 @@ class Daemon:
         return {"source": self.config.current.source}
 
     def _status_call(self, msg: Message) -> Message | None:
-        if (msg.message_type is not MessageType.METHOD_CALL or msg.interface != STATUS_INTERFACE
-                or msg.member != "GetStatus"):
+        if msg.message_type is not MessageType.METHOD_CALL or msg.interface != STATUS_INTERFACE:
             return None
-        return Message.new_method_return(msg, "s", [json.dumps(self.status(), default=str)])
+        if msg.member == "GetStatus":
+            return Message.new_method_return(msg, "s", [json.dumps(self.status(), default=str)])
+        if msg.member == "ForgetMissingPacks":
+            forgotten = self.engine.forget_missing()
+            if forgotten:
+                log.info("forgot packs no longer on the bus: %s", ", ".join(forgotten))
+                self.tick()
+            return Message.new_method_return(msg, "as", [forgotten])
+        return None
 
 
 async def run(config: Config, bus_address: str | None, state_dir: Path,

@@ -112,6 +112,7 @@ class Engine:
         self._directory = PackDirectory(PackRules.from_config(config), known)
         self._known: set[str] = {k for k in known if not self._directory.is_excluded_id(k)}
         self._trackers: dict[str, PackTracker] = {}
+        self._present_ids: frozenset[str] = frozenset()
         self._names: dict[str, str] = {}
         self._seen_ids: set[str] = set()
         self._reported: set[tuple[str, str]] = set()
@@ -127,6 +128,7 @@ class Engine:
         cfg = self.config
         events: list[str] = []
         present = self._identify(services, events)
+        self._present_ids = frozenset(present)
         self._forget_disallowed(events)
         trackers = self._judge(now, present, events)
 
@@ -183,6 +185,15 @@ class Engine:
             self._known.add(pack.id)
             self._names[pack.id] = pack.name
         return present
+
+    def forget_missing(self) -> list[str]:
+        """Forget the known packs not on the bus at the last tick (a pack removed for good would
+        otherwise count offline and hold /Alarms/BmsCable at 1 forever); returns their names."""
+        gone = sorted(self._known - self._present_ids)
+        for pack_id in gone:
+            self._known.discard(pack_id)
+            self._trackers.pop(pack_id, None)
+        return [self._names.get(pack_id, pack_id) for pack_id in gone]
 
     def _forget_disallowed(self, events: list[str]) -> None:
         for pack_id in sorted(self._known):

@@ -63,10 +63,10 @@ async def _call(bus: MessageBus, msg: Message, timeout: float, what: str) -> Mes
     return reply
 
 
-async def _daemon_status(bus: MessageBus, service: str, timeout: float) -> dict[str, Any]:
+async def _ask_daemon(bus: MessageBus, service: str, member: str, timeout: float) -> Message:
     try:
         reply = await _call(bus, Message(destination=service, path="/", interface=STATUS_INTERFACE,
-                                         member="GetStatus"), timeout, service)
+                                         member=member), timeout, service)
     except StatusError as exc:
         raise StatusError(f"{exc}: aggbatt is hung or the system is overloaded; see its log "
                           "(aggbatt-ctl logs)") from None
@@ -74,8 +74,13 @@ async def _daemon_status(bus: MessageBus, service: str, timeout: float) -> dict[
         if reply.error_name in _ABSENT:
             raise StatusError(f"aggbatt is not running: {service} is not on the bus. Start it "
                               "with 'aggbatt-ctl start' and see 'aggbatt-ctl logs' if it stops")
-        raise StatusError(f"{service} does not answer GetStatus ({reply.error_name}): it is not "
+        raise StatusError(f"{service} does not answer {member} ({reply.error_name}): it is not "
                           "aggbatt, or an aggbatt too old for this command")
+    return reply
+
+
+async def _daemon_status(bus: MessageBus, service: str, timeout: float) -> dict[str, Any]:
+    reply = await _ask_daemon(bus, service, "GetStatus", timeout)
     try:
         data = json.loads(reply.body[0])
     except (ValueError, TypeError, IndexError):
@@ -291,4 +296,27 @@ async def main(address: str | None, service: str, as_json: bool, out: TextIO,
         print(f"aggbatt status: {exc}", file=err)
         return 1
     print(render_json(report) if as_json else render_text(report), file=out)
+    return 0
+
+
+async def forget_missing(address: str | None, service: str, out: TextIO, err: TextIO,
+                         timeout: float = CALL_TIMEOUT) -> int:
+    """`aggbatt forget-packs`: the daemon forgets known packs that are not on the bus now."""
+    try:
+        bus = await open_bus(address, timeout)
+    except BusUnavailable as exc:
+        print(f"aggbatt forget-packs: {exc}", file=err)
+        return 1
+    try:
+        reply = await _ask_daemon(bus, service, "ForgetMissingPacks", timeout)
+    except StatusError as exc:
+        print(f"aggbatt forget-packs: {exc}", file=err)
+        return 1
+    finally:
+        bus.disconnect()
+    forgotten = reply.body[0] if reply.body else []
+    if forgotten:
+        print("forgot: " + ", ".join(forgotten), file=out)
+    else:
+        print("every known pack is on the bus: nothing to forget", file=out)
     return 0
