@@ -7,7 +7,8 @@ Rules:
   writes or reads passes (replies and signals included). The cost is one Python call and one
   increment per message, in the daemon and the floors alike. dbus-daemon cannot count for us:
   its Debug.Stats interface reports the messages queued at the moment, not totals.
-- SIGUSR1 writes a report (JSON: sent, received, loaded modules, whether dbus-fast runs compiled)
+- Garbage collections are timed per generation through gc.callbacks (cProfile does not see them).
+- SIGUSR1 writes a report (JSON: sent, received, gc, loaded modules, whether dbus-fast is compiled)
   to `--report`; the runner sends it at the start and the end of the measured window. With
   `--profile FILE` the first SIGUSR1 also starts cProfile on the main thread (the event loop) and
   the second stops it and writes the pstats to FILE, so the profile covers the window only.
@@ -52,6 +53,7 @@ NAME_OWNER_RULE = (f"type='signal',sender='{DBUS}',interface='{DBUS}',member='Na
 BURST = 32
 
 _counts = {"sent": 0, "received": 0}
+_gc: dict[str, list[Any]] = {"collections": [0, 0, 0], "seconds": [0.0, 0.0, 0.0]}
 
 
 def install_counters() -> None:
@@ -70,6 +72,24 @@ def install_counters() -> None:
 
     MessageBus.send = counted_send  # type: ignore[method-assign]
     MessageBus._process_message = counted_process  # type: ignore[method-assign]
+
+
+def install_gc_timer() -> None:
+    """Time the garbage collector per generation: its pauses are invisible to cProfile."""
+    import gc
+    import time
+
+    started = [0.0]
+
+    def timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            generation = info["generation"]
+            _gc["collections"][generation] += 1
+            _gc["seconds"][generation] += time.perf_counter() - started[0]
+
+    gc.callbacks.append(timer)
 
 
 def dbus_fast_compiled() -> bool:
@@ -97,7 +117,7 @@ def _install_reporter(report: str, profile: str | None) -> None:
             elif dumps == 2:
                 profiler.disable()
                 profiler.dump_stats(profile)
-        data = {**_counts, "modules": sorted(sys.modules), "dbus_fast_compiled": dbus_fast_compiled(),
+        data = {**_counts, "gc": _gc, "modules": sorted(sys.modules), "dbus_fast_compiled": dbus_fast_compiled(),
                 "pid": os.getpid()}
         tmp = f"{report}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -175,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="daemon: arguments of aggbatt")
     args = parser.parse_args(argv)
     install_counters()
+    install_gc_timer()
     _install_reporter(args.report, args.profile)
     if args.role == "daemon":
         from aggbatt.cli import main as aggbatt_main

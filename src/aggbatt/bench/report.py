@@ -104,13 +104,12 @@ def table(runs: Sequence[Mapping[str, Any]]) -> str:
     lines = ["  ".join(name.rjust(width) for name, width in COLUMNS)]
     for run in runs:
         p = run["processes"]
-        d, fn, fa, imp = (p["daemon"], p.get("floor_needed", {}), p.get("floor_all", {}),
-                          p.get("import_floor", {}))
+        d, fn, fa = p["daemon"], p.get("floor_needed", {}), p.get("floor_all", {})
         t = {x["name"]: x for x in run["targets"]}
         ccl, stale = run["reaction"]["ccl0_ms"], run["reaction"]["stale_s"]
         pct = [None if x.get("cpu_s_per_s") is None else 100 * x["cpu_s_per_s"] for x in (d, fn, fa)]
         cells = [
-            run["bank"], run["build"], _num(pct[0], ".2f"), _num(pct[1], ".2f"), _num(pct[2], ".2f"),
+            run["bank"], run["build"] + ("+prof" if run.get("profile") else ""), _num(pct[0], ".2f"), _num(pct[1], ".2f"), _num(pct[2], ".2f"),
             _judged(run["ratios"]["cpu_daemon_over_floor_needed"], ".2f", t["cpu_vs_floor_needed"]),
             _judged(run["ratios"]["cpu_daemon_over_floor_all"], ".2f", t["cpu_vs_floor_all"]),
             _judged(d.get("rss_peak_mb"), ".1f", t["rss_peak"]),
@@ -135,6 +134,7 @@ in/s, out/s: D-Bus messages the daemon read and wrote per second (counted in-pro
 CCL0: from a pack publishing CCL 0 to a client seeing the aggregate's ItemsChanged with CCL 0, ms.
 stale s: median from a frozen pack's last publish to the aggregate's NrOfModulesOffline rising.
 start s: from spawning `aggbatt run` to the first valid aggregate (limits valid, all packs online).
++prof: the daemon ran under cProfile (--profile), which inflates its CPU figures.
 met/MISSED: issue 8 item 4 targets, set for the 16x24 bank; reported, not pass/fail."""
 
 

@@ -41,11 +41,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dbus_fast import Message, MessageType
+
 from aggbatt.bench import report
 from aggbatt.bench.probes import Meter, Observer, connections_of, match_rules
 from aggbatt.sim.privatebus import start_private_bus
 
 AGGREGATE = "com.victronenergy.battery.aggregate"
+STATUS_INTERFACE = "io.github.aggbatt.Status"  # the daemon's own status call (daemon.py)
 CCL = "/Info/MaxChargeCurrent"
 OFFLINE = "/System/NrOfModulesOffline"
 ONLINE = "/System/NrOfModulesOnline"
@@ -122,7 +125,13 @@ class Sim:
             "--packs", str(bank.packs), "--cells", str(bank.cells), "--interval", str(opts.interval),
             "--bank-current", str(opts.current_per_pack * bank.packs),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        line = await _readline(proc, READY_TIMEOUT, "the simulated bank")
+        try:
+            line = await _readline(proc, READY_TIMEOUT, "the simulated bank")
+        except RuntimeError:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            raise
         return cls(proc, json.loads(line)["ready"])
 
     async def command(self, text: str) -> float:
@@ -243,6 +252,19 @@ async def _first_valid(observer: Observer, valid: asyncio.Future[float], daemon:
     return watcher.result()
 
 
+async def _daemon_ticks(observer: Observer) -> int | None:
+    """The daemon's tick count from its status call, None when it has none."""
+    try:
+        reply = await asyncio.wait_for(observer.bus.call(Message(
+            destination=AGGREGATE, path="/", interface=STATUS_INTERFACE, member="GetStatus")), 5.0)
+    except asyncio.TimeoutError:
+        return None
+    if reply is None or reply.message_type is MessageType.ERROR:
+        return None
+    ticks = json.loads(reply.body[0]).get("ticks")
+    return ticks if isinstance(ticks, int) else None
+
+
 async def _stable_rules(observer: Observer, connections: list[str]) -> list[str] | None:
     """The daemon's match rules once they held still for a second (the monitor's plan is in)."""
     last, still, deadline = None, 0, time.monotonic() + 30.0
@@ -303,12 +325,18 @@ async def _stale_reactions(sim: Sim, observer: Observer, opts: Options) -> tuple
 
 def _process_result(meter: Meter, first: dict[str, Any] | None, last: dict[str, Any] | None,
                     wall: float) -> dict[str, Any]:
-    cpu = meter.cpu_used()
+    cpu, source = meter.cpu_used()
+    ticks = meter.ticks_used()
     mean = meter.rss_mean_kb()
     result: dict[str, Any] = {
         "pid": meter.pid,
         "cpu_s": cpu,
         "cpu_s_per_s": None if cpu is None else cpu / wall,
+        "cpu_source": source,
+        "cpu_ticks_s_per_s": None if ticks is None else ticks / wall,
+        "main_thread_cpu_s_per_s": (None if meter.main_thread_used() is None
+                                    else meter.main_thread_used() / wall),
+        "wakeups_per_s": None if meter.wakeups_seen() is None else meter.wakeups_seen() / wall,
         "rss_peak_mb": None if meter.peak_kb is None else meter.peak_kb / 1024.0,
         "rss_mean_mb": None if mean is None else mean / 1024.0,
     }
@@ -317,124 +345,165 @@ def _process_result(meter: Meter, first: dict[str, Any] | None, last: dict[str, 
             result[key] = last[key] - first[key]
             result[f"{key}_per_s"] = result[key] / wall
         result["dbus_fast_compiled"] = last["dbus_fast_compiled"]
+        result["gc_collections"] = [b - a for a, b in zip(first["gc"]["collections"],
+                                                          last["gc"]["collections"])]
+        result["gc_s_per_s"] = sum(last["gc"]["seconds"]) / wall - sum(first["gc"]["seconds"]) / wall
     return result
+
+
+@dataclass
+class _Window:
+    """What the measured window recorded."""
+
+    wall: float
+    first: dict[str, dict[str, Any]]
+    last: dict[str, dict[str, Any]]
+    context: dict[str, Meter]
+    ticks_per_s: float | None
+
+
+class BankRun:
+    """One bank with one build on its own private bus (module docstring, steps 1-8)."""
+
+    def __init__(self, bank: Bank, build: Build, opts: Options, workdir: Path, address: str) -> None:
+        self.bank, self.build, self.opts, self.workdir, self.address = bank, build, opts, workdir, address
+        self.measured: list[Measured] = []
+        self.rule_counts: dict[str, int | None] = {}
+        self.rules: list[str] | None = None
+        self.connections: list[str] = []
+        self.profile: Path | None = None
+        if opts.profile_dir is not None:
+            opts.profile_dir.mkdir(parents=True, exist_ok=True)
+            self.profile = opts.profile_dir / f"daemon-{bank.label}-{build.name}.pstats"
+
+    async def start_daemon(self, observer: Observer) -> float:
+        """Spawn `aggbatt run`; seconds until the aggregate first showed valid values."""
+        valid = observer.expect(lambda v: _valid(v, self.bank.packs))
+        log = self.workdir / "daemon.log"
+        spawned = time.monotonic()
+        daemon = await _spawn(
+            "daemon", "daemon", self.build, self.workdir,
+            [] if self.profile is None else ["--profile", str(self.profile)],
+            ["--", "run", "--bus", self.address, "--state-dir", str(self.workdir / "state"),
+             "--config", str(_config(self.workdir, self.opts))],
+            log=log)
+        self.measured.append(daemon)
+        try:
+            return await _first_valid(observer, valid, daemon) - spawned
+        except (asyncio.TimeoutError, RuntimeError) as exc:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"no valid aggregate ({exc!r}); daemon log:\n{tail}") from None
+
+    async def start_floors(self, observer: Observer) -> None:
+        daemon = self.measured[0]
+        self.connections = await connections_of(observer.bus, daemon.proc.pid)
+        self.rules = await _stable_rules(observer, self.connections)
+        floors = []
+        if self.rules is not None:
+            rules_file = self.workdir / "rules.json"
+            rules_file.write_text(json.dumps(self.rules), encoding="utf-8")
+            floors.append(await _spawn("needed", "floor_needed", self.build, self.workdir,
+                                       ["--bus", self.address, "--rules", str(rules_file)]))
+        floors.append(await _spawn("all", "floor_all", self.build, self.workdir,
+                                   ["--bus", self.address, "--ignore", AGGREGATE]))
+        floors.append(await _spawn("imports", "import_floor", self.build, self.workdir, []))
+        self.measured += floors
+        await asyncio.gather(*(_ready(f) for f in floors))
+        for m in self.measured:
+            held = await match_rules(observer.bus, await connections_of(observer.bus, m.proc.pid))
+            self.rule_counts[m.role] = None if held is None else len(held)
+
+    async def window(self, observer: Observer, context: dict[str, Meter]) -> _Window:
+        measured = self.measured
+        ticks_before = await _daemon_ticks(observer)
+        first = dict(zip((m.role for m in measured),
+                         await asyncio.gather(*(m.counts() for m in measured))))
+        meters = [m.meter for m in measured] + list(context.values())
+        started = time.monotonic()
+        for meter in meters:
+            meter.begin()
+        while (left := self.opts.duration - (time.monotonic() - started)) > 0:
+            await asyncio.sleep(min(self.opts.sample_every, left))
+            for meter in meters:
+                meter.sample()
+        for meter in meters:
+            meter.end()
+        wall = time.monotonic() - started
+        last = dict(zip((m.role for m in measured),
+                        await asyncio.gather(*(m.counts() for m in measured))))
+        ticks_after = await _daemon_ticks(observer)
+        ticks = None if ticks_before is None or ticks_after is None else ticks_after - ticks_before
+        return _Window(wall, first, last, context, None if ticks is None else ticks / wall)
+
+    async def stop(self) -> None:
+        for m in self.measured:
+            await m.stop()
+
+    def result(self, first_valid: float, window: _Window, ccl: dict[str, Any],
+               stale: dict[str, Any]) -> dict[str, Any]:
+        wall = window.wall
+        procs = {m.role: {**_process_result(m.meter, window.first.get(m.role),
+                                            window.last.get(m.role), wall),
+                          "match_rules": self.rule_counts.get(m.role)}
+                 for m in self.measured}
+        procs.update({name: _process_result(meter, None, None, wall)
+                      for name, meter in window.context.items()})
+        procs["daemon"]["connections"] = len(self.connections)
+        procs["daemon"]["ticks_per_s"] = window.ticks_per_s
+        beyond = sorted(m for m in set(window.last["daemon"]["modules"])
+                        - set(window.last["import_floor"]["modules"])
+                        if not m.startswith("aggbatt.bench"))
+        daemon_rss, import_rss = procs["daemon"]["rss_peak_mb"], procs["import_floor"]["rss_peak_mb"]
+        run: dict[str, Any] = {
+            "bank": self.bank.label,
+            "packs": self.bank.packs,
+            "cells": self.bank.cells,
+            "build": self.build.name,
+            "python": self.build.python,
+            "window_s": wall,
+            "first_valid_s": first_valid,
+            "floor_needed_method": ("copy of the daemon's match rules (Debug.Stats GetAllMatchRules)"
+                                    if self.rules is not None else
+                                    "not measured: this dbus-daemon has no Debug.Stats interface"),
+            "processes": procs,
+            "modules_beyond_import_floor": beyond,
+            "ratios": {
+                "cpu_daemon_over_floor_needed": report.ratio(
+                    procs["daemon"]["cpu_s_per_s"], procs.get("floor_needed", {}).get("cpu_s_per_s")),
+                "cpu_daemon_over_floor_all": report.ratio(
+                    procs["daemon"]["cpu_s_per_s"], procs["floor_all"]["cpu_s_per_s"]),
+                "rss_daemon_minus_import_floor_mb": (
+                    None if daemon_rss is None or import_rss is None else daemon_rss - import_rss),
+            },
+            "reaction": {"ccl0_ms": ccl, "stale_s": {**stale, "stale_after": self.opts.stale_after}},
+            "profile": None if self.profile is None else str(self.profile),
+        }
+        run["targets"] = report.targets(run)
+        _check_build(run, self.build)
+        return run
 
 
 async def run_one(bank: Bank, build: Build, opts: Options, workdir: Path) -> dict[str, Any]:
     rng = random.Random(opts.seed)
-    measured: list[Measured] = []
-    sim: Sim | None = None
-    observer: Observer | None = None
     with start_private_bus() as pbus:
+        sim = await Sim.start(pbus.address, bank, opts)
+        run = BankRun(bank, build, opts, workdir, pbus.address)
+        observer: Observer | None = None
         try:
-            sim = await Sim.start(pbus.address, bank, opts)
             observer = await Observer.connect(pbus.address, AGGREGATE)
-            valid = observer.expect(lambda v: _valid(v, bank.packs))
-            profile = None
-            if opts.profile_dir is not None:
-                opts.profile_dir.mkdir(parents=True, exist_ok=True)
-                profile = opts.profile_dir / f"daemon-{bank.label}-{build.name}.pstats"
-            spawned = time.monotonic()
-            daemon = await _spawn(
-                "daemon", "daemon", build, workdir,
-                [] if profile is None else ["--profile", str(profile)],
-                ["--", "run", "--bus", pbus.address, "--state-dir", str(workdir / "state"),
-                 "--config", str(_config(workdir, opts))],
-                log=workdir / "daemon.log")
-            measured.append(daemon)
-            try:
-                first_valid = await _first_valid(observer, valid, daemon) - spawned
-            except (asyncio.TimeoutError, RuntimeError) as exc:
-                tail = (workdir / "daemon.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"no valid aggregate ({exc!r}); daemon log:\n{tail}") from None
-            connections = await connections_of(observer.bus, daemon.proc.pid)
-            rules = await _stable_rules(observer, connections)
-            floors = []
-            if rules is not None:
-                rules_file = workdir / "rules.json"
-                rules_file.write_text(json.dumps(rules), encoding="utf-8")
-                floors.append(await _spawn("needed", "floor_needed", build, workdir,
-                                           ["--bus", pbus.address, "--rules", str(rules_file)]))
-            floors.append(await _spawn("all", "floor_all", build, workdir,
-                                       ["--bus", pbus.address, "--ignore", AGGREGATE]))
-            floors.append(await _spawn("imports", "import_floor", build, workdir, []))
-            measured += floors
-            await asyncio.gather(*(_ready(f) for f in floors))
-            rule_counts = {}
-            for m in measured:
-                held = await match_rules(observer.bus, await connections_of(observer.bus, m.proc.pid))
-                rule_counts[m.role] = None if held is None else len(held)
+            first_valid = await run.start_daemon(observer)
+            await run.start_floors(observer)
             await asyncio.sleep(opts.warmup)
-
-            context = {"sim": Meter(sim.proc.pid), "bus": Meter(pbus.process.pid)}
-            first = dict(zip((m.role for m in measured),
-                             await asyncio.gather(*(m.counts() for m in measured))))
-            meters = [m.meter for m in measured] + list(context.values())
-            started = time.monotonic()
-            for meter in meters:
-                meter.begin()
-            while time.monotonic() - started < opts.duration:
-                await asyncio.sleep(min(opts.sample_every, opts.duration - (time.monotonic() - started)))
-                for meter in meters:
-                    meter.sample()
-            for meter in meters:
-                meter.end()
-            wall = time.monotonic() - started
-            last = dict(zip((m.role for m in measured),
-                            await asyncio.gather(*(m.counts() for m in measured))))
-
-            ccl_times, ccl_missed = await _ccl0_reactions(sim, observer, opts, rng)
-            stale_times, stale_missed = await _stale_reactions(sim, observer, opts)
+            window = await run.window(
+                observer, {"sim": Meter(sim.proc.pid), "bus": Meter(pbus.process.pid)})
+            ccl = report.summary(*await _ccl0_reactions(sim, observer, opts, rng))
+            stale = report.summary(*await _stale_reactions(sim, observer, opts))
         finally:
-            for m in measured:
-                await m.stop()
+            await run.stop()
             if observer is not None:
                 observer.close()
-            if sim is not None:
-                await sim.stop()
-
-    processes = {m.role: {**_process_result(m.meter, first.get(m.role), last.get(m.role), wall),
-                          "match_rules": rule_counts.get(m.role)}
-                 for m in measured}
-    processes.update({name: _process_result(meter, None, None, wall)
-                      for name, meter in context.items()})
-    processes["daemon"]["connections"] = len(connections)
-    daemon_modules = set(last["daemon"]["modules"])
-    beyond = sorted(m for m in daemon_modules - set(last["import_floor"]["modules"])
-                    if not m.startswith("aggbatt.bench"))
-    procs = processes
-    run: dict[str, Any] = {
-        "bank": bank.label,
-        "packs": bank.packs,
-        "cells": bank.cells,
-        "build": build.name,
-        "python": build.python,
-        "window_s": wall,
-        "first_valid_s": first_valid,
-        "floor_needed_method": ("copy of the daemon's match rules (Debug.Stats GetAllMatchRules)"
-                                if rules is not None else
-                                "not measured: this dbus-daemon has no Debug.Stats interface"),
-        "processes": procs,
-        "modules_beyond_import_floor": beyond,
-        "ratios": {
-            "cpu_daemon_over_floor_needed": report.ratio(
-                procs["daemon"]["cpu_s_per_s"], procs.get("floor_needed", {}).get("cpu_s_per_s")),
-            "cpu_daemon_over_floor_all": report.ratio(
-                procs["daemon"]["cpu_s_per_s"], procs["floor_all"]["cpu_s_per_s"]),
-            "rss_daemon_minus_import_floor_mb": (
-                None if procs["daemon"]["rss_peak_mb"] is None
-                or procs["import_floor"]["rss_peak_mb"] is None
-                else procs["daemon"]["rss_peak_mb"] - procs["import_floor"]["rss_peak_mb"]),
-        },
-        "reaction": {
-            "ccl0_ms": report.summary(ccl_times, ccl_missed),
-            "stale_s": {**report.summary(stale_times, stale_missed), "stale_after": opts.stale_after},
-        },
-        "profile": None if profile is None else str(profile),
-    }
-    run["targets"] = report.targets(run)
-    _check_build(run, build)
-    return run
+            await sim.stop()
+    return run.result(first_valid, window, ccl, stale)
 
 
 def _check_build(run: dict[str, Any], build: Build) -> None:
