@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from dbus_fast import Variant
 
-from aggbatt.sim.pack import SimDevice
+from aggbatt.sim.device import SimDevice
 from aggbatt.sim.victron import SimDcdc, SimMppt, SimMulti, SimShunt
 from tests.busclient import SignalRecorder, get_items, get_value, set_value
 

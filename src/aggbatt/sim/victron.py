@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aggbatt.bus.service import unit_text
-from aggbatt.sim.pack import PathSpec, SimDevice, mandatory_specs, process_version
+from aggbatt.sim.device import PathSpec, SimDevice, mandatory_specs, process_version
 
 _VOLTS = unit_text("V", 2)
 _AMPS = unit_text("A", 1)
