@@ -200,7 +200,7 @@ def run_day(config: Any, options: SimulateOptions) -> Day:
     current = 0.0
     while t <= DAY:
         # Every value counts as just received: the packs publish on every step.
-        readings = [ServiceReading(p.service_name, p._current(), t, 0.0) for p in packs]
+        readings = [ServiceReading(p.service_name, p.current_values(), t, 0.0) for p in packs]
         result = engine.tick(t, readings, wall=start + timedelta(seconds=t))
         values = dict(result.values)
         stamp = f"{int(t // 3600):02d}:{int(t % 3600 // 60):02d}:{int(t % 60):02d}"

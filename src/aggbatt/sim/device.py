@@ -102,7 +102,7 @@ class SimDevice:
         self._address = bus_address
         bus = await open_bus(bus_address)
         svc = BusItemService(bus, self.service_name, signals=self.signals)
-        values = self._current()
+        values = self.current_values()
         for spec in self._paths().values():
             self._add(svc, spec, values.get(spec.path))
         try:
@@ -165,7 +165,8 @@ class SimDevice:
 
     # ----- publishing ---------------------------------------------------------------------------
 
-    def _current(self) -> dict[str, Any]:
+    def current_values(self) -> dict[str, Any]:
+        """Every path as the device would publish it now, faults applied (for bus-less runs)."""
         values = self._values()
         values.update(self.written)
         for path in self._invalid:
@@ -179,7 +180,7 @@ class SimDevice:
         svc = self._svc
         if svc is None or self._frozen:
             return 0
-        svc.update(self._current())
+        svc.update(self.current_values())
         return svc.publish()
 
     # ----- faults -------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class SimDevice:
         svc = self._svc
         if svc is not None:
             svc.remove_path(path)
-            self._add(svc, spec, self._current().get(path))
+            self._add(svc, spec, self.current_values().get(path))
 
     def has_path(self, path: str) -> bool:
         return path in self._paths()
