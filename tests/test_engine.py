@@ -502,3 +502,16 @@ def test_the_wall_clock_reaches_the_strategies() -> None:
     tick(engine, charging_bank(), 0.0)
     engine.tick(1.0, charging_bank().readings(), wall=1_700_000_000.0)
     assert charge.seen == [None, 1_700_000_000.0]
+
+
+def test_a_service_that_comes_back_is_parsed_afresh_even_with_the_same_stamps() -> None:
+    # the stamps of the new appearance are taken from the old one on purpose: only the appearance
+    # time tells the engine that its parse of 53.2 V belongs to another life of the service
+    engine = Engine(default_config())
+    values = pack_values("A", voltage=53.2)
+    stamps = {**dict.fromkeys(values, 1.0), "/Soc": 2.0}
+    first = engine.tick(2.0, [ServiceReading(SB + "ttyUSB0", values, 2.0, 1.0, stamps)])
+    assert status(first, "A").voltage == 53.2
+    back = pack_values("A", voltage=52.0)  # the driver restarted between two ticks
+    result = engine.tick(4.0, [ServiceReading(SB + "ttyUSB0", back, 4.0, 3.5, stamps)])
+    assert status(result, "A").voltage == 52.0

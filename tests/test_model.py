@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
 from aggbatt import model
 from aggbatt.model import (
     PackSnapshot, PackState, PackTracker, data_age, fault_of, needs_urgent_tick, pack_paths,
-    stale_limit, validate,
+    revalidate, stale_limit, validate,
 )
 
 GOOD = {
@@ -118,6 +119,8 @@ def test_pack_paths() -> None:
     assert not any(p.startswith("/Voltages/Cell") for p in model.PACK_PATHS)
     assert "/Voltages/Cell32" in pack_paths(True)
     assert pack_paths(False) == model.PACK_PATHS
+    # pack power is V x I (what serialbattery publishes), so its signals are not subscribed to
+    assert "/Dc/0/Power" not in pack_paths(True)
 
 
 def test_safety_paths_and_urgent_ticks() -> None:
@@ -142,7 +145,15 @@ def test_snapshot_from_validated_values() -> None:
     assert (snap.cvl, snap.ccl, snap.dcl) == (55.2, 100.0, 150.0)
     assert snap.alarms == {"/Alarms/HighCellVoltage": 2}
     assert snap.cell_voltages == {2: 3.3}
-    assert snap.temperature == 21.5 and snap.power is None
+    assert snap.temperature == 21.5
+    assert snap.power == pytest.approx(-665.125)  # 53.21 V x -12.5 A
+
+
+def test_snapshot_power_is_voltage_times_current_not_the_published_power() -> None:
+    published = validate({**GOOD, "/Dc/0/Power": 1.0}).values
+    assert PackSnapshot.build("S1", "A", "svc", published).power == pytest.approx(-665.125)
+    no_current = validate({**GOOD, "/Dc/0/Current": None, "/Dc/0/Power": -665.0}).values
+    assert PackSnapshot.build("S1", "A", "svc", no_current).power is None
 
 
 @pytest.mark.parametrize(("fields", "charge", "discharge"), [
@@ -251,3 +262,70 @@ def test_fault_reasons_in_order() -> None:
     assert stale is not None and "10.5 s" in stale and "while current flows" in stale
     assert "at rest" in fault_of(_snap(), 130.0, 120.0, False, True)  # type: ignore[operator]
     assert fault_of(_snap(modules_online=1), 0.0, 10.0, True, True) is None
+
+
+# ---- incremental validation ---------------------------------------------------------------------
+
+
+def stamped(values: dict[str, Any], at: float) -> dict[str, float]:
+    return dict.fromkeys(values, at)
+
+
+def test_revalidate_parses_only_values_with_a_new_stamp() -> None:
+    values = dict(GOOD)
+    stamps = stamped(values, 1.0)
+    first = revalidate(None, values, stamps)
+    assert first.values == validate(values).values
+    stamps["/Soc"] = 2.0
+    second = revalidate(first, values, stamps)  # moves the newest stamp to 2.0
+    # a value whose stamp did not move (and is older than the newest) is taken from before: this
+    # proves the old parse is reused, so the stamps must move on every change (monitor contract)
+    values["/Dc/0/Voltage"] = 54.0
+    assert revalidate(second, values, stamps).values["/Dc/0/Voltage"] == 53.21
+    stamps["/Dc/0/Voltage"] = 3.0
+    third = revalidate(second, values, stamps)
+    assert third.values["/Dc/0/Voltage"] == 54.0
+    values["/Soc"] = "garbage"
+    stamps["/Soc"] = 4.0
+    fourth = revalidate(third, values, stamps)
+    assert "/Soc" not in fourth.values and "not a number" in fourth.problems["/Soc"]
+    values["/Soc"] = 55.0
+    stamps["/Soc"] = 5.0
+    fifth = revalidate(fourth, values, stamps)
+    assert fifth.values["/Soc"] == 55.0 and fifth.problems == {}
+
+
+def test_revalidate_reparses_a_change_with_the_newest_stamp_again() -> None:
+    # a coarse clock: two changes in the same clock tick carry the same stamp
+    values = dict(GOOD)
+    stamps = stamped(values, 1.0)
+    stamps["/Soc"] = 2.0
+    first = revalidate(None, values, stamps)
+    values["/Soc"] = 60.0  # changed again at 2.0, after the tick that parsed /Soc stamped 2.0
+    assert revalidate(first, values, stamps).values["/Soc"] == 60.0
+
+
+def test_revalidate_parses_everything_when_it_cannot_trust_the_stamps() -> None:
+    values = dict(GOOD)
+    first = revalidate(None, values, stamped(values, 1.0))
+    values["/Dc/0/Voltage"] = 54.0
+    assert revalidate(first, values, {}).values["/Dc/0/Voltage"] == 54.0  # no stamps
+    partial = stamped(values, 1.0)
+    del partial["/Dc/0/Voltage"]                                         # one value unstamped
+    assert revalidate(first, values, partial).values["/Dc/0/Voltage"] == 54.0
+    base = {**stamped(values, 1.0), "/Dc/0/Temperature": 2.0}  # newest 2.0: the 1.0 ones are settled
+    settled = revalidate(None, values, base)
+    values["/Dc/0/Voltage"] = 55.0                    # changed without a new stamp ...
+    nan_first = {"/Dc/0/Temperature": math.nan, **base}
+    nan_first["/Dc/0/Temperature"] = math.nan         # ... but the stamps are not finite numbers
+    assert revalidate(settled, values, base).values["/Dc/0/Voltage"] == 54.0
+    assert revalidate(settled, values, nan_first).values["/Dc/0/Voltage"] == 55.0
+    del values["/Soc"]                                                   # a path went away
+    gone = revalidate(first, values, stamped(values, 1.0))
+    assert "/Soc" not in gone.values and gone.values["/Dc/0/Voltage"] == 55.0
+    cells = {**GOOD, "/Voltages/Cell1": 3.3}
+    plain = revalidate(None, cells, stamped(cells, 1.0))
+    assert revalidate(plain, cells, stamped(cells, 1.0), cell_voltages=True).values[
+        "/Voltages/Cell1"] == 3.3
+    assert revalidate(first, {"/Soc": 1.0}, {"/Soc": "x"}).values == {"/Soc": 1.0}
+    assert revalidate(first, None, {"/Soc": 1.0}).values == {}

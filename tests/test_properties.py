@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
 from aggbatt.engine import Engine, TickResult
-from aggbatt.model import PACK_PATHS, PackSnapshot, ServiceReading
+from aggbatt.model import PACK_PATHS, PackSnapshot, ServiceReading, revalidate, validate
 from aggbatt.strategies.charge import CHARGE, DISCHARGE, share_limit
 
 SB = "com.victronenergy.battery."
@@ -309,3 +309,109 @@ def test_share_limit_respects_every_pack(packs: list[tuple[float | None, float, 
             if bank_current >= max(min_current, 1e-9):
                 measured = max(0.0, direction.sign * cur) / bank_current
                 assert measured * bank_limit <= lim + 1e-9 * max(1.0, lim)
+
+
+# ---- incremental validation gives what a full validation gives ----------------------------------
+
+CHANGED_PATHS = ("/Dc/0/Voltage", "/Dc/0/Current", "/Soc", "/Info/MaxChargeCurrent",
+                 "/System/MaxVoltageCellId", "/Io/AllowToCharge", "/Voltages/Cell1", "/History/X")
+STEPS = st.lists(st.one_of(
+    st.tuples(st.just("set"), st.sampled_from(CHANGED_PATHS), ANY_VALUE),
+    st.tuples(st.just("del"), st.sampled_from(CHANGED_PATHS), st.none()),
+    st.tuples(st.just("tick"), st.none(), st.none()),
+), max_size=40)
+
+
+class FakeService:
+    """Values and change stamps kept as bus/monitor.py keeps them: a stamp moves with its value."""
+
+    def __init__(self, values: dict[str, Any], now: float) -> None:
+        self.values = dict(values)
+        self.changed_at = dict.fromkeys(values, now)
+        self.appeared_at = now
+        self.last_change = now
+
+    def set(self, path: str, value: Any, now: float) -> None:
+        old = self.values.get(path, ())
+        if type(old) is type(value) and old == value:
+            return
+        self.values[path] = value
+        self.changed_at[path] = now
+        self.last_change = now
+
+    def delete(self, path: str) -> None:
+        self.values.pop(path, None)
+        self.changed_at.pop(path, None)
+
+
+@SETTINGS
+@given(STEPS, st.lists(st.sampled_from([0.0, 0.0, 0.001, 1.0]), min_size=40, max_size=40),
+       st.booleans())
+def test_revalidate_equals_validate(steps: list[tuple[str, Any, Any]], clock: list[float],
+                                    cells: bool) -> None:
+    # clock steps of 0: several changes share a stamp, as with a coarse clock
+    now = 0.0
+    service = FakeService({"/Dc/0/Voltage": 53.0, "/Soc": 50.0}, now)
+    previous = None
+    for (op, path, value), step in zip(steps, clock):
+        now += step
+        if op == "set":
+            service.set(path, value, now)
+        elif op == "del":
+            service.delete(path)
+        else:
+            previous = revalidate(previous, service.values, service.changed_at, cells)
+            full = validate(service.values, cells)
+            assert (previous.values, previous.problems) == (full.values, full.problems)
+    last = revalidate(previous, service.values, service.changed_at, cells)
+    full = validate(service.values, cells)
+    assert (last.values, last.problems) == (full.values, full.problems)
+
+
+ENGINE_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("set"), st.integers(0, 2), st.sampled_from(sorted(PACK_PATHS)), ANY_VALUE),
+    st.tuples(st.just("set"), st.integers(0, 2),
+              st.sampled_from(["/Dc/0/Voltage", "/Dc/0/Current", "/Info/MaxChargeCurrent"]),
+              st.floats(-10, 60)),
+    st.tuples(st.just("leave"), st.integers(0, 2), st.none(), st.none()),
+    st.tuples(st.just("appear"), st.integers(0, 2), st.none(), st.sampled_from([51.0, 53.0])),
+    st.tuples(st.just("tick"), st.none(), st.none(), st.none()),
+), max_size=30)
+
+
+def fresh_pack(index: int, voltage: float) -> dict[str, Any]:
+    return {
+        "/ProductName": "SerialBattery(JK)", "/Serial": f"S{index}", "/Dc/0/Voltage": voltage,
+        "/Dc/0/Current": 5.0, "/Soc": 50.0, "/InstalledCapacity": 100.0,
+        "/Info/MaxChargeVoltage": 55.2, "/Info/MaxChargeCurrent": 50.0,
+        "/Info/MaxDischargeCurrent": 50.0, "/System/NrOfModulesOnline": 1,
+    }
+
+
+@SETTINGS
+@given(ENGINE_STEPS, st.sampled_from([0.0, 0.5, 3.0]))
+def test_engine_with_change_stamps_equals_engine_without(
+        steps: list[tuple[str, Any, Any, Any]], step: float) -> None:
+    # packs leave and come back under the same service name with other values; a clock that
+    # stands still (step 0) gives the new appearance the same stamps as the old one
+    incremental, full = Engine(CONFIGS["degrade"]), Engine(CONFIGS["degrade"])
+    now = 0.0
+    services = {i: FakeService(fresh_pack(i, 53.0), now) for i in range(3)}
+    steps = [*steps, ("tick", None, None, None)]
+    for op, index, path, value in steps:
+        now += step
+        if op == "set" and index in services:
+            services[index].set(path, value, now)
+        elif op == "leave":
+            services.pop(index, None)
+        elif op == "appear" and index not in services:
+            services[index] = FakeService(fresh_pack(index, value), now)
+        elif op == "tick":
+            with_stamps = [ServiceReading(f"{SB}ttyUSB{i}", s.values, s.last_change, s.appeared_at,
+                                          s.changed_at) for i, s in services.items()]
+            without = [ServiceReading(r.service, r.values, r.last_change, r.appeared_at)
+                       for r in with_stamps]
+            a, b = incremental.tick(now, with_stamps), full.tick(now, without)
+            assert a.values == b.values
+            assert a.events == b.events
+            assert a.packs == b.packs

@@ -258,7 +258,7 @@ class Daemon:
         assert self.monitor is not None
         readings = [
             ServiceReading(service=s.name, values=s.values, last_change=s.last_change,
-                           appeared_at=s.appeared_at)
+                           appeared_at=s.appeared_at, changed_at=s.changed_at)
             for s in self.monitor.services.values()
         ]
         if self._min_soc is not None:

@@ -6,6 +6,9 @@ the wall-clock time that calendar rules of a strategy need).
 Theory of operation, per tick:
 1. packs.PackDirectory picks the pack services and gives each a stable id.
 2. model.validate turns raw values into typed ones; garbage is reported once per pack and path.
+   Per service the last result is kept, keyed by service name and appearance time, so only the
+   values whose change stamp moved are parsed again (model.revalidate); a service that left and
+   came back starts afresh.
 3. Every known pack (persisted ids plus every pack seen) goes through its online/offline tracker
    (model.py): gone, link lost, invalid V/I/limits, or stale -> offline; re-admitted after
    `readmit_after` s of healthy data. Known packs that are missing count as offline.
@@ -43,8 +46,8 @@ from aggbatt.model import (
     MAX_CELL_VOLTAGE, MAX_TEMPERATURE_CELL_ID, MAX_VOLTAGE_CELL_ID, MIN_CELL_TEMPERATURE,
     MIN_CELL_VOLTAGE, MIN_TEMPERATURE_CELL_ID, MIN_VOLTAGE_CELL_ID, MODULES_ONLINE, PACK_PATHS,
     POWER, SAFETY_PATHS, SOC, TEMPERATURE, VOLTAGE, VOLTAGES_SUM, PackSnapshot, PackState,
-    PackTracker, ServiceReading, data_age, fault_of, needs_urgent_tick, pack_paths, stale_limit,
-    validate,
+    PackTracker, ServiceReading, Validated, data_age, fault_of, needs_urgent_tick, pack_paths,
+    revalidate, stale_limit, validate,
 )
 from aggbatt.packs import PackDirectory, PackRules
 from aggbatt.strategies import OfflinePack, Strategies, TickContext, build_strategies
@@ -118,6 +121,7 @@ class Engine:
         self._reported: set[tuple[str, str]] = set()
         self._sources: dict[str, str] = {}
         self._cell_paths: set[str] = set()
+        self._parsed: dict[str, tuple[Any, Validated]] = {}  # service -> (appeared_at, last result)
         self._failing = False
 
     # ---- the tick -------------------------------------------------------------------------
@@ -174,8 +178,13 @@ class Engine:
         events.extend(dup_events)
         present: dict[str, _Seen] = {}
         cells = bool(self.config.discovery.cell_voltages)
+        parsed: dict[str, tuple[Any, Validated]] = {}
         for pack in packs:
-            checked = validate(pack.reading.values, cells)
+            reading = pack.reading
+            cached = self._parsed.get(reading.service)
+            previous = cached[1] if cached is not None and cached[0] == reading.appeared_at else None
+            checked = revalidate(previous, reading.values, reading.changed_at, cells)
+            parsed[reading.service] = (reading.appeared_at, checked)
             for path, problem in sorted(checked.problems.items()):
                 if (pack.id, path) not in self._reported:
                     self._reported.add((pack.id, path))
@@ -184,6 +193,7 @@ class Engine:
             present[pack.id] = _Seen(snapshot, pack.reading)
             self._known.add(pack.id)
             self._names[pack.id] = pack.name
+        self._parsed = parsed
         return present
 
     def forget_missing(self) -> list[str]:

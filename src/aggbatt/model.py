@@ -73,6 +73,9 @@ class ServiceReading:
     values: Mapping[str, Any]  # path -> raw unwrapped value (None = invalid; may be garbage)
     last_change: float  # monotonic time any value last changed
     appeared_at: float  # monotonic time the service appeared
+    # path -> monotonic time its value last changed, for every path in `values`; lets the engine
+    # parse only the values that changed (`revalidate`). Empty = unknown: parse everything.
+    changed_at: Mapping[str, float] = field(default_factory=dict)
 
 
 # ---- paths ------------------------------------------------------------------------------------
@@ -194,7 +197,6 @@ RULES: dict[str, Rule] = {
     CUSTOM_NAME: _TEXT,
     VOLTAGE: _PACK_V,
     CURRENT: _AMPS,
-    POWER: Rule(Kind.NUMBER, -500_000.0, 500_000.0),
     TEMPERATURE: _TEMP,
     SOC: Rule(Kind.NUMBER, 0.0, 100.0),
     CAPACITY: _AH,
@@ -228,6 +230,8 @@ RULES: dict[str, Rule] = {
 _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL_PATHS}}
 
 # Every pack path the engine reads; the monitor subscribes to these only (see `pack_paths`).
+# /Dc/0/Power is not among them: serialbattery publishes exactly V x I, which the engine computes
+# itself (PackSnapshot.power), and it would be one more change per pack per second to process.
 PACK_PATHS: frozenset[str] = frozenset(RULES)
 
 # A change of one of these must trigger an immediate (debounced) tick.
@@ -257,6 +261,11 @@ def needs_urgent_tick(changed: Mapping[str, Any]) -> bool:
 class Validated:
     values: Mapping[str, Any]  # path -> usable typed value; missing paths are absent
     problems: Mapping[str, str]  # path -> why its raw value was rejected (None is not a problem)
+    # What `revalidate` needs to parse only the changes next time: the change stamps of the raw
+    # values parsed and the newest of them; None when the result cannot be reused.
+    stamps: Mapping[str, float] | None = None
+    newest: float = -math.inf
+    cell_voltages: bool = False
 
 
 def validate(values: Any, cell_voltages: bool = False) -> Validated:
@@ -278,7 +287,53 @@ def validate(values: Any, cell_voltages: bool = False) -> Validated:
                 clean[path] = value
     except Exception:  # noqa: BLE001 - a broken mapping: keep what was read, the rest is missing
         pass
-    return Validated(clean, problems)
+    return Validated(clean, problems, cell_voltages=cell_voltages)
+
+
+def revalidate(previous: Validated | None, values: Any, changed_at: Any,
+               cell_voltages: bool = False) -> Validated:
+    """What `validate(values, cell_voltages)` gives, re-parsing only the values that changed.
+
+    `changed_at` holds each path's monotonic change time (the monitor's `RemoteService.changed_at`);
+    `previous` must be this function's result for the same appearance of the same service (the
+    caller keys it by name and appearance time). A path is parsed again when its stamp differs from
+    the one parsed before, or is not older than the newest stamp parsed before: a change within
+    the same clock tick as an earlier one keeps its stamp, so that stamp proves nothing. Everything
+    is parsed again when paths came or went, when some value has no stamp, or when the stamps are
+    not finite numbers. Never raises.
+    """
+    if not isinstance(changed_at, Mapping) or not changed_at or not isinstance(values, Mapping):
+        return validate(values, cell_voltages)
+    try:
+        if values.keys() != changed_at.keys():
+            return validate(values, cell_voltages)
+        newest = max(changed_at.values())
+        if not isinstance(newest, (int, float)) or not math.isfinite(newest):
+            return validate(values, cell_voltages)
+        old = previous.stamps if previous is not None else None
+        if (old is None or previous is None or previous.cell_voltages != cell_voltages
+                or old.keys() != changed_at.keys()):
+            full = validate(values, cell_voltages)
+            return Validated(full.values, full.problems, dict(changed_at), newest, cell_voltages)
+        mark = previous.newest
+        dirty = [path for path, stamp in changed_at.items() if stamp >= mark or stamp != old[path]]
+        rules = _RULES_WITH_CELLS if cell_voltages else RULES
+        clean = dict(previous.values)
+        problems = dict(previous.problems)
+        for path in dirty:
+            clean.pop(path, None)
+            problems.pop(path, None)
+            rule = rules.get(path)
+            if rule is None:
+                continue
+            value, problem = rule.parse(values[path])
+            if problem is not None:
+                problems[path] = problem
+            elif value is not None:
+                clean[path] = value
+        return Validated(clean, problems, dict(changed_at), newest, cell_voltages)
+    except Exception:  # noqa: BLE001 - broken mappings or stamps: the full parse never raises
+        return validate(values, cell_voltages)
 
 
 # ---- typed snapshot -----------------------------------------------------------------------------
@@ -293,7 +348,7 @@ class PackSnapshot:
     service: str
     voltage: float | None = None
     current: float | None = None
-    power: float | None = None
+    power: float | None = None  # voltage x current, as serialbattery computes its /Dc/0/Power
     temperature: float | None = None
     soc: float | None = None
     capacity: float | None = None  # remaining Ah
@@ -328,9 +383,11 @@ class PackSnapshot:
     def build(cls, pack_id: str, name: str, service: str, values: Mapping[str, Any]) -> PackSnapshot:
         """From `Validated.values` (already typed and range-checked)."""
         get = values.get
+        voltage, current = get(VOLTAGE), get(CURRENT)
         return cls(
             id=pack_id, name=name, service=service,
-            voltage=get(VOLTAGE), current=get(CURRENT), power=get(POWER),
+            voltage=voltage, current=current,
+            power=voltage * current if voltage is not None and current is not None else None,
             temperature=get(TEMPERATURE), soc=get(SOC), capacity=get(CAPACITY),
             installed_capacity=get(INSTALLED_CAPACITY), consumed_ah=get(CONSUMED_AH),
             cvl=get(CVL), ccl=get(CCL), dcl=get(DCL), battery_low_voltage=get(BATTERY_LOW_VOLTAGE),
