@@ -32,7 +32,10 @@ async def test_published_service_follows_the_checklist(bus_address, tmp_path):
             assert path in items, path
         assert items["/Connected"]["Value"] == Variant("i", 1)
         assert items["/DeviceInstance"]["Value"].signature == "i"
+        assert items["/ProductId"]["Value"].signature == "i"
         assert items["/ProductId"]["Value"].value not in (0xB004, 0xB009, 0xBA77, 0xBA44)
+        for path in ("/Alarms/BmsCable", "/System/NrOfModulesOnline", "/Io/AllowToCharge"):
+            assert items[path]["Value"].signature == "i", path
         for path in ("/Dc/0/Voltage", "/Dc/0/Current", "/Soc", "/Info/MaxChargeVoltage",
                      "/Info/MaxChargeCurrent", "/Info/MaxDischargeCurrent"):
             assert items[path]["Value"].signature == "d", path

@@ -85,6 +85,6 @@ def spec_for(path: str, value: object) -> PathSpec:
     return PathSpec(None)
 
 
-def add_spec_path(service: BusItemService, path: str, value: object, **kwargs: object) -> None:
+def add_spec_path(service: BusItemService, path: str, value: object) -> None:
     spec = spec_for(path, value)
-    service.add_path(path, value, kind=spec.kind, decimals=spec.decimals, text=spec.text(), **kwargs)  # type: ignore[arg-type]
+    service.add_path(path, value, kind=spec.kind, decimals=spec.decimals, text=spec.text())
