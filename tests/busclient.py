@@ -64,11 +64,24 @@ class SignalRecorder:
         return [m for m in self.signals if m.member == member]
 
     async def wait_for(self, predicate, timeout: float = 3.0) -> None:
-        async def _wait() -> None:
-            while not predicate():
-                self.event.clear()
-                await self.event.wait()
-        await asyncio.wait_for(_wait(), timeout)
+        await until(self.event, predicate, timeout)
+
+
+async def until(event: asyncio.Event, predicate, timeout: float = 3.0) -> None:
+    """Wait until predicate() holds, re-checking each time `event` is set; bounded by timeout."""
+    async def _wait() -> None:
+        while not predicate():
+            event.clear()
+            await event.wait()
+    await asyncio.wait_for(_wait(), timeout)
+
+
+def near(path: str, expected: float, tolerance: float):
+    """A wait_for_values predicate: `path` is valid and within tolerance of expected."""
+    def check(values: dict[str, Any]) -> bool:
+        value = values[path]
+        return value is not None and abs(value - expected) <= tolerance
+    return check
 
 
 async def aggregate_values(bus: MessageBus, service: str = "com.victronenergy.battery.aggregate") -> dict[str, Any]:

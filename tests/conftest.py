@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from dbus_fast.aio import MessageBus
 
 from aggbatt.sim.privatebus import PrivateBus, start_private_bus
+from tests.gxhelpers import Gx
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +39,13 @@ async def connect(bus_address: str) -> AsyncIterator:
     yield _connect
     for bus in opened:
         bus.disconnect()
+
+
+@pytest.fixture
+def gx(tmp_path: Path, bus_address: str) -> Iterator[Gx]:
+    """A fake GX device: service dir under svscan, /data-like root, the private bus."""
+    sandbox = Gx(tmp_path / "gx", bus_address)
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop_svscan()

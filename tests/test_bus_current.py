@@ -18,7 +18,7 @@ import pytest
 
 from aggbatt.sim.pack import PackParams
 from aggbatt.sim.victron import SimDcdc, SimMppt, SimMulti, SimShunt
-from tests.busclient import wait_for_values
+from tests.busclient import near, wait_for_values
 from tests.daemonharness import Harness, fast_config, running
 
 BMS_SUM = -7.0
@@ -67,10 +67,7 @@ async def system(bus_address: str, tmp_path: Path, devices: Sequence[Device],
 
 
 def current_is(expected: float, tolerance: float = 0.011):
-    def check(values: dict[str, Any]) -> bool:
-        current = values["/Dc/0/Current"]
-        return current is not None and abs(current - expected) <= tolerance
-    return check
+    return near("/Dc/0/Current", expected, tolerance)
 
 
 def fallback(values: dict[str, Any]) -> bool:

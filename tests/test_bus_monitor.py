@@ -19,7 +19,7 @@ from aggbatt.bus.monitor import Monitor, RemoteService, RulePlan, plan_rules
 from aggbatt.bus.service import BusItemService
 from aggbatt.bus.values import unwrap
 from aggbatt.sim.bank import SimBank
-from tests.busclient import get_items
+from tests.busclient import get_items, until
 
 BUSITEM = "com.victronenergy.BusItem"
 DBUS = "org.freedesktop.DBus"
@@ -62,12 +62,7 @@ class Events:
         self._event.set()
 
     async def until(self, predicate, timeout: float = 3.0) -> None:
-        async def wait() -> None:
-            while not predicate():
-                self._event.clear()
-                await self._event.wait()
-
-        await asyncio.wait_for(wait(), timeout)
+        await until(self._event, predicate, timeout)
 
 
 async def publish_battery(connect, suffix: str, *, instance=1, voltage: float = 52.0,

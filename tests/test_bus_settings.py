@@ -11,7 +11,7 @@ from dbus_fast import Message, MessageType, Variant
 
 from aggbatt.bus.settings import SettingsClient, SettingSpec, SettingsUnavailable
 from aggbatt.sim.settings import SimSettings
-from tests.busclient import SignalRecorder, get_value
+from tests.busclient import SignalRecorder, get_value, until
 
 SETTINGS = "com.victronenergy.settings"
 DEVICES = "/Settings/Devices"
@@ -37,12 +37,7 @@ class Changes:
         self.event.set()
 
     async def until(self, predicate, timeout: float = 3.0) -> None:
-        async def wait() -> None:
-            while not predicate():
-                self.event.clear()
-                await self.event.wait()
-
-        await asyncio.wait_for(wait(), timeout)
+        await until(self.event, predicate, timeout)
 
 
 # ----- AddSettings -------------------------------------------------------------------------------

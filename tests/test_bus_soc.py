@@ -30,7 +30,7 @@ from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import PackParams
 from aggbatt.sim.victron import SimShunt
 from aggbatt.strategies.coulomb import MIN_SOC_SETTING, STATE_VERSION
-from tests.busclient import wait_for_values
+from tests.busclient import near, wait_for_values
 from tests.daemonharness import Harness, fast_config, running
 from tests.test_bus_current import victron
 
@@ -53,10 +53,7 @@ async def counting(bus_address: str, tmp_path: Path, shunt: SimShunt,
 
 
 def soc_is(expected: float, tolerance: float = 0.051):
-    def check(values: dict[str, Any]) -> bool:
-        soc = values["/Soc"]
-        return soc is not None and abs(soc - expected) <= tolerance
-    return check
+    return near("/Soc", expected, tolerance)
 
 
 def saved(tmp_path: Path) -> dict[str, Any]:

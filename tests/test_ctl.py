@@ -13,14 +13,22 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from aggbatt.config import default_config, load_config
-from tests.gxhelpers import (BUS_NAME, CTL, PYTHON_TAG, Gx, build_release, missing_tools, setting,
-                             start_localsettings, wait_for)
+from tests.gxhelpers import (
+    BUS_NAME,
+    CTL,
+    PYTHON_TAG,
+    Gx,
+    build_release,
+    missing_tools,
+    setting,
+    start_localsettings,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.bus,
@@ -35,15 +43,6 @@ REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 APPLETS = ("sh", "mv", "ln", "tar", "gzip", "sha256sum", "cut", "sed", "awk", "grep", "cp", "rm",
            "mkdir", "readlink", "cat", "tail", "head", "df", "dirname", "date", "sleep", "cmp",
            "chmod", "tr", "ls", "uname", "printf", "echo", "basename")
-
-
-@pytest.fixture
-def gx(tmp_path: Path, bus_address: str) -> Iterator[Gx]:
-    sandbox = Gx(tmp_path / "gx", bus_address)
-    try:
-        yield sandbox
-    finally:
-        sandbox.stop_svscan()
 
 
 def busybox_env(gx: Gx) -> dict[str, str]:

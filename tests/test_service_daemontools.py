@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,15 +40,6 @@ def place_release(gx: Gx, tarball: Path) -> Path:
     shutil.copy(releases / version / "config.example.toml", gx.root / "config.toml")
     shutil.copytree(REPO / "service", gx.service)
     return releases / version
-
-
-@pytest.fixture
-def gx(tmp_path: Path, bus_address: str) -> Iterator[Gx]:
-    sandbox = Gx(tmp_path / "gx", bus_address)
-    try:
-        yield sandbox
-    finally:
-        sandbox.stop_svscan()
 
 
 def test_run_execs_the_daemon_with_limits_and_logs_with_timestamps(gx: Gx) -> None:
