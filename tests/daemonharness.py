@@ -26,8 +26,10 @@ def fast_config(**sections: Any) -> Config:
 
 
 class Harness:
-    def __init__(self, bank: SimBank, daemon: Daemon, settings: SimSettings | None, client: MessageBus):
+    def __init__(self, bank: SimBank, daemon: Daemon, settings: SimSettings | None, client: MessageBus,
+                 loop_task: asyncio.Task[None]):
         self.bank = bank
+        self.loop_task = loop_task  # the daemon's run_forever
         self.daemon = daemon
         self.settings = settings
         self.client = client
@@ -53,7 +55,7 @@ async def running(bus_address: str, tmp_path: Path, packs: list[PackParams] | No
     loop_task = asyncio.create_task(daemon.run_forever())
     client = await MessageBus(bus_address=bus_address).connect()
     try:
-        yield Harness(bank, daemon, settings, client)
+        yield Harness(bank, daemon, settings, client, loop_task)
     finally:
         client.disconnect()
         daemon.stop()

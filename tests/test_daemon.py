@@ -10,7 +10,7 @@ from dbus_fast import Variant
 
 from aggbatt.bus.service import ServiceNameTaken
 from aggbatt.daemon import Daemon
-from aggbatt.sim.pack import PackParams
+from aggbatt.sim.pack import PackParams, SimPack
 from tests.busclient import aggregate_values, get_items, set_value, wait_for_values
 from tests.daemonharness import fast_config, running
 
@@ -200,3 +200,35 @@ async def test_forget_packs_drops_a_pack_removed_for_good(bus_address, tmp_path)
     async with running(bus_address, tmp_path, packs(280)) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
         assert values["/System/NrOfModulesOffline"] == 0  # the forgotten pack stays forgotten
+
+
+async def test_a_failure_after_the_engine_does_not_stop_the_tick_loop(bus_address, tmp_path,
+                                                                      monkeypatch):
+    async with running(bus_address, tmp_path, packs(280)) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
+
+        def broken(known):
+            raise RuntimeError("state dir vanished")
+
+        monkeypatch.setattr(h.daemon, "_save_known_packs", broken)
+        # A new pack changes the known set, so the next tick tries to save it and raises.
+        extra = SimPack(PackParams(capacity_ah=100, serial="P9", noise_a=0.05, noise_mv=1.0),
+                        name_suffix="extra9")
+        await extra.start(bus_address)
+        extra.step(0.0, 0.0)
+        extra.publish()
+        try:
+            values = await wait_for_values(h.client,
+                                           lambda v: v["/System/NrOfModulesOnline"] == 2)
+            assert values["/InstalledCapacity"] == pytest.approx(380.0)
+            before = h.daemon.ticks
+            for _ in range(100):
+                if h.daemon.ticks >= before + 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert h.daemon.ticks >= before + 2
+            await asyncio.sleep(1.2)  # at least one periodic tick after the failures
+            assert not h.loop_task.done()
+        finally:
+            monkeypatch.undo()
+            await extra.stop()

@@ -276,17 +276,21 @@ class Daemon:
             self._log_once(exc)
             result = self.engine.fail_safe(now, readings, exc)
         self.ticks += 1
-        self._apply(result)
-        if self._counter is not None:
-            self._save_soc(self._counter.take_save())
-        if self._own is not None:
-            self._own.after_tick(now, self.service is not None and self.service.registered)
+        try:
+            self._apply(result)
+            if self._counter is not None:
+                self._save_soc(self._counter.take_save())
+            if self._own is not None:
+                self._own.after_tick(now, self.service is not None and self.service.registered)
+        except Exception as exc:  # noqa: BLE001 - publishing or saving must not end the loop either
+            self._log_once(exc, "publishing or saving after a tick failed; the next tick retries")
 
-    def _log_once(self, exc: BaseException) -> None:
+    def _log_once(self, exc: BaseException,
+                  what: str = "tick failed, publishing fail-safe limits") -> None:
         kind = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if kind not in self._logged_errors:
             self._logged_errors.add(kind)
-            log.exception("tick failed, publishing fail-safe limits (%s)", kind)
+            log.exception("%s (%s)", what, kind)
 
     def _apply(self, result: TickResult) -> None:
         assert self.service is not None
@@ -300,12 +304,12 @@ class Daemon:
                     svc[path] = None
             else:
                 add_spec_path(svc, path, value)
+        svc.publish()
+        previous, self._last = self._last, result
         for event in result.events:
             log.info("%s", event)
-        if self._last is None or result.known_packs != self._last.known_packs:
+        if previous is None or result.known_packs != previous.known_packs:
             self._save_known_packs(result.known_packs)
-        self._last = result
-        svc.publish()
 
     async def run_forever(self) -> None:
         interval = self.config.service.tick_interval
