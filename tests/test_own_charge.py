@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -161,6 +162,30 @@ def test_blocking_pack_makes_ccl_zero():
     limits = own.limits(ctx(config(), [pack("a", allow_charge=0), pack("b")], datetime(2024, 6, 5)),
                         NO_CURRENT)
     assert limits.ccl == 0.0 and "a" in limits.charge_reason
+
+
+def test_dcl_cut_off_survives_invalid_cell_readings_and_a_low_pack_going_offline():
+    own = strategy()
+    cfg = config()
+    wall = datetime(2024, 6, 5)
+    low, high = pack("a", cell=3.0, low=2.85), pack("b", cell=3.3)
+    assert own.limits(ctx(cfg, [low, high], wall), NO_CURRENT).dcl == 0.0
+    # a's cell readings turn invalid: b's healthy cells say nothing about a.
+    blind = replace(low, min_cell_voltage=None, max_cell_voltage=None)
+    limits = own.limits(ctx(cfg, [blind, high], wall, now=1.0), NO_CURRENT)
+    assert limits.dcl == 0.0 and "a has no valid cell voltage" in limits.discharge_reason
+    assert any("cut-off kept" in event for event in limits.events)
+    # a drops out of the online set: still cut off until a is seen above the release voltage.
+    offline = SimpleNamespace(now=2.0, config=cfg, online=(high,), wall=wall, services=(),
+                              offline=(SimpleNamespace(id="a", name="a", reason="gone"),))
+    limits = own.limits(offline, NO_CURRENT)
+    assert limits.dcl == 0.0 and "a (at the cut-off) is offline" in limits.discharge_reason
+    # No cell reading at all keeps it too.
+    limits = own.limits(ctx(cfg, [blind, replace(high, min_cell_voltage=None,
+                                                 max_cell_voltage=None)], wall, now=3.0), NO_CURRENT)
+    assert limits.dcl == 0.0
+    recovered = pack("a", cell=3.3)
+    assert own.limits(ctx(cfg, [recovered, high], wall, now=4.0), NO_CURRENT).dcl > 0.0
 
 
 def test_pack_without_cell_count_caps_with_its_own_cvl():

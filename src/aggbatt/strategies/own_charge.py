@@ -34,7 +34,7 @@ latch and the dynamic CVL controller are not persisted (see their modules).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -164,6 +164,12 @@ class OwnCharge:
         self._loaded: tuple[Mapping[str, Any] | None, str | None] = (None, None)
         self._dynamic_active = False
         self._latch = self.tables.latch
+        self._latch_kept: str | None = None
+        # Packs that have shown a valid lowest cell in this process, and the packs whose lowest cell
+        # was inside the cut-off band while the DCL latch is cut (id -> name): their readings
+        # going missing must not release the latch.
+        self._read_low: set[str] = set()
+        self._low_packs: dict[str, str] = {}
         self._cvl_source = ""
         self.last: OwnDecision | None = None
 
@@ -174,9 +180,10 @@ class OwnCharge:
     # ----- the strategy ----------------------------------------------------------------------
 
     def limits(self, ctx: TickContext, current: CurrentResult) -> ChargeLimits:
+        known = {p.id for p in ctx.online} | {p.id for p in ctx.offline}
         decision = self.decide(ctx.now, local_time(ctx), ctx.online,
                                _cap(bound(ctx, CHARGE)), _cap(bound(ctx, DISCHARGE)),
-                               charging=_charging(current.current, self.idle_current))
+                               charging=_charging(current.current, self.idle_current), known=known)
         self.last = decision
         return ChargeLimits(
             cvl=decision.cvl, ccl=decision.ccl.value, dcl=decision.dcl.value,
@@ -188,8 +195,10 @@ class OwnCharge:
     # ----- the decision ----------------------------------------------------------------------
 
     def decide(self, now: float, wall: datetime, packs: Sequence[PackSnapshot],
-               charge_cap: Limit, discharge_cap: Limit, charging: bool = True) -> OwnDecision:
-        """`charging`: the bank takes charge current now (or its current is unknown)."""
+               charge_cap: Limit, discharge_cap: Limit, charging: bool = True,
+               known: Collection[str] | None = None) -> OwnDecision:
+        """`charging`: the bank takes charge current now (or its current is unknown). `known`: the
+        ids of every known pack, online or not (None: keep what is remembered of absent packs)."""
         p = self.params
         events: list[str] = []
         save: Mapping[str, Any] | None = None
@@ -248,7 +257,9 @@ class OwnCharge:
             events.append(f"CVL now set by: {mode}")
 
         highs = [h for pack in packs if (h := highest_cell(pack)) is not None]
-        lows = [low for pack in packs if (low := lowest_cell(pack)) is not None]
+        pack_lows = {pack.id: lowest_cell(pack) for pack in packs}
+        lows = [low for low in pack_lows.values() if low is not None]
+        missing = self._unknown_lows(packs, pack_lows, known)
         charge_block = next((f"{pack.name} ({why})" for pack in packs
                              if (why := pack.charge_block()) is not None), None)
         discharge_block = next((f"{pack.name} ({why})" for pack in packs
@@ -256,8 +267,9 @@ class OwnCharge:
         ccl, dcl = self.tables.update(TableInputs(
             max_cell=max(highs) if highs else None, min_cell=min(lows) if lows else None,
             charge_blocked_by=charge_block, discharge_blocked_by=discharge_block,
-            charge_cap=charge_cap, discharge_cap=discharge_cap))
+            charge_cap=charge_cap, discharge_cap=discharge_cap, missing=missing))
         self._note_latch(dcl, events)
+        self._remember_low_packs(packs, pack_lows, missing, events)
 
         wanted, why = self._feedin(charge_block, mode if source == "dynamic" else None)
         return OwnDecision(cvl, source, mode, ccl, dcl, wanted, why, tuple(events), save)
@@ -274,6 +286,34 @@ class OwnCharge:
                           + f" (last balancing {record.last_balancing or 'never'})")
             return self.balancing.record.to_json()
         return None
+
+    def _unknown_lows(self, packs: Sequence[PackSnapshot], lows: Mapping[str, float | None],
+                      known: Collection[str] | None) -> str | None:
+        """Why the bank's lowest cell is not fully known this tick, or None. A pack that never
+        published cell voltages is not counted: it has never had a say in the latch."""
+        if known is not None:
+            self._read_low &= set(known)
+            self._low_packs = {pid: name for pid, name in self._low_packs.items() if pid in known}
+        dark = [f"{pack.name} has no valid cell voltage" for pack in packs
+                if lows[pack.id] is None and pack.id in self._read_low]
+        away = [f"{name} (at the cut-off) is offline" for pid, name in self._low_packs.items()
+                if pid not in lows]
+        self._read_low |= {pid for pid, low in lows.items() if low is not None}
+        return "; ".join(dark + away) or None
+
+    def _remember_low_packs(self, packs: Sequence[PackSnapshot], lows: Mapping[str, float | None],
+                            missing: str | None, events: list[str]) -> None:
+        if self.tables.latch is not Latch.CUT:
+            self._low_packs.clear()
+            self._latch_kept = None
+            return
+        release = self.params.min_cell_voltage + self.params.tables.min_cell_hysteresis
+        self._low_packs.update({pack.id: pack.name for pack in packs
+                                if (low := lows[pack.id]) is not None and low <= release})
+        if missing != self._latch_kept:
+            self._latch_kept = missing
+            if missing is not None:
+                events.append(f"DCL cut-off kept while the lowest cell is unknown: {missing}")
 
     def _feedin(self, charge_block: str | None, dynamic_reason: str | None) -> tuple[bool, str]:
         if dynamic_reason is not None or self.dynamic.limit is not None:
