@@ -197,6 +197,35 @@ def test_pack_without_cell_count_caps_with_its_own_cvl():
     assert "can: cell count unknown" in limits.values[CHARGE_MODE]
 
 
+def test_a_cell_count_that_does_not_fit_the_pack_voltage_is_not_trusted():
+    own = strategy()
+    cfg = config()
+    wall = datetime(2024, 6, 5)
+    # A 16-cell pack at 53 V whose BMS is configured for 24 cells: 2.21 V per cell.
+    liar = replace(pack("a", cell=53.0 / 16, cvl=55.2), cells=24)
+    limits = own.limits(ctx(cfg, [liar], wall), NO_CURRENT)
+    assert limits.cvl == 55.2
+    assert "a: cell count does not fit its voltage" in limits.values[CHARGE_MODE]
+    said = [event for event in limits.events if "cell count 24 not used" in event]
+    assert len(said) == 1 and "2.21 V per cell" in said[0]
+    # Said once, not every tick.
+    again = own.limits(ctx(cfg, [liar], wall, now=1.0), NO_CURRENT)
+    assert again.cvl == 55.2 and not any("not used" in event for event in again.events)
+    # Inside the configured range but not matching the pack's own cell readings (17 for 16).
+    near = replace(pack("b", cell=3.30, cvl=55.2), cells=17)
+    limits = strategy().limits(ctx(cfg, [near], wall), NO_CURRENT)
+    assert limits.cvl == 55.2
+    assert any("its cells read 3.300-3.300 V" in event for event in limits.events)
+    # Without cell readings the configured range alone judges; /Voltages/Sum counts as well.
+    bare = replace(pack("c", cell=3.30, cvl=55.2), cells=24, min_cell_voltage=None,
+                   max_cell_voltage=None, voltage=None)
+    limits = strategy().limits(ctx(cfg, [bare], wall), NO_CURRENT)
+    assert limits.cvl == 55.2 and any("cell sum 52.80 V" in event for event in limits.events)
+    # A count that fits is used as before.
+    honest = pack("d", cell=3.30, cvl=60.0)
+    assert strategy().limits(ctx(cfg, [honest], wall), NO_CURRENT).cvl == pytest.approx(16 * 3.35)
+
+
 def test_without_wall_clock_the_strategy_refuses():
     own = strategy()
     bad = SimpleNamespace(now=0.0, config=config(), online=(pack("a"),), offline=(), services=())
@@ -223,8 +252,10 @@ def test_limits_never_exceed_cell_limits_tables_or_share_caps(specs, month, bala
     own = strategy(record=None if balancing_due else RECENT)
     charge_table = Table.of(p.cell_charge_voltages, p.cell_charge_factors)
     discharge_table = Table.of(p.cell_discharge_voltages, p.cell_discharge_factors)
+    # Each pack's own CVL keeps to the per-cell cap too: it is what caps the bank while a pack's
+    # cell count does not fit its voltage (a deep discharge below the configured cell range).
     packs = [pack(f"p{i}", cells=cells, cell=base, high=base + spread, low=max(1.0, base - spread),
-                  ccl=ccl, dcl=dcl, capacity=cap, current=cur)
+                  ccl=ccl, dcl=dcl, capacity=cap, current=cur, cvl=cells * p.max_cell_voltage)
              for i, (cells, base, spread, ccl, dcl, cap, cur) in enumerate(specs)]
     now = 0.0
     for gap in gaps:

@@ -6,6 +6,12 @@ Rules (issue 6, field-survey 3.3-3.6; the reference's defects of 3.11 items 1-5,
   the bank value is the minimum over the online packs, so packs with different cell counts in
   parallel each stay within their own per-cell limits. The cell count is /System/NrOfCellsPerBattery,
   else the number of cell voltages the pack publishes.
+- A count is trusted only when it fits the pack's voltages: the pack voltage and /Voltages/Sum
+  divided by the count must lie within the configured cell range (min_cell_voltage to
+  max_cell_voltage, widened by CELL_RANGE_SLACK for sag and overshoot), and within the pack's own
+  lowest and highest cell reading (CELL_READING_SLACK) when it publishes them. A wrong count would
+  scale every per-cell limit (24 reported cells on a 16-cell pack: CVL 24 x 3.4 V = 81.6 V), so a
+  count that does not fit is unknown: the pack's own CVL caps (rule 5 below), logged once.
 - CVL, in order:
   1. the month's charge voltage (charge_cell_voltage[month - 1], local calendar month);
   2. balancing (balancing.py) may raise it to the balancing voltage;
@@ -51,6 +57,12 @@ from aggbatt.strategies.current_tables import (
 from aggbatt.strategies.dynamic_cvl import DynamicCvl, DynamicParams, highest_cell
 
 BALANCING_FILE = "balancing.json"
+# A pack's mean cell voltage may lie this fraction beyond the configured cell range (load sag,
+# charge overshoot) before its cell count is distrusted.
+CELL_RANGE_SLACK = 0.1
+# V: how far the mean cell voltage may lie outside the pack's own lowest and highest cell reading
+# (cable and shunt drop between the cells and the pack terminals, readings taken at other moments).
+CELL_READING_SLACK = 0.05
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December")
 
@@ -112,6 +124,24 @@ def cell_count(pack: PackSnapshot) -> int | None:
     return len(pack.cell_voltages) or None
 
 
+def count_misfit(pack: PackSnapshot, cells: int, low: float, high: float) -> str | None:
+    """Why `cells` cannot be the cell count of `pack` with a configured cell range of
+    `low`..`high` V, or None when its voltages fit."""
+    lo, hi = low * (1.0 - CELL_RANGE_SLACK), high * (1.0 + CELL_RANGE_SLACK)
+    cell_low, cell_high = lowest_cell(pack), highest_cell(pack)
+    for label, volts in (("pack voltage", pack.voltage), ("cell sum", pack.voltages_sum)):
+        if volts is None:
+            continue
+        mean = volts / cells
+        if not lo <= mean <= hi:
+            return f"{label} {volts:.2f} V / {cells} = {mean:.2f} V per cell, outside {lo:.2f}-{hi:.2f} V"
+        if (cell_low is not None and cell_high is not None
+                and not cell_low - CELL_READING_SLACK <= mean <= cell_high + CELL_READING_SLACK):
+            return (f"{label} {volts:.2f} V / {cells} = {mean:.2f} V per cell, but its cells read "
+                    f"{cell_low:.3f}-{cell_high:.3f} V")
+    return None
+
+
 def lowest_cell(pack: PackSnapshot) -> float | None:
     known = [u for u in pack.cell_voltages.values() if isinstance(u, float) and math.isfinite(u)]
     if pack.min_cell_voltage is not None:
@@ -171,6 +201,7 @@ class OwnCharge:
         self._read_low: set[str] = set()
         self._low_packs: dict[str, str] = {}
         self._cvl_source = ""
+        self._misfits: dict[str, int] = {}  # pack id -> the distrusted count, logged once
         self.last: OwnDecision | None = None
 
     def load(self, data: Mapping[str, Any] | None, problem: str | None) -> None:
@@ -205,8 +236,9 @@ class OwnCharge:
         if self.balancing is None:
             save = self._start_balancing(now, wall, events)
 
-        counted = [(pack, n) for pack in packs if (n := cell_count(pack)) is not None]
-        uncounted = [pack for pack in packs if cell_count(pack) is None]
+        counts, misfits = self._cell_counts(packs, events)
+        counted = [(pack, n) for pack in packs if (n := counts[pack.id]) is not None]
+        uncounted = [pack for pack in packs if counts[pack.id] is None]
         month = wall.month
         cvl: float | None
         if counted:
@@ -227,7 +259,7 @@ class OwnCharge:
             if step.changed:
                 save = self.balancing.record.to_json()
             cvl = step.target
-            capped = (f"max cell voltage {p.max_cell_voltage:.3f} V x {cell_count(cap_pack)} cells "
+            capped = (f"max cell voltage {p.max_cell_voltage:.3f} V x {counts[cap_pack.id]} cells "
                       f"({cap_pack.name})")
             if step.phase is not Phase.IDLE:
                 source, mode = "balancing", step.reason
@@ -251,7 +283,8 @@ class OwnCharge:
         for pack in uncounted:
             if pack.cvl is not None and (cvl is None or pack.cvl < cvl):
                 cvl, source = pack.cvl, "pack_cvl"
-                mode = f"{pack.name}: cell count unknown, its own CVL applies"
+                why = "does not fit its voltage" if pack.id in misfits else "unknown"
+                mode = f"{pack.name}: cell count {why}, its own CVL applies"
         if source != self._cvl_source:
             self._cvl_source = source
             events.append(f"CVL now set by: {mode}")
@@ -273,6 +306,27 @@ class OwnCharge:
 
         wanted, why = self._feedin(charge_block, mode if source == "dynamic" else None)
         return OwnDecision(cvl, source, mode, ccl, dcl, wanted, why, tuple(events), save)
+
+    def _cell_counts(self, packs: Sequence[PackSnapshot],
+                     events: list[str]) -> tuple[dict[str, int | None], set[str]]:
+        """Each pack's trusted cell count (None: unknown), and the ids whose count was distrusted."""
+        counts: dict[str, int | None] = {}
+        misfits: set[str] = set()
+        for pack in packs:
+            n = cell_count(pack)
+            why = count_misfit(pack, n, self.params.min_cell_voltage, self.params.max_cell_voltage) \
+                if n is not None else None
+            if why is None:
+                counts[pack.id] = n
+                self._misfits.pop(pack.id, None)
+                continue
+            counts[pack.id] = None
+            misfits.add(pack.id)
+            if self._misfits.get(pack.id) != n:
+                self._misfits[pack.id] = n
+                events.append(f"{pack.name}: cell count {n} not used ({why}); "
+                              "its own CVL caps the bank")
+        return counts, misfits
 
     def _start_balancing(self, now: float, wall: datetime, events: list[str]) -> Mapping[str, Any] | None:
         data, problem = self._loaded
