@@ -195,6 +195,8 @@ def test_envelope_blocks_whatever_the_strategy_says() -> None:
 def test_absorption_hold_keeps_the_bank_charging_until_every_pack_floats() -> None:
     config = config_from_dict({"charge": {"passthrough": {"cvl_mode": "absorption_hold"}}})
     strategy = PassthroughCharge(config)
+    charging = [pack("A", cvl=55.2, charge_mode="Absorption"), pack("B", cvl=55.2, charge_mode="Bulk")]
+    strategy.limits(ctx(charging, config=config), NO_CURRENT)
     online = [pack("A", cvl=55.2, charge_mode="Absorption"), pack("B", cvl=53.6, charge_mode="Float")]
     # "min" would float the bank at 53.6 V while A still absorbs; the hold follows A.
     assert strategy.limits(ctx(online, config=config), NO_CURRENT).cvl == 55.2

@@ -32,7 +32,8 @@ invalid CVL would deselect the BMS (contract 4.6) and leave the bank unlimited.
 
 PassthroughCharge: CCL/DCL = the envelope itself; CVL per `charge.passthrough.cvl_mode`: "min" =
 the lowest CVL of the online packs, "absorption_hold" = strategies.cvl_arbitration.AbsorptionHold
-(the bank stays in absorption until every pack has finished; a pack lowering its CVL still wins).
+(the bank stays in absorption until every pack has finished; no pack is given more than its own
+charge CVL, and a pack lowering its CVL still wins, also after it was offline).
 """
 
 from __future__ import annotations
@@ -193,7 +194,11 @@ class PassthroughCharge:
 
     def limits(self, ctx: TickContext, current: CurrentResult) -> ChargeLimits:
         charge, discharge = bound(ctx, CHARGE), bound(ctx, DISCHARGE)
-        cvl = self._hold.arbitrate(ctx.online).cvl if self._hold is not None else min_pack_cvl(ctx)
+        if self._hold is not None:
+            known = {p.id for p in ctx.online} | {p.id for p in ctx.offline}
+            cvl = self._hold.arbitrate(ctx.online, known).cvl
+        else:
+            cvl = min_pack_cvl(ctx)
         return ChargeLimits(
             cvl=cvl, ccl=charge.cap, dcl=discharge.cap,
             charge_reason=charge.reason, discharge_reason=discharge.reason,
