@@ -176,8 +176,8 @@ def test_dcl_cut_off_survives_invalid_cell_readings_and_a_low_pack_going_offline
     assert limits.dcl == 0.0 and "a has no valid cell voltage" in limits.discharge_reason
     assert any("cut-off kept" in event for event in limits.events)
     # a drops out of the online set: still cut off until a is seen above the release voltage.
-    offline = SimpleNamespace(now=2.0, config=cfg, online=(high,), wall=wall, services=(),
-                              offline=(SimpleNamespace(id="a", name="a", reason="gone"),))
+    offline = ctx(cfg, [high], wall, now=2.0)
+    offline.offline = (SimpleNamespace(id="a", name="a", reason="gone"),)
     limits = own.limits(offline, NO_CURRENT)
     assert limits.dcl == 0.0 and "a (at the cut-off) is offline" in limits.discharge_reason
     # No cell reading at all keeps it too.
