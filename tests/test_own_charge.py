@@ -211,6 +211,12 @@ def test_a_cell_count_that_does_not_fit_the_pack_voltage_is_not_trusted():
     # Said once, not every tick.
     again = own.limits(ctx(cfg, [liar], wall, now=1.0), NO_CURRENT)
     assert again.cvl == 55.2 and not any("not used" in event for event in again.events)
+    # A voltage swinging in and out of the range does not repeat it either.
+    fits = replace(liar, voltage=70.0, voltages_sum=70.0, min_cell_voltage=2.917,
+                   max_cell_voltage=2.917)
+    assert own.limits(ctx(cfg, [fits], wall, now=2.0), NO_CURRENT).cvl == pytest.approx(24 * 3.35)
+    swing = own.limits(ctx(cfg, [liar], wall, now=3.0), NO_CURRENT)
+    assert not any("not used" in event for event in swing.events)
     # Inside the configured range but not matching the pack's own cell readings (17 for 16).
     near = replace(pack("b", cell=3.30, cvl=55.2), cells=17)
     limits = strategy().limits(ctx(cfg, [near], wall), NO_CURRENT)

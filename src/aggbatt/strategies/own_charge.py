@@ -201,7 +201,8 @@ class OwnCharge:
         self._read_low: set[str] = set()
         self._low_packs: dict[str, str] = {}
         self._cvl_source = ""
-        self._misfits: dict[str, int] = {}  # pack id -> the distrusted count, logged once
+        # pack id -> the last distrusted count: said once per count, not at every voltage swing
+        self._misfits: dict[str, int] = {}
         self.last: OwnDecision | None = None
 
     def load(self, data: Mapping[str, Any] | None, problem: str | None) -> None:
@@ -318,7 +319,6 @@ class OwnCharge:
                 if n is not None else None
             if why is None:
                 counts[pack.id] = n
-                self._misfits.pop(pack.id, None)
                 continue
             counts[pack.id] = None
             misfits.add(pack.id)
