@@ -131,7 +131,7 @@ class Engine:
         """`now`: monotonic seconds; `wall`: wall-clock time for calendar rules (own charge)."""
         cfg = self.config
         events: list[str] = []
-        present = self._identify(services, events)
+        present = self._identify(now, services, events)
         self._present_ids = frozenset(present)
         self._forget_disallowed(events)
         trackers = self._judge(now, present, events)
@@ -173,9 +173,13 @@ class Engine:
         return TickResult(values, events, frozenset(self._known),
                           self._statuses(now, present, trackers))
 
-    def _identify(self, services: Sequence[ServiceReading], events: list[str]) -> dict[str, _Seen]:
-        packs, dup_events = self._directory.identify(services)
+    def _identify(self, now: float, services: Sequence[ServiceReading],
+                  events: list[str]) -> dict[str, _Seen]:
+        packs, dup_events = self._directory.identify(services, now, self._known)
         events.extend(dup_events)
+        for pack in packs:
+            if pack.renamed_from is not None:
+                self._rename(pack.renamed_from, pack.id)
         present: dict[str, _Seen] = {}
         cells = bool(self.config.discovery.cell_voltages)
         parsed: dict[str, tuple[Any, Validated]] = {}
@@ -195,6 +199,19 @@ class Engine:
             self._names[pack.id] = pack.name
         self._parsed = parsed
         return present
+
+    def _rename(self, old: str, new: str) -> None:
+        """The same service now has another id: one pack, so its state moves with it and the old
+        id leaves the known packs instead of counting offline forever."""
+        self._known.discard(old)
+        tracker = self._trackers.pop(old, None)
+        if tracker is not None:
+            tracker.id = new
+            self._trackers[new] = tracker
+        if old in self._seen_ids:
+            self._seen_ids.discard(old)
+            self._seen_ids.add(new)
+        self._names.pop(old, None)
 
     def forget_missing(self) -> list[str]:
         """Forget the known packs not on the bus at the last tick (a pack removed for good would
