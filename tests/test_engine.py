@@ -348,6 +348,27 @@ def test_a_serial_that_changes_every_tick_stays_one_pack() -> None:
     assert len([e for e in events if "reports another id" in e]) == 1
 
 
+def test_known_packs_are_bounded_and_the_longest_missing_go_first() -> None:
+    from aggbatt.packs import MAX_KNOWN_PACKS
+
+    bank = charging_bank()
+    stale = [f"OLD{n:03d}" for n in range(MAX_KNOWN_PACKS + 10)]
+    engine = Engine(default_config(), known_packs=stale)
+    result = tick(engine, bank, 0.0)
+    assert len(result.known_packs) == MAX_KNOWN_PACKS and {"A", "B"} <= result.known_packs
+    assert len([e for e in result.events if "known packs: forgot 12 missing" in e]) == 1
+    service = SB + "ttyUSB0"
+    for n in range(1, 30):                     # a driver that returns under a new serial each time
+        values = bank.services.pop(service)[0]
+        values["/Serial"] = f"A{n}"
+        service = SB + f"ttyACM{n}"
+        bank.services[service] = [values, float(n), float(n)]
+        result = tick(engine, bank, float(n))
+        assert len(result.known_packs) == MAX_KNOWN_PACKS
+        assert {f"A{n}", f"A{n - 1}" if n > 1 else "A", "B"} <= result.known_packs  # recent stay
+    assert result.values["/System/NrOfModulesOffline"] >= MAX_KNOWN_PACKS - 2  # still count
+
+
 def test_a_blocking_pack_blocks_the_bank_and_logs_once() -> None:
     bank = charging_bank()
     engine = Engine(default_config())

@@ -49,7 +49,7 @@ from aggbatt.model import (
     PackTracker, ServiceReading, Validated, data_age, fault_of, needs_urgent_tick, pack_paths,
     revalidate, stale_limit, validate,
 )
-from aggbatt.packs import PackDirectory, PackRules
+from aggbatt.packs import MAX_KNOWN_PACKS, PackDirectory, PackRules
 from aggbatt.strategies import OfflinePack, Strategies, TickContext, build_strategies
 from aggbatt.strategies.charge import apply_envelope
 from aggbatt.strategies.victron_current import block_limits
@@ -118,6 +118,7 @@ class Engine:
         self._present_ids: frozenset[str] = frozenset()
         self._names: dict[str, str] = {}
         self._seen_ids: set[str] = set()
+        self._last_seen: dict[str, float] = {}  # pack id -> last tick it was on the bus
         self._reported: set[tuple[str, str]] = set()
         self._sources: dict[str, str] = {}
         self._cell_paths: set[str] = set()
@@ -197,13 +198,38 @@ class Engine:
             present[pack.id] = _Seen(snapshot, pack.reading)
             self._known.add(pack.id)
             self._names[pack.id] = pack.name
+            self._last_seen[pack.id] = now
         self._parsed = parsed
+        self._bound_known(present, events)
         return present
+
+    def _bound_known(self, present: Mapping[str, _Seen], events: list[str]) -> None:
+        """Keep at most MAX_KNOWN_PACKS known packs: past that, the packs missing longest go.
+        A driver that comes back under a new serial again and again would otherwise add a pack
+        that counts offline every time, and make the state file grow without end."""
+        excess = len(self._known) - MAX_KNOWN_PACKS
+        if excess <= 0:
+            return
+        missing = sorted((i for i in self._known if i not in present),
+                         key=lambda i: (self._last_seen.get(i, float("-inf")), i))[:excess]
+        for pack_id in missing:
+            self._drop_known(pack_id)
+        if missing:
+            events.append(f"more than {MAX_KNOWN_PACKS} known packs: forgot {len(missing)} "
+                          f"missing the longest ({', '.join(missing[:5])}"
+                          f"{', ...' if len(missing) > 5 else ''})")
+
+    def _drop_known(self, pack_id: str) -> None:
+        self._known.discard(pack_id)
+        self._trackers.pop(pack_id, None)
+        self._last_seen.pop(pack_id, None)
+        self._seen_ids.discard(pack_id)
 
     def _rename(self, old: str, new: str) -> None:
         """The same service now has another id: one pack, so its state moves with it and the old
         id leaves the known packs instead of counting offline forever."""
         self._known.discard(old)
+        self._last_seen.pop(old, None)
         tracker = self._trackers.pop(old, None)
         if tracker is not None:
             tracker.id = new

@@ -25,7 +25,9 @@ serial on every read), the bound id stays, so the known packs neither grow nor g
 every change; one event says so. The new id is never taken from another pack: not from one on the
 bus, and not from a known pack that is missing unless it is the pack's own /Serial (a pack that
 finds its persisted serial again). A rename while aggbatt is not running cannot be followed: the
-old id then stays known until `aggbatt forget-packs`.
+old id then stays known until `aggbatt forget-packs`. At most MAX_KNOWN_PACKS ids are known:
+past that the engine forgets the packs missing longest (a driver that comes back under a new
+serial each time must not grow the list without end).
 
 Two services with the same base id (cheap BMSes often share a default serial): both are kept and
 each is identified as "<base>@<service name>"; an event says so. The decision is sticky for the
@@ -48,6 +50,8 @@ DUPLICATE_MARK = "@" + BATTERY_PREFIX
 # A new id must hold at least this long before it replaces the bound one, even with
 # `readmit_after` 0: a serial that changes on every read must never be followed tick by tick.
 MIN_RENAME_AFTER = 1.0
+# Far more packs than any bank has; the bound only matters for a driver that invents new ids.
+MAX_KNOWN_PACKS = 64
 
 
 @dataclass(frozen=True)
