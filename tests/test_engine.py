@@ -326,7 +326,8 @@ def test_renaming_a_pack_without_serial_leaves_no_ghost() -> None:
     assert status(last, "Right").online and status(last, "Right").service == SB + "ttyUSB0"
     assert last.values["/Alarms/BmsCable"] == 0
     # after a restart the persisted ids name the pack as it is now: still no ghost
-    restarted = Engine(cfg(freshness={"on_pack_lost": "block_charge"}), known_packs=last.known_packs)
+    restarted = Engine(cfg(freshness={"on_pack_lost": "block_charge"}),
+                       known_packs=last.known_packs)
     result = tick(restarted, bank, 11.0)
     assert result.values["/System/NrOfModulesOffline"] == 0
     assert result.values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)

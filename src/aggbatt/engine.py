@@ -244,8 +244,7 @@ class Engine:
         otherwise count offline and hold /Alarms/BmsCable at 1 forever); returns their names."""
         gone = sorted(self._known - self._present_ids)
         for pack_id in gone:
-            self._known.discard(pack_id)
-            self._trackers.pop(pack_id, None)
+            self._drop_known(pack_id)
         return [self._names.get(pack_id, pack_id) for pack_id in gone]
 
     def _forget_disallowed(self, events: list[str]) -> None:

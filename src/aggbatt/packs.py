@@ -70,7 +70,8 @@ class PackRules:
             product_name_contains=tuple(discovery.product_name_contains),
             include=frozenset(discovery.include),
             exclude=frozenset(discovery.exclude),
-            rename_after=max(MIN_RENAME_AFTER, float(config.freshness.readmit_after)),  # type: ignore[attr-defined]
+            rename_after=max(MIN_RENAME_AFTER,
+                             float(config.freshness.readmit_after)),  # type: ignore[attr-defined]
         )
 
 
