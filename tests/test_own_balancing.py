@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-import time
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -271,16 +270,6 @@ def test_not_an_object():
 
 
 # ----- daylight-saving changes: the timeout counts real seconds ------------------------------
-
-
-@pytest.fixture
-def berlin(monkeypatch):
-    """The machine's local time zone is Europe/Berlin (CET/CEST), as the daemon's wall clock sees it."""
-    monkeypatch.setenv("TZ", "Europe/Berlin")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def local(utc_text: str, seconds: float = 0.0) -> datetime:
