@@ -43,14 +43,23 @@ def test_bank_stays_in_absorption_while_one_pack_still_absorbs():
     assert result.cvl == 28.4 and "b still charging" in result.reason
 
 
-def test_a_floating_pack_never_seen_charging_caps_with_its_own_cvl():
-    # After a restart nothing shows whether a lowered its CVL before: it is not held higher.
-    result = AbsorptionHold().arbitrate([pack("a", 27.0, "Float"), pack("b", 28.4, "Absorption")])
-    assert result.cvl == 27.0 and "not seen charging" in result.reason
+def test_after_a_restart_packs_cap_with_their_own_cvl_until_their_next_phase():
+    # Nothing shows whether a or c lowered their CVL before the restart: neither is held higher.
+    hold = AbsorptionHold()
+    result = hold.arbitrate([pack("a", 27.0, "Float"), pack("b", 28.4, "Absorption")])
+    assert result.cvl == 27.0 and "a: float phase not seen from its start" in result.reason
+    result = hold.arbitrate([pack("c", 27.6, "Bulk"), pack("b", 28.4, "Absorption")])
+    assert result.cvl == 27.6 and "c: charging phase not seen from its start" in result.reason
+    # a phase change seen while the pack is offline or without a charge mode proves nothing either
+    hold.arbitrate([pack("c", 27.6, "Bulk"), pack("b", 28.4, "Absorption")])
+    hold.arbitrate([pack("c", 27.6, None), pack("b", 28.4, "Absorption")])
+    result = hold.arbitrate([pack("c", 27.0, "Float"), pack("b", 28.4, "Absorption")])
+    assert result.cvl == 27.0 and "not seen from its start" in result.reason
 
 
 def test_issue_169_soc_reset_packs_are_not_held_at_the_third_packs_voltage():
     hold = AbsorptionHold()
+    hold.arbitrate([pack("a", 27.0, "Float"), pack("b", 27.0, "Float"), pack("c", 27.0, "Float")])
     packs = [pack("a", 28.0, "Bulk & SoC Reset"), pack("b", 28.0, "Bulk & SoC Reset"),
              pack("c", 27.6, "Bulk")]
     assert hold.arbitrate(packs).cvl == 28.0
@@ -104,10 +113,11 @@ def test_a_reduction_survives_the_pack_going_offline_and_an_invalid_mode():
     hold.arbitrate([pack("a", 55.2, None, 16), pack("b", 56.8, "Absorption", 16)], both)
     assert hold.arbitrate([pack("a", 55.2, "Absorption", 16),
                            pack("b", 56.8, "Absorption", 16)], both).cvl == 55.2
-    # Forgotten by the user: a pack coming back is new.
+    # Forgotten by the user: a pack coming back is new (its phase not seen from its start).
     hold.arbitrate([pack("b", 56.8, "Absorption", 16)], {"b"})
-    assert hold.arbitrate([pack("a", 55.2, "Absorption", 16),
-                           pack("b", 56.8, "Absorption", 16)], both).cvl == 56.8
+    result = hold.arbitrate([pack("a", 55.2, "Absorption", 16), pack("b", 56.8, "Absorption", 16)],
+                            both)
+    assert result.cvl == 55.2 and "not seen from its start" in result.reason
 
 
 def test_mixed_cell_counts_are_held_per_cell():

@@ -5,14 +5,17 @@ After every tick the published CVL stays within what the online packs' published
   it reports;
 - pass-through "min": never above the lowest pack CVL;
 - pass-through "absorption_hold": never above a pack that lowers its CVL to protect a cell (once it
-  was seen at the higher CVL in the same phase), a pack without a charge mode, or a floating pack
-  never seen charging; never above the highest pack CVL; the lowest CVL once nobody charges.
+  was seen at the higher CVL in the same phase), a pack without a charge mode, a pack whose phase
+  was not seen from its start (after a restart, or changed while offline), or a floating pack never
+  seen charging; never above the highest pack CVL; the lowest CVL once nobody charges; per cell,
+  never above the highest per-cell CVL a charging pack asks for.
 
 The bank: 1-6 packs of 15 or 16 cells in parallel (one bank voltage), each publishing like
 dbus-serialbattery under velib: a value's change stamp moves only when it changes, under current
 voltage and current jitter, at rest nothing changes. Faults: quiet (a frozen driver), vanish and
 return, invalid values on any path the CVL rules read, a cell count that lies, charge-mode changes
-with serialbattery's Float Transition ramp, protective CVL reductions and their recovery.
+with serialbattery's Float Transition ramp, protective CVL reductions and their recovery, and
+daemon restarts (the engine rebuilt with the known pack ids, as after a reboot).
 
 Bounded by default (a few seconds); AGGBATT_LONG_TESTS=1 (`scripts/test --long`) runs many more.
 """
@@ -69,6 +72,13 @@ class SimPack:
     seen_class: str | None = None
     seen_peak: float = 0.0
     seen_charging: bool = False
+    entered: bool = False  # its present phase was seen from its start
+    gap: bool = False  # it was offline or without a charge mode at the last tick
+
+    def forget(self) -> None:
+        """A restarted daemon has seen nothing of it yet."""
+        self.seen_class, self.seen_peak, self.seen_charging = None, 0.0, False
+        self.entered = self.gap = False
 
     def cvl(self) -> float:
         if self.mode == "Float":
@@ -90,12 +100,17 @@ class Step:
 
 # Repeated kinds are drawn more often: the phase changes and reductions that the CVL rules judge.
 KINDS = ("none", "current", "voltage", "quiet", "wake", "vanish", "return", "invalid", "invalid",
-         "repair", "mode", "mode", "mode", "protect", "protect", "recover", "lie")
+         "repair", "mode", "mode", "mode", "protect", "protect", "recover", "lie", "restart")
+
+
+# Phases and reductions with the faults that interrupt them, for the absorption_hold property.
+HOLD_KINDS = ("none", "mode", "mode", "mode", "protect", "protect", "recover", "vanish", "return",
+              "invalid", "repair", "restart")
 
 
 @st.composite
-def steps(draw: st.DrawFn) -> Step:
-    kind = draw(st.sampled_from(KINDS))
+def steps(draw: st.DrawFn, kinds: tuple[str, ...] = KINDS) -> Step:
+    kind = draw(st.sampled_from(kinds))
     arg: Any = None
     if kind == "current":
         arg = draw(st.sampled_from([-80.0, -5.0, 0.0, 5.0, 80.0]))
@@ -123,7 +138,9 @@ SEQUENCES = st.lists(steps(), min_size=5, max_size=40)
 class Bank:
     def __init__(self, specs: list[tuple[int, float, float, int]], config: Any, seed: int) -> None:
         self.rng = random.Random(seed)
+        self.config = config
         self.engine = Engine(config)
+        self.known: frozenset[str] = frozenset()
         self.now = 0.0
         self.current = 40.0
         self.voltage = 52.8
@@ -157,6 +174,10 @@ class Bank:
             pack.protect = 0.0
         elif kind == "lie":
             pack.reported_cells = arg or pack.cells
+        elif kind == "restart":
+            self.engine = Engine(self.config, self.known)
+            for each in self.packs:
+                each.forget()
 
     def raw(self, pack: SimPack, share: float) -> dict[str, Any]:
         moving = self.current != 0.0
@@ -200,6 +221,7 @@ class Bank:
                                    p.last_change, p.appeared_at, dict(p.changed_at))
                     for p in self.packs if p.present]
         result = self.engine.tick(self.now, readings, wall=WALL)
+        self.known = result.known_packs
         online_ids = {status.id for status in result.packs if status.online}
         online = [p for p in self.packs if f"S{p.index}" in online_ids]
         cvl = result.values[CVL]
@@ -268,28 +290,37 @@ def check_hold(cvl: float | None, online: list[SimPack]) -> None:
             assert cvl <= min(cvls[p.index] for p in charging) + EPS, "own CVL, counts unknown"
     for pack in online:
         own, cls = cvls[pack.index], classes[pack.index]
-        if cls is UNKNOWN:
+        if cls == UNKNOWN:
             assert cvl <= own + EPS, ("no charge mode", pack)
             continue
         if cls in (FLOAT, TRANSITION) and not pack.seen_charging:
             assert cvl <= own + EPS, ("float, never seen charging", pack)
+        entered = pack.entered if pack.seen_class == cls else (
+            pack.seen_class is not None and not pack.gap)
+        if not entered:
+            assert cvl <= own + EPS, ("phase not seen from its start", pack)
         assert pack.published is not None
         protecting = pack.published[2] > 0.0
-        if (protecting and cls is not TRANSITION and pack.seen_class is cls
+        if (protecting and cls != TRANSITION and pack.seen_class == cls
                 and pack.seen_peak > own + 0.01):
             assert cvl <= own + EPS, ("protective reduction", pack)
 
 
-def remember(online: list[SimPack]) -> None:
+def remember(packs: list[SimPack], online: list[SimPack]) -> None:
     """What the strategy could have learnt from this tick (checked before, learnt after)."""
-    for pack in online:
-        cls = published_class(pack)
-        if cls is UNKNOWN:
+    online_ids = {pack.index for pack in online}
+    for pack in packs:
+        cls = published_class(pack) if pack.index in online_ids else UNKNOWN
+        if cls == UNKNOWN:
+            pack.gap = True
             continue
+        if pack.seen_class != cls:
+            pack.entered = pack.seen_class is not None and not pack.gap
+        pack.gap = False
         own = published_cvl(pack)
         pack.seen_peak = own if pack.seen_class is not cls else max(pack.seen_peak, own)
         pack.seen_class = cls
-        pack.seen_charging = pack.seen_charging or cls is CHARGING
+        pack.seen_charging = pack.seen_charging or cls == CHARGING
 
 
 CONFIGS = {
@@ -312,7 +343,21 @@ def test_cvl_stays_within_every_pack_limit_under_faults(mode, specs, sequence, s
             check_min(cvl, online)
         else:
             check_hold(cvl, online)
-        remember(online)
+        remember(bank.packs, online)
+
+
+HOLD_BANKS = st.lists(st.tuples(st.sampled_from([15, 16]), st.sampled_from([3.40, 3.45]),
+                                st.just(200.0), st.just(0)), min_size=2, max_size=3)
+
+
+@settings(max_examples=2 * EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(HOLD_BANKS, st.lists(steps(HOLD_KINDS), min_size=5, max_size=30), st.integers(0, 2**16))
+def test_absorption_hold_never_exceeds_a_protective_reduction(specs, sequence, seed):
+    bank = Bank(specs, CONFIGS["absorption_hold"], seed)
+    for step in sequence:
+        cvl, online = bank.tick(step)
+        check_hold(cvl, online)
+        remember(bank.packs, online)
 
 
 def test_a_reduction_seen_before_a_pack_drops_out_still_caps_when_it_is_back():

@@ -26,8 +26,10 @@ Rules of "absorption_hold" (field-survey section 4 item 5):
   since it entered CHARGING or FLOAT is remembered, and a CVL more than `drop` volts below it caps
   the bank. The ramp of a TRANSITION pack is its way into float, not a protection: it holds
   nothing down. An UNKNOWN pack caps with its present CVL (no class, no hold).
-- A FLOAT or TRANSITION pack never seen CHARGING in this process (after a restart) caps with its
-  present CVL: nothing shows whether it lowered its CVL before, and a restart must not raise it.
+- A pack whose present phase was not seen from its start caps with its present CVL until its next
+  phase change: after a restart, or when it changed phase while offline or without a charge mode,
+  nothing shows whether its CVL is already lowered, and neither may raise the bank CVL. So does a
+  FLOAT or TRANSITION pack never seen CHARGING in this process: its own charge CVL is unknown.
 - The memory is per pack id and survives the pack leaving the online set (an invalid reading, a
   link loss, a re-admission) and an UNKNOWN tick: a reduction seen before still counts when the
   pack is back. It is dropped only when the pack is no longer known at all (forgotten). Nothing is
@@ -94,6 +96,8 @@ class _Memory:
     cls: PackClass | None = None  # its last known class (UNKNOWN is never stored)
     peak: float | None = None  # its highest CVL since it entered CHARGING or FLOAT
     charge_cvl: float | None = None  # the CVL it last asked for while CHARGING
+    entered: bool = False  # its present phase was seen from its start
+    gap: bool = False  # not seen classed at the last arbitration (offline, UNKNOWN)
 
 
 class AbsorptionHold:
@@ -112,6 +116,9 @@ class AbsorptionHold:
             return Arbitration(None, "no pack CVL")
 
         classes = {p.id: classify(p.charge_mode) for p in with_cvl}
+        for pid, mem in self._memory.items():
+            if classes.get(pid, PackClass.UNKNOWN) is PackClass.UNKNOWN:
+                mem.gap = True
         caps = [cap for p in with_cvl if (cap := self._protect(p, classes[p.id])) is not None]
         charging = [p for p in with_cvl if classes[p.id] is PackClass.CHARGING]
         if charging:
@@ -152,6 +159,9 @@ class AbsorptionHold:
         if cls is PackClass.UNKNOWN:
             return cvl, f"{pack.name} reports no charge mode"
         before, mem.cls = mem.cls, cls
+        if before is not cls:
+            mem.entered = before is not None and not mem.gap
+        mem.gap = False
         if cls is PackClass.TRANSITION:
             mem.peak = None
         else:
@@ -160,6 +170,8 @@ class AbsorptionHold:
                 mem.charge_cvl = cvl
             if cvl < mem.peak - self.drop:
                 return cvl, f"{pack.name} lowers its CVL"
+        if not mem.entered:
+            return cvl, f"{pack.name}: {cls.value} phase not seen from its start, its own CVL caps"
         if cls is not PackClass.CHARGING and mem.charge_cvl is None:
             return cvl, f"{pack.name} in float, not seen charging since the start"
         return None
