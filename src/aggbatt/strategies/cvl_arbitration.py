@@ -77,7 +77,9 @@ def min_cvl(packs: Sequence[PackSnapshot]) -> Arbitration:
     return Arbitration(low.cvl, f"lowest pack CVL ({low.name})")
 
 
-CELL_READING_SLACK = 0.05  # V: a count fits when voltage / count is within the cell readings this much
+# V: a cell count fits when the pack voltage divided by it lies within the cell readings this much
+# (cable drop between cells and terminals, readings taken at other moments).
+CELL_READING_SLACK = 0.05
 
 
 def cells_per_pack(pack: PackSnapshot) -> int | None:

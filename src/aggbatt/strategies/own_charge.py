@@ -134,7 +134,8 @@ def count_misfit(pack: PackSnapshot, cells: int, low: float, high: float) -> str
             continue
         mean = volts / cells
         if not lo <= mean <= hi:
-            return f"{label} {volts:.2f} V / {cells} = {mean:.2f} V per cell, outside {lo:.2f}-{hi:.2f} V"
+            return (f"{label} {volts:.2f} V / {cells} = {mean:.2f} V per cell, "
+                    f"outside {lo:.2f}-{hi:.2f} V")
         if (cell_low is not None and cell_high is not None
                 and not cell_low - CELL_READING_SLACK <= mean <= cell_high + CELL_READING_SLACK):
             return (f"{label} {volts:.2f} V / {cells} = {mean:.2f} V per cell, but its cells read "
@@ -315,8 +316,8 @@ class OwnCharge:
         misfits: set[str] = set()
         for pack in packs:
             n = cell_count(pack)
-            why = count_misfit(pack, n, self.params.min_cell_voltage, self.params.max_cell_voltage) \
-                if n is not None else None
+            why = None if n is None else count_misfit(
+                pack, n, self.params.min_cell_voltage, self.params.max_cell_voltage)
             if why is None:
                 counts[pack.id] = n
                 continue
