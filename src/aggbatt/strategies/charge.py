@@ -191,16 +191,22 @@ class PassthroughCharge:
             raise ValueError(f"charge.passthrough.cvl_mode = {mode!r} is not available in this "
                              "version (available: min, absorption_hold)")
         self._hold = AbsorptionHold() if mode == "absorption_hold" else None
+        self._cvl_source = ""
 
     def limits(self, ctx: TickContext, current: CurrentResult) -> ChargeLimits:
         charge, discharge = bound(ctx, CHARGE), bound(ctx, DISCHARGE)
+        events: list[str] = []
         if self._hold is not None:
             known = {p.id for p in ctx.online} | {p.id for p in ctx.offline}
-            cvl = self._hold.arbitrate(ctx.online, known).cvl
+            held = self._hold.arbitrate(ctx.online, known)
+            cvl = held.cvl
+            if held.source != self._cvl_source:
+                self._cvl_source = held.source
+                events.append(f"CVL now set by: {held.reason}")
         else:
             cvl = min_pack_cvl(ctx)
         return ChargeLimits(
             cvl=cvl, ccl=charge.cap, dcl=discharge.cap,
             charge_reason=charge.reason, discharge_reason=discharge.reason,
-            charge_source=charge.source, discharge_source=discharge.source,
+            charge_source=charge.source, discharge_source=discharge.source, events=tuple(events),
         )

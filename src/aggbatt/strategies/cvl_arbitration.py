@@ -67,6 +67,11 @@ def classify(charge_mode: str | None) -> PackClass:
 class Arbitration:
     cvl: float | None  # None when no online pack has a CVL
     reason: str  # for status / /Info/ChargeMode
+    source: str = ""  # stable key of the rule that sets it (no numbers): a change is logged
+
+
+# (bank CVL a rule allows, why, its stable key)
+_Rule = tuple[float, str, str]
 
 
 def min_cvl(packs: Sequence[PackSnapshot]) -> Arbitration:
@@ -115,7 +120,7 @@ class AbsorptionHold:
             self._memory = {pid: mem for pid, mem in self._memory.items() if pid in known}
         with_cvl = [p for p in packs if p.cvl is not None]
         if not with_cvl:
-            return Arbitration(None, "no pack CVL")
+            return Arbitration(None, "no pack CVL", "none")
 
         classes = {p.id: classify(p.charge_mode) for p in with_cvl}
         for pid, mem in self._memory.items():
@@ -124,17 +129,19 @@ class AbsorptionHold:
         caps = [cap for p in with_cvl if (cap := self._protect(p, classes[p.id])) is not None]
         charging = [p for p in with_cvl if classes[p.id] is PackClass.CHARGING]
         if charging:
-            cvl, reason = self._hold(with_cvl, classes, charging)
+            cvl, reason, source = self._hold(with_cvl, classes, charging)
         else:
             low = min(with_cvl, key=lambda p: p.cvl or 0.0)
-            cvl, reason = low.cvl or 0.0, f"all packs in float: lowest pack CVL ({low.name})"
-        for value, why in caps:
-            if value < cvl:
-                cvl, reason = value, why
-        return Arbitration(cvl, reason)
+            cvl, reason, source = (low.cvl or 0.0, f"all packs in float: lowest pack CVL ({low.name})",
+                                   "float")
+        for value, why, key in caps:
+            # A protection is named even when the hold gives the same value: it is the news.
+            if value < cvl or (value == cvl and key.startswith("lowers:")):
+                cvl, reason, source = value, why, key
+        return Arbitration(cvl, reason, source)
 
     def _hold(self, packs: Sequence[PackSnapshot], classes: dict[str, PackClass],
-              charging: Sequence[PackSnapshot]) -> tuple[float, str]:
+              charging: Sequence[PackSnapshot]) -> _Rule:
         """The absorption hold before the protective caps, and why."""
         classed = [p for p in packs if classes[p.id] is not PackClass.UNKNOWN]
         counts = {p.id: cells_per_pack(p) for p in classed}
@@ -143,23 +150,25 @@ class AbsorptionHold:
             per_cell = (lead.cvl or 0.0) / (counts[lead.id] or 1)
             low = min(classed, key=lambda p: counts[p.id] or 0)
             return ((counts[low.id] or 0) * per_cell,
-                    f"absorption hold: {lead.name} still charging, {per_cell:.3f} V per cell")
+                    f"absorption hold: {lead.name} still charging, {per_cell:.3f} V per cell",
+                    "hold")
         lead = max(charging, key=lambda p: p.cvl or 0.0)
-        cvl, reason = lead.cvl or 0.0, f"absorption hold: {lead.name} still charging"
+        cvl, reason, source = lead.cvl or 0.0, f"absorption hold: {lead.name} still charging", "hold"
         for pack in classed:
             mem = self._memory[pack.id]
             own = pack.cvl if classes[pack.id] is PackClass.CHARGING else mem.charge_cvl
             if own is not None and own < cvl:
-                cvl, reason = own, (f"absorption hold: {pack.name}'s own charge CVL "
-                                    "(cell counts unknown, no per-cell comparison)")
-        return cvl, reason
+                cvl, reason, source = own, (f"absorption hold: {pack.name}'s own charge CVL "
+                                            "(cell counts unknown, no per-cell comparison)"), \
+                    f"own_cvl:{pack.id}"
+        return cvl, reason, source
 
-    def _protect(self, pack: PackSnapshot, cls: PackClass) -> tuple[float, str] | None:
+    def _protect(self, pack: PackSnapshot, cls: PackClass) -> _Rule | None:
         """The pack's protective cap on the bank CVL, if any; moves its memory."""
         cvl = pack.cvl or 0.0
         mem = self._memory.setdefault(pack.id, _Memory())
         if cls is PackClass.UNKNOWN:
-            return cvl, f"{pack.name} reports no charge mode"
+            return cvl, f"{pack.name} reports no charge mode", f"no_mode:{pack.id}"
         before, mem.cls = mem.cls, cls
         if before is not cls:
             mem.entered = before is not None and not mem.gap
@@ -171,9 +180,11 @@ class AbsorptionHold:
             if cls is PackClass.CHARGING:
                 mem.charge_cvl = cvl
             if cvl < mem.peak - self.drop:
-                return cvl, f"{pack.name} lowers its CVL"
+                return cvl, f"{pack.name} lowers its CVL", f"lowers:{pack.id}"
         if not mem.entered:
-            return cvl, f"{pack.name}: {cls.value} phase not seen from its start, its own CVL caps"
+            return (cvl, f"{pack.name}: {cls.value} phase not seen from its start, its own CVL caps",
+                    f"unseen:{pack.id}")
         if cls is not PackClass.CHARGING and mem.charge_cvl is None:
-            return cvl, f"{pack.name} in float, not seen charging since the start"
+            return (cvl, f"{pack.name} in float, not seen charging since the start",
+                    f"never_charged:{pack.id}")
         return None
