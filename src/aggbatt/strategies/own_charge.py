@@ -276,7 +276,7 @@ class OwnCharge:
             if hard_cap < cvl:
                 cvl, source, mode = hard_cap, "max_cell", capped
             if p.dynamic_cvl:
-                dyn = self.dynamic.update(now, cvl, packs, floor)
+                dyn = self.dynamic.update(now, cvl, packs, floor, known)
                 if dyn.active and dyn.cvl < cvl:
                     cvl, source, mode = dyn.cvl, "dynamic", dyn.reason or "dynamic CVL"
                 self._note_dynamic(dyn.active, dyn.reason, events)
