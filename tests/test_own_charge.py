@@ -207,6 +207,22 @@ def test_dcl_cut_off_survives_invalid_cell_readings_and_a_low_pack_going_offline
     assert own.limits(ctx(cfg, [recovered, high], wall, now=4.0), NO_CURRENT).dcl > 0.0
 
 
+def test_a_pack_losing_its_cell_readings_keeps_the_charge_table_where_it_was():
+    own = strategy()
+    cfg = config()
+    wall = datetime(2024, 6, 5)
+    full, other = pack("a", cell=3.30, high=3.44), pack("b", cell=3.30)
+    tapered = own.limits(ctx(cfg, [full, other], wall), CHARGING).ccl
+    assert tapered < 50.0
+    blind = replace(full, max_cell_voltage=None, min_cell_voltage=None)
+    assert own.limits(ctx(cfg, [blind, other], wall, now=1.0), CHARGING).ccl == tapered
+    offline = ctx(cfg, [other], wall, now=2.0)
+    offline.offline = (SimpleNamespace(id="a", name="a", reason="gone"),)
+    assert own.limits(offline, CHARGING).ccl == tapered
+    # Forgotten by the user: only b counts.
+    assert own.limits(ctx(cfg, [other], wall, now=3.0), CHARGING).ccl > tapered
+
+
 def test_pack_without_cell_count_caps_with_its_own_cvl():
     own = strategy()
     anon = PackSnapshot(id="can", name="can", service="com.victronenergy.battery.can", cvl=52.0,

@@ -22,6 +22,9 @@ Rules (issue 6, field-survey 3.3-3.6; the reference's defects of 3.11 items 1-5,
   With no cell count at all the lowest pack CVL is used.
 - CCL/DCL: the tables of current_tables.py, capped by the pass-through per-pack-share limit
   (strategies.charge.bound), 0 while any pack blocks. The engine applies the same envelope again.
+  A known pack whose cell readings are missing or that is offline counts in the tables with the
+  last highest and lowest cell it showed (a forgotten pack no longer does): losing a reading never
+  raises CCL or DCL.
 - /Info/ChargeMode names the rule that sets the CVL now; /Info/ChargeLimitation and
   /Info/DischargeLimitation name the rule that sets CCL and DCL.
 - A due balancing starts while the bank current (the configured current source) is at least
@@ -201,6 +204,9 @@ class OwnCharge:
         # going missing must not release the latch.
         self._read_low: set[str] = set()
         self._low_packs: dict[str, str] = {}
+        # pack id -> its last valid (highest, lowest) cell voltage: a pack whose readings go missing
+        # or that goes offline keeps counting in the tables with what it last showed.
+        self._last_cells: dict[str, tuple[float | None, float | None]] = {}
         self._cvl_source = ""
         # pack id -> the last distrusted count: said once per count, not at every voltage swing
         self._misfits: dict[str, int] = {}
@@ -291,9 +297,8 @@ class OwnCharge:
             self._cvl_source = source
             events.append(f"CVL now set by: {mode}")
 
-        highs = [h for pack in packs if (h := highest_cell(pack)) is not None]
         pack_lows = {pack.id: lowest_cell(pack) for pack in packs}
-        lows = [low for low in pack_lows.values() if low is not None]
+        highs, lows = self._cell_extremes(packs, pack_lows, known)
         missing = self._unknown_lows(packs, pack_lows, known)
         charge_block = next((f"{pack.name} ({why})" for pack in packs
                              if (why := pack.charge_block()) is not None), None)
@@ -341,6 +346,21 @@ class OwnCharge:
                           + f" (last balancing {record.last_balancing or 'never'})")
             return self.balancing.record.to_json()
         return None
+
+    def _cell_extremes(self, packs: Sequence[PackSnapshot], lows: Mapping[str, float | None],
+                       known: Collection[str] | None) -> tuple[list[float], list[float]]:
+        """The highest and lowest cell voltages the tables judge: every readable pack's present
+        ones, and the last ones of the known packs that cannot be read now (no valid reading, or
+        not online), so that losing a reading never raises CCL or DCL."""
+        if known is not None:
+            self._last_cells = {pid: v for pid, v in self._last_cells.items() if pid in known}
+        for pack in packs:
+            last_high, last_low = self._last_cells.get(pack.id, (None, None))
+            high, low = highest_cell(pack), lows[pack.id]
+            self._last_cells[pack.id] = (last_high if high is None else high,
+                                         last_low if low is None else low)
+        highs = [high for high, _ in self._last_cells.values() if high is not None]
+        return highs, [low for _, low in self._last_cells.values() if low is not None]
 
     def _unknown_lows(self, packs: Sequence[PackSnapshot], lows: Mapping[str, float | None],
                       known: Collection[str] | None) -> str | None:
