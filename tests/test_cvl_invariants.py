@@ -2,7 +2,7 @@
 
 After every tick the published CVL stays within what the online packs' published data allows:
 - own charge control: never above a pack's real cell count x max_cell_voltage, whatever cell count
-  it reports;
+  it reports, also while it is offline once its count was confirmed;
 - pass-through "min": never above the lowest pack CVL;
 - pass-through "absorption_hold": never above a pack that lowers its CVL to protect a cell (once it
   was seen at the higher CVL in the same phase), a pack without a charge mode, a pack whose phase
@@ -73,12 +73,13 @@ class SimPack:
     seen_peak: float = 0.0
     seen_charging: bool = False
     entered: bool = False  # its present phase was seen from its start
+    counted_once: bool = False  # it was online with its real cell count confirmed
     gap: bool = False  # it was offline or without a charge mode at the last tick
 
     def forget(self) -> None:
         """A restarted daemon has seen nothing of it yet."""
         self.seen_class, self.seen_peak, self.seen_charging = None, 0.0, False
-        self.entered = self.gap = False
+        self.entered = self.gap = self.counted_once = False
 
     def cvl(self) -> float:
         if self.mode == "Float":
@@ -108,6 +109,9 @@ HOLD_KINDS = ("none", "mode", "mode", "mode", "protect", "protect", "recover", "
               "invalid", "repair", "restart")
 
 
+BANK_VOLTAGES = st.sampled_from([48.0, 50.5, 52.8, 53.6, 55.0])
+
+
 @st.composite
 def steps(draw: st.DrawFn, kinds: tuple[str, ...] = KINDS) -> Step:
     kind = draw(st.sampled_from(kinds))
@@ -115,7 +119,7 @@ def steps(draw: st.DrawFn, kinds: tuple[str, ...] = KINDS) -> Step:
     if kind == "current":
         arg = draw(st.sampled_from([-80.0, -5.0, 0.0, 5.0, 80.0]))
     elif kind == "voltage":
-        arg = draw(st.sampled_from([48.0, 50.5, 52.8, 53.6, 55.0]))
+        arg = draw(BANK_VOLTAGES)
     elif kind == "invalid":
         arg = (draw(st.sampled_from(PATHS)), draw(st.sampled_from(GARBAGE)))
     elif kind == "mode":
@@ -136,14 +140,15 @@ SEQUENCES = st.lists(steps(), min_size=5, max_size=40)
 
 
 class Bank:
-    def __init__(self, specs: list[tuple[int, float, float, int]], config: Any, seed: int) -> None:
+    def __init__(self, specs: list[tuple[int, float, float, int]], config: Any, seed: int,
+                 voltage: float = 52.8) -> None:
         self.rng = random.Random(seed)
         self.config = config
         self.engine = Engine(config)
         self.known: frozenset[str] = frozenset()
         self.now = 0.0
         self.current = 40.0
-        self.voltage = 52.8
+        self.voltage = voltage
         self.packs = [SimPack(i, cells, cell, cap, reported_cells=reported or cells)
                       for i, (cells, cell, cap, reported) in enumerate(specs)]
 
@@ -245,10 +250,14 @@ def published_class(pack: SimPack) -> str:
     return TRANSITION if "transition" in mode.lower() else FLOAT
 
 
-def check_own(cvl: float | None, online: list[SimPack], max_cell: float) -> None:
-    for pack in online:
+def check_own(cvl: float | None, packs: list[SimPack], online: list[SimPack],
+              max_cell: float) -> None:
+    """Online or not: a pack once seen with its real count keeps its per-cell cap."""
+    for pack in packs:
+        if pack.counted_once or any(pack is each for each in online):
+            assert cvl is None or cvl <= pack.cells * max_cell + EPS, (pack, cvl)
+    if online:
         assert cvl is not None
-        assert cvl <= pack.cells * max_cell + EPS, (pack, cvl)
 
 
 def check_min(cvl: float | None, online: list[SimPack]) -> None:
@@ -310,6 +319,8 @@ def remember(packs: list[SimPack], online: list[SimPack]) -> None:
     """What the strategy could have learnt from this tick (checked before, learnt after)."""
     online_ids = {pack.index for pack in online}
     for pack in packs:
+        if pack.index in online_ids and counted(pack):
+            pack.counted_once = True
         cls = published_class(pack) if pack.index in online_ids else UNKNOWN
         if cls == UNKNOWN:
             pack.gap = True
@@ -331,18 +342,35 @@ CONFIGS = {
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(sorted(CONFIGS)), BANKS, SEQUENCES, st.integers(0, 2**16))
-def test_cvl_stays_within_every_pack_limit_under_faults(mode, specs, sequence, seed):
+@given(st.sampled_from(sorted(CONFIGS)), BANKS, SEQUENCES, st.integers(0, 2**16), BANK_VOLTAGES)
+def test_cvl_stays_within_every_pack_limit_under_faults(mode, specs, sequence, seed, voltage):
     config = CONFIGS[mode]
-    bank = Bank(specs, config, seed)
+    bank = Bank(specs, config, seed, voltage)
     for step in sequence:
         cvl, online = bank.tick(step)
         if mode == "own":
-            check_own(cvl, online, config.charge.own.max_cell_voltage)
+            check_own(cvl, bank.packs, online, config.charge.own.max_cell_voltage)
         elif mode == "min":
             check_min(cvl, online)
         else:
             check_hold(cvl, online)
+        remember(bank.packs, online)
+
+
+# Cell counts that lie or go missing, and packs dropping out, for the own-mode property.
+OWN_KINDS = ("none", "voltage", "current", "vanish", "return", "invalid", "invalid", "repair",
+             "lie", "lie", "quiet", "wake", "restart")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(BANKS.filter(lambda specs: len({cells for cells, *_ in specs}) > 1),
+       st.lists(steps(OWN_KINDS), min_size=5, max_size=30), st.integers(0, 2**16), BANK_VOLTAGES)
+def test_own_cvl_keeps_every_pack_within_its_cells(specs, sequence, seed, voltage):
+    config = CONFIGS["own"]
+    bank = Bank(specs, config, seed, voltage)
+    for step in sequence:
+        cvl, online = bank.tick(step)
+        check_own(cvl, bank.packs, online, config.charge.own.max_cell_voltage)
         remember(bank.packs, online)
 
 

@@ -223,6 +223,23 @@ def test_a_pack_losing_its_cell_readings_keeps_the_charge_table_where_it_was():
     assert own.limits(ctx(cfg, [other], wall, now=3.0), CHARGING).ccl > tapered
 
 
+def test_losing_a_packs_cell_count_or_the_pack_never_raises_the_cvl():
+    own = strategy()
+    cfg = config()
+    wall = datetime(2024, 6, 5)
+    p15, p16 = pack("a", cells=15, cell=3.45), pack("b", cells=16)
+    assert own.limits(ctx(cfg, [p15, p16], wall), NO_CURRENT).cvl == pytest.approx(15 * 3.35)
+    # a's count turns invalid: its own CVL (58 V) would allow 16 x 3.35 V for b.
+    unknown = replace(p15, cells=None)
+    assert own.limits(ctx(cfg, [unknown, p16], wall, now=1.0), NO_CURRENT).cvl \
+        == pytest.approx(15 * 3.35)
+    offline = ctx(cfg, [p16], wall, now=2.0)
+    offline.offline = (SimpleNamespace(id="a", name="a", reason="gone"),)
+    assert own.limits(offline, NO_CURRENT).cvl == pytest.approx(15 * 3.35)
+    # Forgotten by the user: b alone.
+    assert own.limits(ctx(cfg, [p16], wall, now=3.0), NO_CURRENT).cvl == pytest.approx(16 * 3.35)
+
+
 def test_pack_without_cell_count_caps_with_its_own_cvl():
     own = strategy()
     anon = PackSnapshot(id="can", name="can", service="com.victronenergy.battery.can", cvl=52.0,

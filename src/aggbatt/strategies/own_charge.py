@@ -19,6 +19,8 @@ Rules (issue 6, field-survey 3.3-3.6; the reference's defects of 3.11 items 1-5,
      3.45 V max cell voltage, 3.11 item 3: those months are capped, and say so);
   4. dynamic CVL (dynamic_cvl.py) lowers it while a cell is over max_cell_voltage;
   5. a pack whose cell count is unknown cannot be held to per-cell limits; its own CVL caps the bank.
+     The last trusted count of a known pack still counts while its count is unknown or it is
+     offline (until it is forgotten): losing the count never raises the CVL.
   With no cell count at all the lowest pack CVL is used.
 - CCL/DCL: the tables of current_tables.py, capped by the pass-through per-pack-share limit
   (strategies.charge.bound), 0 while any pack blocks. The engine applies the same envelope again.
@@ -207,6 +209,9 @@ class OwnCharge:
         # pack id -> its last valid (highest, lowest) cell voltage: a pack whose readings go missing
         # or that goes offline keeps counting in the tables with what it last showed.
         self._last_cells: dict[str, tuple[float | None, float | None]] = {}
+        # pack id -> its last snapshot with a trusted cell count, and that count: a pack whose count
+        # turns unknown or that goes offline keeps its per-cell limits in the bank CVL.
+        self._last_counted: dict[str, tuple[PackSnapshot, int]] = {}
         self._cvl_source = ""
         # pack id -> the last distrusted count: said once per count, not at every voltage swing
         self._misfits: dict[str, int] = {}
@@ -245,7 +250,8 @@ class OwnCharge:
             save = self._start_balancing(now, wall, events)
 
         counts, misfits = self._cell_counts(packs, events)
-        counted = [(pack, n) for pack in packs if (n := counts[pack.id]) is not None]
+        counted = self._counted(packs, counts, known)
+        cells_of = {pack.id: n for pack, n in counted}
         uncounted = [pack for pack in packs if counts[pack.id] is None]
         month = wall.month
         cvl: float | None
@@ -267,7 +273,7 @@ class OwnCharge:
             if step.changed:
                 save = self.balancing.record.to_json()
             cvl = step.target
-            capped = (f"max cell voltage {p.max_cell_voltage:.3f} V x {counts[cap_pack.id]} cells "
+            capped = (f"max cell voltage {p.max_cell_voltage:.3f} V x {cells_of[cap_pack.id]} cells "
                       f"({cap_pack.name})")
             if step.phase is not Phase.IDLE:
                 source, mode = "balancing", step.reason
@@ -333,6 +339,19 @@ class OwnCharge:
                 events.append(f"{pack.name}: cell count {n} not used ({why}); "
                               "its own CVL caps the bank")
         return counts, misfits
+
+    def _counted(self, packs: Sequence[PackSnapshot], counts: Mapping[str, int | None],
+                 known: Collection[str] | None) -> list[tuple[PackSnapshot, int]]:
+        """(pack, cell count) for the per-cell limits: the online packs with a trusted count, and
+        the last trusted count of every other known pack (count unknown now, or not online)."""
+        if known is not None:
+            self._last_counted = {pid: v for pid, v in self._last_counted.items() if pid in known}
+        for pack in packs:
+            n = counts[pack.id]
+            if n is not None:
+                self._last_counted[pack.id] = (pack, n)
+        return [(pack, n) for pack in packs if (n := counts[pack.id]) is not None] + [
+            last for pid, last in self._last_counted.items() if counts.get(pid) is None]
 
     def _start_balancing(self, now: float, wall: datetime, events: list[str]) -> Mapping[str, Any] | None:
         data, problem = self._loaded
