@@ -394,7 +394,7 @@ def test_a_reduction_seen_before_a_pack_drops_out_still_caps_when_it_is_back():
     assert bank.tick(Step("mode", 0, "Absorption", 1.0))[0] == 56.8
     assert bank.tick(Step("protect", 0, 1.6, 1.0))[0] == 55.2
     cvl, online = bank.tick(Step("invalid", 0, ("/Dc/0/Voltage", None), 1.0))
-    assert [p.index for p in online] == [1] and cvl == 56.8
+    assert [p.index for p in online] == [1]
     bank.tick(Step("repair", 0, None, 1.0))
     for _ in range(8):
         cvl, online = bank.tick(Step("none", 0, None, 1.0))
