@@ -94,7 +94,7 @@ async def test_json_matches_what_the_aggregate_publishes(bus_address, tmp_path):
 
 
 async def test_offline_pack_shows_its_reason_and_a_warning(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+    async with running(bus_address, tmp_path, packs(280, 280), bank_current=30.0) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         h.bank.packs[1].freeze(True)
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
