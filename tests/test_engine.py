@@ -613,6 +613,39 @@ def test_fail_safe_block_policy_and_garbage() -> None:
     assert v["/Info/MaxChargeVoltage"] is None and v["/Alarms/InternalFailure"] == 2
 
 
+@pytest.mark.parametrize("block", [{"/Io/AllowToDischarge": 0},
+                                   {"/System/NrOfModulesBlockingDischarge": 1}])
+def test_fail_safe_honours_a_discharge_block(block: dict[str, int]) -> None:
+    bank = charging_bank()
+    bank.update("ttyUSB0", 0.0, **block)
+    engine = Engine(default_config())                       # on_internal_error = "dcl_min_pack"
+    assert tick(engine, bank, 0.0).values["/Info/MaxDischargeCurrent"] == 0.0
+    v = engine.fail_safe(1.0, bank.readings(), KeyError("x")).values
+    assert v["/Info/MaxDischargeCurrent"] == 0.0
+    assert "Pack A blocks discharging" in v["/Info/DischargeLimitation"]
+
+
+def test_fail_safe_honours_the_block_of_a_pack_that_is_gone() -> None:
+    bank = charging_bank()
+    bank.update("ttyUSB0", 0.0, **{"/Io/AllowToDischarge": 0})
+    engine = Engine(default_config())
+    tick(engine, bank, 0.0)
+    bank.remove("ttyUSB0")
+    v = engine.fail_safe(1.0, bank.readings(), KeyError("x")).values
+    assert v["/Info/MaxDischargeCurrent"] == 0.0
+
+
+def test_a_failed_tick_never_publishes_more_than_the_last_good_one() -> None:
+    bank = charging_bank()
+    engine = Engine(cfg(freshness={"on_pack_lost": "block"}))   # fail-safe: smallest pack DCL
+    bank.update("ttyUSB0", 0.0, voltage=None)               # A offline: the policy blocks both
+    good = tick(engine, bank, 0.0).values
+    assert good["/Info/MaxDischargeCurrent"] == 0.0
+    v = engine.fail_safe(1.0, bank.readings(), KeyError("x")).values
+    assert v["/Info/MaxDischargeCurrent"] == 0.0
+    assert v["/Info/MaxChargeVoltage"] <= good["/Info/MaxChargeVoltage"]
+
+
 def test_paths_for_the_monitor() -> None:
     assert SAFETY_PATHS <= PACK_PATHS
     assert {"/Info/MaxChargeCurrent", "/Io/AllowToCharge", "/Serial"} <= PACK_PATHS

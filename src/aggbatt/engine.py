@@ -26,9 +26,11 @@ ticks fail or recover. Which pack sets a share limit is not logged on every swit
 packs can alternate every second; /Info/ChargeLimitation shows it.
 
 `fail_safe` is what the daemon publishes when `tick` raised: CCL 0, DCL per
-`safety.on_internal_error`, CVL no higher than the lowest pack CVL and the present bank voltage,
-/Alarms/InternalFailure 2. It is built from the raw readings with nothing but guarded arithmetic
-and never raises.
+`safety.on_internal_error` (0 whenever a pack blocks discharging, by AllowToDischarge 0, DCL 0 or
+its blocking count, in its present or its last fresh data), CVL no higher than the lowest pack CVL
+and the present bank voltage, and neither DCL nor CVL above what the last good tick published;
+/Alarms/InternalFailure 2. It is built from the raw readings and the packs' last fresh snapshots
+with nothing but guarded arithmetic and never raises.
 """
 
 from __future__ import annotations
@@ -398,21 +400,38 @@ class Engine:
                                                     checked.values))
             except Exception:  # noqa: BLE001
                 continue
-        cvls = [s.cvl for s in snapshots if s.cvl is not None]
-        dcls = [s.dcl for s in snapshots if s.dcl is not None]
         voltages = [s.voltage for s in snapshots if s.voltage is not None]
         currents = [s.current for s in snapshots if s.current is not None]
+        # The packs' last fresh data counts as in a good tick: a pack that is quiet or gone now
+        # may still block discharging or have the lowest limits.
+        present_ids = {s.id for s in snapshots}
+        limiting = snapshots + [s for i, s in self._fresh.items() if i not in present_ids]
+        cvls = [s.cvl for s in limiting if s.cvl is not None]
+        dcls = [s.dcl for s in limiting if s.dcl is not None]
+        blocked = next((f"{s.name} blocks discharging ({why})" for s in limiting
+                        if (why := s.discharge_block()) is not None), None)
         min_pack = self.config.safety.on_internal_error == "dcl_min_pack"
-        dcl = min(dcls) if (min_pack and dcls) else 0.0
+        dcl = min(dcls) if (min_pack and dcls and blocked is None) else 0.0
         cvl = min(min(cvls), min(voltages)) if (cvls and voltages) else None
+        # Never more than the last good tick published.
+        last_dcl, last_cvl = self._last_good.get(DCL), self._last_good.get(CVL)
+        if isinstance(last_dcl, float) and last_dcl < dcl:
+            dcl = last_dcl
+        if isinstance(last_cvl, float) and cvl is not None and last_cvl < cvl:
+            cvl = last_cvl
+        if dcl > 0.0:
+            why_dcl = "internal error: smallest pack DCL"
+        elif blocked is not None:
+            why_dcl = f"internal error: discharging stopped, {blocked}"
+        else:
+            why_dcl = "internal error: discharging stopped"
         values: dict[str, Any] = dict.fromkeys(DYNAMIC_PATHS)
         values.update({
             VOLTAGE: sum(voltages) / len(voltages) if voltages else None,
             CURRENT: sum(currents) if currents else None,
             CVL: cvl, CCL: 0.0, DCL: dcl,
             CHARGE_LIMITATION: "internal error: charging stopped",
-            DISCHARGE_LIMITATION: ("internal error: smallest pack DCL" if dcl > 0.0
-                                   else "internal error: discharging stopped"),
+            DISCHARGE_LIMITATION: why_dcl,
             INTERNAL_FAILURE: 2,
         })
         for path in self._cell_paths:
