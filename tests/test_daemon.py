@@ -99,6 +99,18 @@ async def test_a_block_holds_on_the_bus_while_the_blocking_pack_is_gone(bus_addr
         await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0)
 
 
+async def test_a_hung_driver_at_rest_is_found_by_a_probe_and_a_quiet_live_one_is_not(
+        bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:   # at rest: both are quiet
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+        h.bank.packs[1].hang(True)
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
+        assert values["/System/NrOfModulesOnline"] == 1
+        reasons = {p["id"]: p["reason"] for p in h.daemon.status()["packs"]}
+        assert reasons["P0"] is None                          # answered every probe
+        assert "did not answer a probe" in reasons["P1"]
+
+
 async def test_frozen_pack_goes_offline_and_limits_come_from_the_rest(bus_address, tmp_path):
     async with running(bus_address, tmp_path, packs(280, 280, 280), bank_current=30.0) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 3)
