@@ -226,6 +226,16 @@ def test_a_quiet_pack_whose_driver_does_not_answer_a_probe_is_stale() -> None:
         in result.events
 
 
+def test_a_pack_without_a_current_reading_for_minutes_while_the_bank_charges() -> None:
+    bank = charging_bank()
+    engine = Engine(default_config())
+    run(engine, bank, 0.0, 5.0, moving=("ttyUSB0", "ttyUSB1"))
+    bank.update("ttyUSB0", 5.5, voltage=None, current=None, online=0)   # serialbattery link loss
+    results = run(engine, bank, 5.5, 300.0, step=5.0)
+    assert all(status(r, "A").reason == "BMS reports its link lost (NrOfModulesOnline 0)"
+               for r in results)
+
+
 def test_staleness_judges_by_the_configured_current_source() -> None:
     bank = Bank()
     bank.add("ttyUSB0", 0.0, "A", current=0.0)

@@ -10,8 +10,13 @@ Theory of operation, per tick:
    values whose change stamp moved are parsed again (model.revalidate); a service that left and
    came back starts afresh.
 3. Every known pack (persisted ids plus every pack seen) goes through its online/offline tracker
-   (model.py): gone, link lost, invalid V/I/limits, or stale -> offline; re-admitted after
-   `readmit_after` s of healthy data. Known packs that are missing count as offline.
+   (model.py): gone, link lost, invalid V/I/limits, or proven frozen -> offline; re-admitted after
+   `readmit_after` s of healthy data. Known packs that are missing count as offline. The quiet
+   packs are judged against the bank current the configured source measured at the last tick.
+   Each pack's last snapshot with fresh, valid data is kept: while the pack is not online it is
+   passed to the strategies as `TickContext.held` (with any block or lower limit of its present
+   data added), so its blocks and limits keep bounding CCL, DCL and CVL until fresh data from it
+   replaces them or the pack is forgotten.
 4. aggregate.aggregate computes the bank values of the online packs; the strategies add current,
    SoC and limits; strategies.charge.apply_envelope keeps the limits inside the per-pack-share and
    blocking envelope whatever the strategy returned.
@@ -19,7 +24,8 @@ Theory of operation, per tick:
    events (log lines) for decisions that changed this tick, the known packs to persist, and one
    status per pack for `aggbatt status` and the demo.
 
-Event policy: a line when a pack goes online or offline (with the reason), is found to share its id,
+Event policy: a line when a pack goes online or offline (with the reason), when what a pack that is
+not online still imposes changes, when a pack is found to share its id,
 is forgotten, sends garbage on a path (once per pack and path for the life of the engine), when the
 kind of rule that sets CCL or DCL changes (blocked by a pack, on_pack_lost, share, no pack), and when
 ticks fail or recover. Which pack sets a share limit is not logged on every switch: two similar
@@ -301,16 +307,15 @@ class Engine:
             seen = present.get(pack_id)
             snapshot = seen.snapshot if seen else None
             age = data_age(now, seen.reading.last_change, seen.reading.appeared_at) if seen else None
-            stale = None
-            if seen is not None and snapshot is not None and age is not None:
+            fault = fault_of(snapshot, age, pack_id in self._seen_ids)
+            if fault is None and seen is not None and snapshot is not None and age is not None:
                 stamp = now - age
                 evidence = expected_current(snapshot, bank_current,
                                             _capacity_share(snapshot, capacities),
                                             fresh.idle_current)
-                stale = tracker.staleness(stale_verdict(
+                fault = tracker.staleness(stale_verdict(
                     snapshot, age, tracker.evidence_for(now, evidence, stamp), evidence,
                     seen.reading.unresponsive, fresh.stale_after, fresh.idle_current), stamp)
-            fault = fault_of(snapshot, age, pack_id in self._seen_ids, stale)
             before = tracker.update(now, fault, fresh.readmit_after)
             if fault is None and snapshot is not None:
                 self._fresh[pack_id] = snapshot
@@ -415,12 +420,12 @@ class Engine:
         cvl = min(min(cvls), min(voltages)) if (cvls and voltages) else None
         # Never more than the last good tick published.
         last_dcl, last_cvl = self._last_good.get(DCL), self._last_good.get(CVL)
-        if isinstance(last_dcl, float) and last_dcl < dcl:
-            dcl = last_dcl
-        if isinstance(last_cvl, float) and cvl is not None and last_cvl < cvl:
-            cvl = last_cvl
+        if isinstance(last_dcl, (int, float)) and last_dcl < dcl:
+            dcl = float(last_dcl)
+        if isinstance(last_cvl, (int, float)) and cvl is not None and last_cvl < cvl:
+            cvl = float(last_cvl)
         if dcl > 0.0:
-            why_dcl = "internal error: smallest pack DCL"
+            why_dcl = "internal error: smallest pack DCL or less"
         elif blocked is not None:
             why_dcl = f"internal error: discharging stopped, {blocked}"
         else:
