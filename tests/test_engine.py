@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -350,6 +351,21 @@ def test_going_offline_never_raises_a_limit() -> None:
     for path in ("/Info/MaxChargeVoltage", "/Info/MaxChargeCurrent", "/Info/MaxDischargeCurrent"):
         assert after[path] <= before[path], path
     assert after["/Info/MaxChargeVoltage"] == 54.0
+
+
+def test_under_own_charge_control_a_pack_going_offline_keeps_capping_the_cvl_by_its_cells() -> None:
+    bank = Bank()
+    # a 15S pack whose BMS allows 3.6 V per cell, next to a 16S pack
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, voltage=50.0, cvl=54.0,
+             **{"/System/NrOfCellsPerBattery": 15})
+    bank.add("ttyUSB1", 0.0, "B", current=10.0, **{"/System/NrOfCellsPerBattery": 16})
+    engine = Engine(cfg(charge={"strategy": "own", "own": {"max_cell_voltage": 3.45}}))
+    noon = datetime(2025, 6, 1, 12, 0)
+    before = engine.tick(0.0, bank.readings(), wall=noon).values["/Info/MaxChargeVoltage"]
+    assert before <= 15 * 3.45 + 1e-9
+    bank.update("ttyUSB0", 1.0, voltage=None, current=None, online=0)
+    after = engine.tick(1.0, bank.readings(), wall=noon).values["/Info/MaxChargeVoltage"]
+    assert after <= 15 * 3.45 + 1e-9
 
 
 def test_readmission_needs_readmit_after_seconds_of_fresh_data() -> None:
