@@ -21,7 +21,7 @@ engine can log it once per pack and path.
 Online/offline state machine
 ----------------------------
 One `PackTracker` per known pack id. Each tick the engine works out whether the pack is healthy
-(`fault_of`) and feeds one `Health` event into the tracker:
+(`fault_of`, then `stale_verdict`) and feeds one `Health` event into the tracker:
 
 - FAULT:   the pack must not be used (reason text attached),
 - FRESH:   the pack is healthy but has not yet been healthy for `readmit_after` seconds,
