@@ -368,6 +368,19 @@ def test_under_own_charge_control_a_pack_going_offline_keeps_capping_the_cvl_by_
     assert after <= 15 * 3.45 + 1e-9
 
 
+def test_a_block_follows_a_pack_renamed_while_it_is_offline() -> None:
+    bank = blocked_bank()
+    bank.update("ttyUSB0", 0.0, serial="", name="Left")      # no serial: known by its name
+    engine = Engine(default_config())
+    assert tick(engine, bank, 0.0).values["/Info/MaxChargeCurrent"] == 0.0
+    # its link is lost (limits and flags invalid too), then it is renamed in the GUI
+    bank.update("ttyUSB0", 1.0, voltage=None, current=None, online=0, ccl=None, allow_charge=None)
+    bank.update("ttyUSB0", 1.0, name="Right")
+    results = run(engine, bank, 1.0, 20.0)
+    assert any("now reports the id 'Right'" in e for r in results for e in r.events)
+    assert all(r.values["/Info/MaxChargeCurrent"] == 0.0 for r in results)
+
+
 def test_readmission_needs_readmit_after_seconds_of_fresh_data() -> None:
     bank = charging_bank()
     engine = Engine(default_config())          # readmit_after 5 s
