@@ -289,6 +289,22 @@ def test_a_block_holds_while_the_blocking_pack_is_offline(fault: str) -> None:
                for r in results for e in r.events) == 1
 
 
+def test_saved_blocks_are_restored_for_known_packs_until_fresh_data_lifts_them() -> None:
+    bank = blocked_bank()
+    first = Engine(default_config())
+    saved = tick(first, bank, 0.0).blocks
+    assert saved == {"A": ("charge",)}
+    bank.remove("ttyUSB0")                                 # A is missing after a restart
+    engine = Engine(default_config(), known_packs=["A", "B"], blocks=dict(saved or {}))
+    result = tick(engine, bank, 0.0)
+    assert result.values["/Info/MaxChargeCurrent"] == 0.0
+    assert result.blocks == {"A": ("charge",)}
+    bank.add("ttyUSB0", 1.0, "A", current=0.0)              # back, not blocking
+    assert tick(engine, bank, 1.0).values["/Info/MaxChargeCurrent"] == pytest.approx(100.0)
+    garbage = Engine(default_config(), known_packs=["A"], blocks={"A": "charge", "Z": ["charge"]})
+    assert tick(garbage, Bank(), 0.0).blocks == {}         # a garbage entry, an unknown pack
+
+
 def test_fresh_data_from_the_blocking_pack_lifts_its_block() -> None:
     bank = blocked_bank()
     engine = Engine(default_config())

@@ -83,6 +83,7 @@ from aggbatt.strategies.victron_current import SERVICE_PATHS, VictronDevices
 log = logging.getLogger("aggbatt")
 
 PACKS_FILE = "packs.json"
+BLOCKS_FILE = "blocks.json"  # the packs whose last fresh data blocks a direction
 STATE_VERSION = 1
 PROBE_TIMEOUT = 2.0  # s: a live driver answers a GetValue at once, even when it is busy
 BUS_DAEMON = "org.freedesktop.DBus"
@@ -100,7 +101,8 @@ class Daemon:
         self.state_dir = state_dir
         self.clock = clock
         self.wall_clock = wall_clock
-        self.engine = Engine(config, known_packs=self._load_known_packs())
+        self.engine = Engine(config, known_packs=self._load_known_packs(),
+                             blocks=self._load_blocks())
         soc = self.engine.strategies.soc
         self._counter = soc if isinstance(soc, CoulombSoc) else None
         self._min_soc: Any = None  # ESS minimum SoC from localsettings, for the own /TimeToGo
@@ -358,6 +360,8 @@ class Daemon:
             log.info("%s", event)
         if previous is None or result.known_packs != previous.known_packs:
             self._save_known_packs(result.known_packs)
+        if result.blocks is not None and (previous is None or result.blocks != previous.blocks):
+            self._save_blocks(result.blocks)
 
     async def run_forever(self) -> None:
         interval = self.config.service.tick_interval
@@ -495,6 +499,22 @@ class Daemon:
                         self.state_dir / PACKS_FILE)
             return []
         return known
+
+    def _load_blocks(self) -> dict[str, Any]:
+        read = read_json(self.state_dir / BLOCKS_FILE, STATE_VERSION)
+        blocks = read.data.get("blocks") if read.data is not None else None
+        if read.data is not None and not isinstance(blocks, dict):
+            log.warning("%s holds no pack blocks; starting without saved blocks",
+                        self.state_dir / BLOCKS_FILE)
+        return blocks if isinstance(blocks, dict) else {}
+
+    def _save_blocks(self, blocks: Mapping[str, tuple[str, ...]]) -> None:
+        try:
+            write_json_atomic(self.state_dir / BLOCKS_FILE, {
+                "version": STATE_VERSION,
+                "blocks": {pack_id: list(directions) for pack_id, directions in blocks.items()}})
+        except OSError as exc:
+            log.error("cannot save pack blocks to %s: %s", self.state_dir, exc)
 
     def _save_soc(self, decision: SaveDecision | None) -> None:
         if decision is None:

@@ -16,7 +16,9 @@ Theory of operation, per tick:
    Each pack's last snapshot with fresh, valid data is kept: while the pack is not online it is
    passed to the strategies as `TickContext.held` (with any block or lower limit of its present
    data added), so its blocks and limits keep bounding CCL, DCL and CVL until fresh data from it
-   replaces them or the pack is forgotten.
+   replaces them or the pack is forgotten. The blocks (not the limits, which change too often to
+   be saved) also survive a restart: `TickResult.blocks` is saved by the daemon and given back to
+   the next engine, so a pack that blocked and is missing after a restart still blocks.
 4. aggregate.aggregate computes the bank values of the online packs; the strategies add current,
    SoC and limits; strategies.charge.apply_envelope keeps the limits inside the per-pack-share and
    blocking envelope whatever the strategy returned.
@@ -107,6 +109,27 @@ class TickResult:
     events: Sequence[str]
     known_packs: frozenset[str]
     packs: Sequence[PackStatus]
+    # Known pack id -> the directions ("charge", "discharge") its last fresh data blocks, to be
+    # saved so a restart keeps the block of a pack that is missing then; None = unknown, keep the
+    # saved ones.
+    blocks: Mapping[str, tuple[str, ...]] | None = None
+
+
+def _blocked_directions(pack: PackSnapshot) -> tuple[str, ...]:
+    return tuple(name for name, why in (("charge", pack.charge_block()),
+                                        ("discharge", pack.discharge_block())) if why is not None)
+
+
+def _restored(pack_id: str, directions: Any) -> PackSnapshot | None:
+    """A pack's saved block as a snapshot that blocks those directions and says nothing else."""
+    if not isinstance(directions, (list, tuple)):
+        return None
+    charge, discharge = "charge" in directions, "discharge" in directions
+    if not (charge or discharge):
+        return None
+    return PackSnapshot(id=pack_id, name=pack_id, service="",
+                        ccl=0.0 if charge else None, allow_charge=0 if charge else None,
+                        dcl=0.0 if discharge else None, allow_discharge=0 if discharge else None)
 
 
 @dataclass(frozen=True)
@@ -169,7 +192,9 @@ def _add_held_blocks(values: dict[str, Any], held: Sequence[PackSnapshot]) -> No
 
 class Engine:
     def __init__(self, config: Any, known_packs: Iterable[str] = (), *,
-                 strategies: Strategies | None = None) -> None:
+                 strategies: Strategies | None = None,
+                 blocks: Mapping[str, Any] | None = None) -> None:
+        """`blocks`: the saved `TickResult.blocks` of the last run (restored for known packs)."""
         self.config = config
         self.strategies = strategies if strategies is not None else build_strategies(config)
         known = {k for k in known_packs if isinstance(k, str) and k}
@@ -193,6 +218,10 @@ class Engine:
         self._source_current: float | None = None  # the bank current measured at the last tick
         # CVL/CCL/DCL of the last tick that succeeded: a failed tick never publishes more.
         self._last_good: dict[str, float | None] = {}
+        for pack_id, directions in (blocks.items() if isinstance(blocks, Mapping) else ()):
+            restored = _restored(pack_id, directions) if pack_id in self._known else None
+            if restored is not None:
+                self._fresh[pack_id] = restored
 
     # ---- the tick -------------------------------------------------------------------------
 
@@ -245,7 +274,7 @@ class Engine:
             events.append("ticks work again: limits computed normally")
         self._last_good = {CVL: limits.cvl, CCL: limits.ccl, DCL: limits.dcl}
         return TickResult(values, events, frozenset(self._known),
-                          self._statuses(now, present, trackers))
+                          self._statuses(now, present, trackers), self._blocks())
 
     def _identify(self, now: float, services: Sequence[ServiceReading],
                   events: list[str]) -> dict[str, _Seen]:
@@ -400,6 +429,10 @@ class Engine:
                               f"data still counts ({what}) until it reports fresh data or is "
                               "forgotten")
         return held
+
+    def _blocks(self) -> dict[str, tuple[str, ...]]:
+        return {pack_id: directions for pack_id in sorted(self._known)
+                if pack_id in self._fresh and (directions := _blocked_directions(self._fresh[pack_id]))}
 
     def _source_events(self, source: str, reason: str | None, which: str, events: list[str]) -> None:
         if self._sources.get(which) != source:
