@@ -172,7 +172,7 @@ def _imposes(pack: PackSnapshot) -> str:
     """What a held snapshot imposes on the bank, for the log and `aggbatt status`."""
     def one(block: str | None, label: str, limit: float | None) -> str:
         if block is not None:
-            return f"{label} 0: {block}"
+            return f"{label} 0" if block == f"{label} 0" else f"{label} 0: {block}"
         return f"{label} {limit:g} A" if limit is not None else f"{label} unknown"
     parts = [one(pack.charge_block(), "CCL", pack.ccl), one(pack.discharge_block(), "DCL", pack.dcl)]
     if pack.cvl is not None:
