@@ -437,7 +437,8 @@ class Daemon:
     def _load_known_packs(self) -> list[str]:
         read = read_json(self.state_dir / PACKS_FILE, STATE_VERSION)
         if read.data is None:
-            log.info("no known packs yet (%s)", read.problem)
+            log.log(logging.INFO if read.absent else logging.WARNING,
+                    "no known packs yet (%s)", read.problem)
             return []
         known = read.data.get("known")
         if not isinstance(known, list) or not all(isinstance(k, str) for k in known):
