@@ -72,3 +72,21 @@ def test_an_unreadable_state_file_is_ignored_instead_of_a_crash_loop(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
         bus.close()
+
+
+def test_a_second_instance_exits_without_touching_the_state_files(tmp_path):
+    bus = start_private_bus()
+    args = [*CLI, "run", "--bus", bus.address, "--state-dir", str(tmp_path)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(first, "published com.victronenergy.battery.aggregate", 15)
+        before = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
+        assert "packs.json" in before
+        second = subprocess.run(args, capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert "another instance" in second.stderr + second.stdout
+        assert {p.name: p.stat().st_ino for p in tmp_path.iterdir()} == before
+    finally:
+        first.terminate()
+        first.wait(timeout=10)
+        bus.close()
