@@ -13,6 +13,7 @@ Theory of operation:
   DVCC applying stale limits forever: systemcalc has no timeout, contract 4.6).
 - The bus name is claimed after the first tick, so the first GetItems a consumer makes already
   holds a computed aggregate, and with DO_NOT_QUEUE so a second instance exits with a message.
+  State files are written only once the name is ours: a second instance writes none.
 - Run-time changes: SIGHUP re-reads the config file (rules and what it resets: aggbatt.reload),
   /LogLevel sets the log level, and `service.select_as_battery` makes the aggregate Venus' battery
   monitor and BMS once the name is ours, in the background (aggbatt.selection).
@@ -111,6 +112,8 @@ class Daemon:
         self._heartbeat = clock()
         self._logged_errors: set[str] = set()
         self._last: TickResult | None = None
+        self._saved_known: frozenset[str] | None = None  # as in packs.json after our last write
+        self._known_failing = False
         self.ticks = 0
         self.exit_code = 0
         self._watches: list[asyncio.Task[None]] = []
@@ -164,6 +167,9 @@ class Daemon:
         await self.monitor.start()
         self.tick()
         await svc.register()
+        self._save_known_packs()  # what the first tick decided, now that the state is ours
+        if self._counter is not None:
+            self._save_soc(self._counter.take_save())
         self._select_battery()
         log.info("published %s as DeviceInstance %d with %d pack(s) found", cfg.name, instance,
                  sum(1 for p in (self._last.packs if self._last else ()) if p.online))
@@ -281,10 +287,10 @@ class Daemon:
         self.ticks += 1
         try:
             self._apply(result)
-            if self._counter is not None:
+            if self._counter is not None and self._owns_name():
                 self._save_soc(self._counter.take_save())
             if self._own is not None:
-                self._own.after_tick(now, self.service is not None and self.service.registered)
+                self._own.after_tick(now, self._owns_name())
         except Exception as exc:  # noqa: BLE001 - publishing or saving must not end the loop either
             self._log_once(exc, "publishing or saving after a tick failed; the next tick retries")
 
@@ -308,11 +314,10 @@ class Daemon:
             else:
                 add_spec_path(svc, path, value)
         svc.publish()
-        previous, self._last = self._last, result
+        self._last = result
         for event in result.events:
             log.info("%s", event)
-        if previous is None or result.known_packs != previous.known_packs:
-            self._save_known_packs(result.known_packs)
+        self._save_known_packs()
 
     async def run_forever(self) -> None:
         interval = self.config.service.tick_interval
@@ -338,14 +343,11 @@ class Daemon:
         if self._urgent is not None:
             self._urgent.cancel()
             self._urgent = None
-        if self._last is not None:
-            self._save_known_packs(self._last.known_packs)
-        if self._counter is not None and self.service is not None and self.service.registered:
-            # Only the instance that owns the bus name may write: a second copy that failed to
-            # register must not overwrite the running one's charge.
+        self._save_known_packs()
+        if self._counter is not None and self._owns_name():
             self._save_soc(self._counter.counter.shutdown())
         if self._own is not None:
-            await self._own.close(self.service is not None and self.service.registered)
+            await self._own.close(self._owns_name())
         if self._selection is not None and not self._selection.done():
             await asyncio.wait([self._selection], timeout=2.0)
             self._selection.cancel()
@@ -440,7 +442,8 @@ class Daemon:
     def _load_known_packs(self) -> list[str]:
         read = read_json(self.state_dir / PACKS_FILE, STATE_VERSION)
         if read.data is None:
-            log.info("no known packs yet (%s)", read.problem)
+            log.log(logging.INFO if read.absent else logging.WARNING,
+                    "no known packs yet (%s)", read.problem)
             return []
         known = read.data.get("known")
         if not isinstance(known, list) or not all(isinstance(k, str) for k in known):
@@ -457,12 +460,27 @@ class Daemon:
         except OSError as exc:
             log.error("cannot save the own SoC to %s: %s", self.state_dir / SOC_FILE, exc)
 
-    def _save_known_packs(self, known: frozenset[str]) -> None:
+    def _owns_name(self) -> bool:
+        """Only the instance that owns the bus name writes state: a second copy that failed to
+        register must not overwrite what the running one saved."""
+        return self.service is not None and self.service.registered
+
+    def _save_known_packs(self) -> None:
+        """Write the known packs when they differ from what was last written successfully."""
+        if self._last is None or not self._owns_name():
+            return
+        known = self._last.known_packs
+        if known == self._saved_known:
+            return
         try:
             write_json_atomic(self.state_dir / PACKS_FILE,
                               {"version": STATE_VERSION, "known": sorted(known)})
+            self._saved_known = known
+            self._known_failing = False
         except OSError as exc:
-            log.error("cannot save known packs to %s: %s", self.state_dir, exc)
+            if not self._known_failing:  # retried at every tick: one line, not one per tick
+                log.error("cannot save known packs to %s: %s", self.state_dir, exc)
+            self._known_failing = True
 
     # ----- status --------------------------------------------------------------------------
 
