@@ -39,9 +39,14 @@ from aggbatt import __version__
 from aggbatt.bus.connection import open_bus
 from aggbatt.bus.monitor import Monitor, RemoteService
 from aggbatt.bus.service import BusItemService
-from aggbatt.bus.settings import SettingsClient, SettingSpec, SettingsUnavailable
+from aggbatt.bus.settings import (
+    SettingsClient,
+    SettingSpec,
+    SettingsUnavailable,
+    UnusableDeviceInstance,
+)
 from aggbatt.charge_io import OwnChargeIO
-from aggbatt.config import Config, ConfigError
+from aggbatt.config import DEVICE_INSTANCE_RANGE, Config, ConfigError
 from aggbatt.engine import (
     Engine,
     ServiceReading,
@@ -209,8 +214,14 @@ class Daemon:
         cfg = self.config.service
         assert self.settings is not None
         try:
-            instance = await self.settings.claim_device_instance(
-                cfg.unique_id, "battery", cfg.device_instance)
+            low, high = DEVICE_INSTANCE_RANGE
+            try:
+                instance = await self.settings.claim_device_instance(
+                    cfg.unique_id, "battery", cfg.device_instance, instances=range(low, high + 1))
+            except UnusableDeviceInstance as exc:
+                log.warning("%s; publishing DeviceInstance %d from the config", exc,
+                            cfg.device_instance)
+                instance = cfg.device_instance
             stored = await self.settings.add_settings(
                 [SettingSpec(f"/Settings/Devices/{cfg.unique_id}/CustomName", "")])
             name = stored.get(f"/Settings/Devices/{cfg.unique_id}/CustomName") or ""

@@ -1,0 +1,58 @@
+"""Bad input on the bus: values from localsettings, foreign clients and packs that are out of any
+sensible range must never make the aggregate unreadable, grow memory or flood the log."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from aggbatt.bus.service import BusItemService
+from aggbatt.sim.pack import PackParams
+from tests.busclient import get_items, wait_for_values
+from tests.daemonharness import running
+
+AGG = "com.victronenergy.battery.aggregate"
+INSTANCE_SETTING = "/Settings/Devices/aggbatt/ClassAndVrmInstance"
+NAME_SETTING = "/Settings/Devices/aggbatt/CustomName"
+
+
+def packs(n: int = 2) -> list[PackParams]:
+    return [PackParams(capacity_ah=280, serial=f"P{i}") for i in range(n)]
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and text in r.getMessage()]
+
+
+# ----- /DeviceInstance ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stored", ["battery:99999999999999999999", "battery:-5", "battery:1000",
+                                    "battery:" + "9" * 5000, "battery:\u00b2"])
+async def test_unusable_instance_in_localsettings_falls_back_to_the_config(
+        bus_address, tmp_path, caplog, stored):
+    caplog.set_level(logging.INFO)
+    async with running(bus_address, tmp_path, packs(1),
+                       settings_initial={INSTANCE_SETTING: stored, NAME_SETTING: "Shed"}) as h:
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
+        assert values["/DeviceInstance"] == 100  # service.device_instance of the defaults
+        assert values["/CustomName"] == "Shed"  # localsettings is still used for the rest
+        assert len(warnings_about(caplog, "ClassAndVrmInstance")) == 1
+
+
+async def test_a_value_the_wire_cannot_carry_makes_only_its_path_invalid(connect, caplog):
+    svc = BusItemService(await connect(), "com.victronenergy.battery.limitstest")
+    svc.add_path("/DeviceInstance", 2**70, kind=int)
+    svc.add_path("/Serial", "A\x00B", kind=str)
+    svc.add_path("/ProductName", "fine", kind=str)
+    await svc.register()
+    for _ in range(3):
+        svc["/DeviceInstance"] = -(2**80)
+        svc["/Serial"] = "\ud800"
+        svc.publish()
+    items = await get_items(await connect(), "com.victronenergy.battery.limitstest")
+    assert items["/DeviceInstance"]["Value"].signature == "ai"
+    assert items["/Serial"]["Value"].signature == "ai"
+    assert items["/ProductName"]["Value"].value == "fine"
+    assert len(warnings_about(caplog, "cannot be sent on D-Bus")) == 2
