@@ -3,13 +3,15 @@ sensible range must never make the aggregate unreadable, grow memory or flood th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
+from dbus_fast import Variant
 
 from aggbatt.bus.service import BusItemService
 from aggbatt.sim.pack import PackParams
-from tests.busclient import get_items, wait_for_values
+from tests.busclient import aggregate_values, get_items, set_value, wait_for_values
 from tests.daemonharness import running
 
 AGG = "com.victronenergy.battery.aggregate"
@@ -56,3 +58,51 @@ async def test_a_value_the_wire_cannot_carry_makes_only_its_path_invalid(connect
     assert items["/Serial"]["Value"].signature == "ai"
     assert items["/ProductName"]["Value"].value == "fine"
     assert len(warnings_about(caplog, "cannot be sent on D-Bus")) == 2
+
+
+# ----- /CustomName --------------------------------------------------------------------------------
+
+async def test_custom_name_takes_bounded_text_only_from_a_foreign_client(bus_address, tmp_path,
+                                                                         caplog):
+    caplog.set_level(logging.INFO)
+    async with running(bus_address, tmp_path, packs(1)) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
+        assert await set_value(h.client, AGG, "/CustomName", Variant("s", "Shed")) == 0
+        for bad in (Variant("i", 42), Variant("as", ["Shed", "bank"]), Variant("d", 1.5),
+                    Variant("s", "x" * 65), Variant("s", "x" * 1_000_000)):
+            assert await set_value(h.client, AGG, "/CustomName", bad) != 0, bad.signature
+        assert await set_value(h.client, AGG, "/CustomName", Variant("s", "n" * 64)) == 0
+        await wait_for_values(h.client, lambda v: v["/CustomName"] == "n" * 64)
+        assert h.settings is not None
+        await until_true(lambda: h.settings.values.get(NAME_SETTING) == "n" * 64)
+        assert len(warnings_about(caplog, "/CustomName: refused")) == 1  # five refusals
+
+
+async def test_custom_name_flood_with_localsettings_frozen_keeps_one_write_in_flight(
+        bus_address, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    async with running(bus_address, tmp_path, packs(1)) as h:
+        sim = h.settings
+        assert sim is not None
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
+        writes = ("SetValue", NAME_SETTING)
+        sim.freeze()
+        for i in range(300):
+            assert await set_value(h.client, AGG, "/CustomName", Variant("s", f"a{i}")) == 0
+        assert sim.calls[writes] == 1  # the rest wait for it, coalesced into the latest
+        await until_true(lambda: sim.calls[writes] == 2)  # after the first one timed out
+        for i in range(300):
+            assert await set_value(h.client, AGG, "/CustomName", Variant("s", f"b{i}")) == 0
+        sim.thaw()
+        await until_true(lambda: sim.values.get(NAME_SETTING) == "b299")
+        assert sim.calls[writes] == 3  # a0 (too late), a299, b299
+        assert (await aggregate_values(h.client))["/CustomName"] == "b299"
+        assert len(warnings_about(caplog, "CustomName")) == 1
+
+
+async def until_true(check, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

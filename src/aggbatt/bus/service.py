@@ -266,8 +266,12 @@ class BusItemService:
     def _remote_set(self, path: str, item: _Item, variant: Variant) -> int:
         if not item.writeable:
             return SET_NOT_WRITEABLE
+        raw = unwrap(variant)
+        # A text path takes text only: str() would turn a number or an array into a name.
+        if item.kind is str and not isinstance(raw, str):
+            return SET_NOT_WRITEABLE
         try:
-            value = self._coerce(item, unwrap(variant))
+            value = self._coerce(item, raw)
         except (TypeError, ValueError):
             return SET_NOT_WRITEABLE
         if value == item.value and type(value) is type(item.value):
