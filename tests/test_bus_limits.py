@@ -12,7 +12,7 @@ from dbus_fast import Variant
 from aggbatt.bus.service import BusItemService
 from aggbatt.sim.pack import PackParams
 from tests.busclient import aggregate_values, get_items, set_value, wait_for_values
-from tests.daemonharness import running
+from tests.daemonharness import fast_config, running
 
 AGG = "com.victronenergy.battery.aggregate"
 INSTANCE_SETTING = "/Settings/Devices/aggbatt/ClassAndVrmInstance"
@@ -106,3 +106,29 @@ async def until_true(check, timeout: float = 5.0) -> None:
     while not check():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+# ----- text from packs ----------------------------------------------------------------------------
+
+async def test_long_pack_texts_are_cut_before_they_are_republished(bus_address, tmp_path):
+    huge = PackParams(capacity_ah=280, serial="S" * 10_000, custom_name="N" * 10_000,
+                      product_name="SerialBattery " + "P" * 10_000)
+    config = fast_config(discovery={"cell_voltages": True})
+    async with running(bus_address, tmp_path, [huge, PackParams(capacity_ah=280, serial="P1")],
+                       config=config) as h:
+        pack = h.bank.packs[0]
+        pack.drift_cell(1, 80.0)  # its cell is the bank's highest
+        pack.set_override("/System/MaxVoltageCellId", "C" * 100_000)
+        values = await wait_for_values(
+            h.client, lambda v: v["/System/NrOfModulesOnline"] == 2
+            and (v["/System/MaxVoltageCellId"] or "").startswith("N"))
+        assert values["/System/MaxVoltageCellId"] == "N" * 64 + ": " + "C" * 64
+        items = await get_items(h.client, AGG)
+        assert [p for p in items if p.startswith("/Voltages/")]  # the cells are published too
+        for path, entry in items.items():
+            assert len(path) <= 100, path[:100]
+            assert len(entry["Text"].value) <= 256, path
+            if entry["Value"].signature == "s":
+                assert len(entry["Value"].value) <= 256, path
+        status = h.daemon.status()
+        assert {p["id"] for p in status["packs"]} == {"S" * 64, "P1"}

@@ -17,6 +17,8 @@ Theory of operation (victron-dbus-contract.md sections 1 and 6.1):
 - A value the wire cannot carry (an integer beyond 64 bits, text with NUL or unpaired surrogates)
   is stored as invalid, with one warning per path: one bad value must never make GetItems, and so
   the whole service, unreadable.
+- Text values are cut to PUBLISHED_TEXT_MAX characters: whatever a caller or a client passes,
+  the service never republishes more.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ ChangeCallback = Callable[[str, Any], bool]
 SET_OK = 0
 SET_NOT_WRITEABLE = 1
 SET_REJECTED = 2
+
+PUBLISHED_TEXT_MAX = 256
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -177,6 +181,8 @@ class BusItemService:
     @staticmethod
     def _coerce(item: _Item, value: Any) -> Any:
         """Give every value of a path the same wire type (aiovelib d8e309c)."""
+        if isinstance(value, str) and len(value) > PUBLISHED_TEXT_MAX:
+            value = value[:PUBLISHED_TEXT_MAX]
         if value is None or item.kind is None:
             return value
         if item.kind is float:
@@ -195,7 +201,7 @@ class BusItemService:
                 raise TypeError(f"expected an integer, got {value!r}")
             return int(value)
         if item.kind is str:
-            return str(value)
+            return str(value)[:PUBLISHED_TEXT_MAX]
         return value
 
     def _sendable(self, path: str, value: Any) -> Any:
