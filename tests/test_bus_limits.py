@@ -11,7 +11,8 @@ from dbus_fast import Variant
 
 from aggbatt.bus.service import BusItemService
 from aggbatt.sim.pack import PackParams
-from tests.busclient import aggregate_values, get_items, set_value, wait_for_values
+from tests.busclient import (aggregate_values, get_items, get_value, set_value,
+                             wait_for_values)
 from tests.daemonharness import fast_config, running
 
 AGG = "com.victronenergy.battery.aggregate"
@@ -123,6 +124,8 @@ async def test_long_pack_texts_are_cut_before_they_are_republished(bus_address, 
             h.client, lambda v: v["/System/NrOfModulesOnline"] == 2
             and (v["/System/MaxVoltageCellId"] or "").startswith("N"))
         assert values["/System/MaxVoltageCellId"] == "N" * 64 + ": " + "C" * 64
+        sent = await get_value(h.client, pack.service_name, "/System/MaxVoltageCellId")
+        assert len(sent.value) == 100_000  # the pack really sends all of it
         items = await get_items(h.client, AGG)
         assert [p for p in items if p.startswith("/Voltages/")]  # the cells are published too
         for path, entry in items.items():
