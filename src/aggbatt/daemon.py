@@ -278,7 +278,8 @@ class Daemon:
                 problem = str(exc)
             if problem is None:
                 if self._name_save_failed:
-                    log.info("saved /CustomName %r to %s again", value, key)
+                    log.info("localsettings answers again: saved /CustomName %r to %s", value,
+                             key)
                 self._name_save_failed = False
             elif not self._name_save_failed:
                 self._name_save_failed = True

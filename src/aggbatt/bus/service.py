@@ -332,7 +332,7 @@ def _fits_wire(value: Any, depth: int) -> bool:
     if depth >= _MAX_VALUE_NESTING:
         return False
     if isinstance(value, dict):
-        return all(isinstance(k, str) and _fits_text(k) and _fits_wire(v, depth + 1)
+        return all(_fits_text(str(k)) and _fits_wire(v, depth + 1)
                    for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return all(_fits_wire(v, depth + 1) for v in value)
