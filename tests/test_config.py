@@ -489,6 +489,13 @@ def test_huge_device_instance_is_refused() -> None:
     assert parse_config("[service]\ndevice_instance = 999\n").service.device_instance == 999
 
 
+def test_service_name_longer_than_dbus_allows_is_refused() -> None:
+    # The daemon could never claim it: check-config must say so, not the start.
+    with pytest.raises(ConfigError) as caught:
+        parse_config('[service]\nname = "com.victronenergy.battery.' + "a" * 250 + '"\n')
+    assert caught.value.errors[0].key == "service.name"
+
+
 @pytest.mark.parametrize("kind", ["char device", "fifo", "directory"])
 def test_check_config_of_something_not_a_file_exits_2_without_reading(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:

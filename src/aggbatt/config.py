@@ -159,7 +159,9 @@ class _Table(BaseModel):
 class ServiceConfig(_Table):
     name: str = Field(
         pattern=r"^com\.victronenergy\.battery(\.[A-Za-z_][A-Za-z0-9_-]*)+$",
-        description='a D-Bus service name starting with "com.victronenergy.battery."',
+        max_length=255,  # the D-Bus limit of a bus name
+        description='a D-Bus service name starting with "com.victronenergy.battery." '
+                    "(at most 255 characters)",
     )
     unique_id: str = Field(
         pattern=r"^[A-Za-z0-9_]+$",
