@@ -40,9 +40,14 @@ from aggbatt import __version__
 from aggbatt.bus.connection import open_bus
 from aggbatt.bus.monitor import Monitor, RemoteService
 from aggbatt.bus.service import BusItemService
-from aggbatt.bus.settings import SettingsClient, SettingSpec, SettingsUnavailable
+from aggbatt.bus.settings import (
+    SettingsClient,
+    SettingSpec,
+    SettingsUnavailable,
+    UnusableDeviceInstance,
+)
 from aggbatt.charge_io import OwnChargeIO
-from aggbatt.config import Config, ConfigError
+from aggbatt.config import DEVICE_INSTANCE_RANGE, Config, ConfigError
 from aggbatt.engine import (
     Engine,
     ServiceReading,
@@ -82,6 +87,9 @@ PACKS_FILE = "packs.json"
 STATE_VERSION = 1
 BUS_DAEMON = "org.freedesktop.DBus"
 BATTERY_PREFIX = "com.victronenergy.battery."
+# Ample for any name a person gives a bank; the bound keeps any client on the bus from storing
+# megabytes in localsettings.
+CUSTOM_NAME_MAX = 64
 
 
 class Daemon:
@@ -121,6 +129,11 @@ class Daemon:
         self._selection: asyncio.Task[None] | None = None
         self._level_before: int | None = None  # the aggbatt logger's level, restored by close()
         self._refused_uids: set[int | None] = set()  # callers of ForgetMissingPacks told off once
+        self._name_to_save: str | None = None  # the latest /CustomName not yet sent to settings
+        self._name_writer: asyncio.Task[None] | None = None
+        self._name_save_failed = False
+        self._name_refused = 0
+        self._name_refused_logged_at: float | None = None
 
     # ----- start-up ------------------------------------------------------------------------
 
@@ -218,32 +231,70 @@ class Daemon:
         cfg = self.config.service
         assert self.settings is not None
         try:
-            instance = await self.settings.claim_device_instance(
-                cfg.unique_id, "battery", cfg.device_instance)
+            low, high = DEVICE_INSTANCE_RANGE
+            try:
+                instance = await self.settings.claim_device_instance(
+                    cfg.unique_id, "battery", cfg.device_instance, instances=range(low, high + 1))
+            except UnusableDeviceInstance as exc:
+                log.warning("%s; publishing DeviceInstance %d from the config", exc,
+                            cfg.device_instance)
+                instance = cfg.device_instance
             stored = await self.settings.add_settings(
                 [SettingSpec(f"/Settings/Devices/{cfg.unique_id}/CustomName", "")])
-            name = stored.get(f"/Settings/Devices/{cfg.unique_id}/CustomName") or ""
-            return instance, str(name)
+            name = stored.get(f"/Settings/Devices/{cfg.unique_id}/CustomName")
+            if not isinstance(name, str):
+                name = ""
+            if len(name) > CUSTOM_NAME_MAX:
+                log.warning("the stored /CustomName has %d characters: publishing its first %d",
+                            len(name), CUSTOM_NAME_MAX)
+                name = name[:CUSTOM_NAME_MAX]
+            return instance, name
         except SettingsUnavailable as exc:
             log.warning("%s; publishing with DeviceInstance %d from the config, a new "
                         "/CustomName is kept in memory only", exc, cfg.device_instance)
             return cfg.device_instance, ""
 
     def _custom_name_changed(self, path: str, value: Any) -> bool:
+        """Any client may write /CustomName: take bounded text only, and keep at most one
+        localsettings write in flight, so a flood (or a hung localsettings) costs neither memory
+        nor log lines; the latest name is the one saved."""
+        if not isinstance(value, str) or len(value) > CUSTOM_NAME_MAX:
+            self._name_refused += 1
+            now = self.clock()
+            if self._name_refused_logged_at is None or now - self._name_refused_logged_at >= 60:
+                self._name_refused_logged_at = now
+                more = (f" ({self._name_refused - 1} more since the last report)"
+                        if self._name_refused > 1 else "")
+                log.warning("%s: refused a write that is not text of at most %d characters%s",
+                            path, CUSTOM_NAME_MAX, more)
+                self._name_refused = 0
+            return False
         if self.settings is not None:
-            key = f"/Settings/Devices/{self.config.service.unique_id}/CustomName"
-            asyncio.get_running_loop().create_task(self._save_setting(key, value))
+            self._name_to_save = value
+            if self._name_writer is None or self._name_writer.done():
+                self._name_writer = asyncio.get_running_loop().create_task(self._save_name())
         return True
 
-    async def _save_setting(self, path: str, value: Any) -> None:
+    async def _save_name(self) -> None:
         assert self.settings is not None
-        try:
-            code = await self.settings.set(path, value)
-        except SettingsUnavailable as exc:
-            log.warning("could not save %s: %s", path, exc)
-            return
-        if code != 0:
-            log.warning("settings refused %s = %r (code %d)", path, value, code)
+        key = f"/Settings/Devices/{self.config.service.unique_id}/CustomName"
+        while self._name_to_save is not None:
+            value, self._name_to_save = self._name_to_save, None
+            try:
+                code = await self.settings.set(key, value)
+                problem = None if code == 0 else f"localsettings refused it (code {code})"
+            except SettingsUnavailable as exc:
+                problem = str(exc)
+            if problem is None:
+                if self._name_save_failed:
+                    log.info("localsettings answers again: saved /CustomName %r to %s", value,
+                             key)
+                self._name_save_failed = False
+            elif not self._name_save_failed:
+                self._name_save_failed = True
+                log.warning("could not save /CustomName %r to %s: %s; it is published anyway, "
+                            "and the next name is saved once localsettings answers", value, key,
+                            problem)
 
     # ----- ticks ---------------------------------------------------------------------------
 
@@ -348,6 +399,8 @@ class Daemon:
             self._save_soc(self._counter.counter.shutdown())
         if self._own is not None:
             await self._own.close(self._owns_name())
+        if self._name_writer is not None:
+            self._name_writer.cancel()
         if self._selection is not None and not self._selection.done():
             await asyncio.wait([self._selection], timeout=2.0)
             self._selection.cancel()

@@ -55,6 +55,12 @@ def _raw(value: Any) -> Any:
     return value
 
 
+def _full_text(value: Any) -> Any:
+    """Override text as a ready Variant: the publisher cuts plain text, and a hostile device
+    must be able to send all of it."""
+    return Variant("s", value) if isinstance(value, str) else value
+
+
 class SimDevice:
     """One simulated service on its own connection, with the faults every device supports.
 
@@ -151,7 +157,7 @@ class SimDevice:
 
     def _add(self, svc: BusItemService, spec: PathSpec, value: Any) -> None:
         if spec.path in self._overrides:
-            svc.add_path(spec.path, value)
+            svc.add_path(spec.path, _full_text(value))
         else:
             svc.add_path(spec.path, value, kind=spec.kind, decimals=spec.decimals, text=spec.text,
                          writeable=spec.writeable, on_change=self._remote_write)
@@ -180,7 +186,10 @@ class SimDevice:
         svc = self._svc
         if svc is None or self._frozen:
             return 0
-        svc.update(self.current_values())
+        values = self.current_values()
+        for path in self._overrides:
+            values[path] = _full_text(values[path])
+        svc.update(values)
         return svc.publish()
 
     # ----- faults -------------------------------------------------------------------------------
