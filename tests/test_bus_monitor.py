@@ -319,14 +319,20 @@ async def test_close_removes_every_match_rule(connect):
 
 
 @pytest.mark.parametrize("kind", ["wrong signature", "error reply"])
-async def test_get_items_garbage_is_not_added(connect, caplog, kind):
+async def test_get_items_garbage_is_retried_with_back_off_until_it_answers(connect, caplog, kind):
     caplog.set_level(logging.INFO, LOGGER)
     calls = []
+    called = asyncio.Event()
+    broken = True
 
     def answer(msg: Message, bus: MessageBus):
         if msg.member != "GetItems":
             return None
         calls.append(msg)
+        called.set()
+        if not broken:
+            return Message.new_method_return(msg, "a{sa{sv}}", [
+                {"/DeviceInstance": {"Value": Variant("i", 7)}, "/Soc": {"Value": Variant("d", 40.0)}}])
         if kind == "wrong signature":
             return Message.new_method_return(msg, "s", ["garbage"])
         return Message.new_error(msg, "com.example.Error.Broken", "broken on purpose")
@@ -334,16 +340,31 @@ async def test_get_items_garbage_is_not_added(connect, caplog, kind):
     await raw_service(connect, battery_name("garbage"), answer)
     await publish_battery(connect, "good")
     events = Events()
-    monitor = await start_monitor(connect, events)
+    monitor = await start_monitor(connect, events, retry_delay=0.05, retry_max=0.2)
 
     assert list(monitor.services) == [battery_name("good")]
     assert [s.name for s in events.added] == [battery_name("good")]
-    assert len(calls) == 2  # one retry
     lines = warnings_about(caplog, battery_name("garbage"))
     assert len(lines) == 1
     assert ("signature 's'" if kind == "wrong signature" else "com.example.Error.Broken") in lines[0]
-    # The rules of the failed service were removed again.
+    # While it fails it holds no match rules.
     assert await match_rules(monitor.bus) == 1 + 1 + len(BATTERY_PATHS)
+    await until(called, lambda: len(calls) >= 4, 3.0)
+    [waiting] = monitor.unanswered()
+    assert waiting.name == battery_name("garbage") and waiting.attempts >= 3
+    assert len(warnings_about(caplog, battery_name("garbage"))) == 1
+
+    broken = False
+    await events.until(lambda: len(events.added) == 2)
+    assert monitor.services[battery_name("garbage")].values == {"/Soc": 40.0}
+    assert monitor.unanswered() == []
+    assert len(warnings_about(caplog, battery_name("garbage"))) == 1
+    assert any("answers now" in r.getMessage() for r in caplog.records
+               if battery_name("garbage") in r.getMessage())
+    # Once it answers, no more scans are made.
+    made = len(calls)
+    await asyncio.sleep(0.3)
+    assert len(calls) == made
 
 
 async def test_get_items_that_never_answers_is_skipped_after_the_timeout(connect, caplog):

@@ -31,10 +31,22 @@ already dispatched, so the reply may be older than what the cache holds (contrac
 | NameOwnerChanged: new owner B     | subscribe, scan B        | B is A: ignore; else drop A, scan B |
 | ListNames + GetNameOwner: owner B | subscribe, scan B (1)    | ignore (NameOwnerChanged decides)   |
 | NameOwnerChanged: owner A gone    | nothing                  | drop A: rules, values, on_removed   |
-| scan of B fails                   | -                        | retry once (2), then drop B quietly |
+| scan of B fails                   | -                        | drop B, rescan B later (2)          |
+| rescan of B is due                | rescan B if B still owns | ignore                              |
 
 (1) unless a NameOwnerChanged for the name arrived since ListNames: then the listing is outdated.
-(2) unless another event for the name waits; a failed service never fires on_added/on_removed.
+(2) unless another event for the name waits. A service whose scan fails (an error, no answer, no
+    valid /DeviceInstance) may only be busy: a driver that takes ~11 s to answer at boot, or a
+    BMS that answers once its serial link is up, would otherwise stay unfollowed for as long as it
+    is on the bus. So it is rescanned after `retry_delay`, doubling up to `retry_max`, until it
+    answers or leaves; one warning when it fails, one line when it answers. Rescans go through
+    the name's worker like owner changes, so a service has at most one call outstanding and a
+    rescan never races a vanish. Until it answers it never fires on_added/on_removed and holds no
+    match rules; `unanswered()` lists it.
+
+`start(settle=...)` waits at most `settle` seconds for the services listed at start-up: one
+service that never answers must not hold up the caller for two call timeouts. Scans that take
+longer go on in the background and fire on_added when they succeed.
 
 Match-rule plan. dbus-daemon caps the match rules of one connection (max_match_rules_per_connection,
 512 in its stock config); one rule per wanted path costs a serialbattery pack ~51, so 16 packs
@@ -126,6 +138,28 @@ class RemoteService:
     def get(self, path: str, default: Any = None) -> Any:
         value = self.values.get(path)
         return default if value is None else value
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """A service on the bus whose scan failed and is being retried."""
+
+    name: str
+    owner: str
+    error: str
+    attempts: int
+    # Seconds since its first failed scan.
+    age: float
+
+
+@dataclass(eq=False)
+class _Retry:
+    owner: str
+    error: str
+    since: float
+    delay: float
+    attempts: int = 1
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(eq=False)
@@ -245,7 +279,8 @@ class Monitor:
         on_removed: Callable[[RemoteService], None] | None = None,
         on_changed: Callable[[RemoteService, Mapping[str, Any]], None] | None = None,
         call_timeout: float = 5.0,
-        retry_delay: float = 0.5,
+        retry_delay: float = 1.0,
+        retry_max: float = 30.0,
     ) -> None:
         self.bus = bus
         self._classes = {cls: _frozen(paths) for cls, paths in classes.items()}
@@ -256,6 +291,7 @@ class Monitor:
         self._on_changed = on_changed
         self.call_timeout = call_timeout
         self.retry_delay = retry_delay
+        self.retry_max = retry_max
         self.services: dict[str, RemoteService] = {}
         # BusItem signals that reached the handler: shows what the match rules let through.
         self.signals_received = 0
@@ -269,6 +305,8 @@ class Monitor:
         self._queues: dict[str, deque[Callable[[], Awaitable[None]]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._logged: set[tuple[str, str]] = set()
+        # Services whose scan failed, by well-known name (module docstring, note (2)).
+        self._retries: dict[str, _Retry] = {}
         # NameOwnerChanged signals seen per name: a listing they overtook is outdated.
         self._owner_events: dict[str, int] = {}
         self._started = False
@@ -276,17 +314,24 @@ class Monitor:
 
     # ----- public ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Subscribe to owner changes, list the names on the bus and scan every wanted service."""
+    async def start(self, settle: float | None = None) -> None:
+        """Subscribe to owner changes, list the names on the bus and scan every wanted service;
+        wait at most `settle` seconds for those scans (None: until all are done)."""
         if self._started:
             raise RuntimeError("Monitor.start() called twice")
         self._started = True
         self.bus.add_message_handler(self._on_message)
         await self._dbus("AddMatch", "s", [NAME_OWNER_RULE])
-        await self._scan_listed(None)
+        await self._scan_listed(None, settle)
 
     def of_class(self, service_class: str) -> list[RemoteService]:
         return [s for s in self.services.values() if s.service_class == service_class]
+
+    def unanswered(self) -> list[Unanswered]:
+        """Services on the bus that are not followed because their scan fails (retried)."""
+        now = self._clock()
+        return [Unanswered(name, r.owner, r.error, r.attempts, now - r.since)
+                for name, r in sorted(self._retries.items())]
 
     async def set_paths(self, service_class: str, paths: Collection[str] | None) -> None:
         """Change which paths of a class are followed; a new class is discovered at once."""
@@ -311,6 +356,8 @@ class Monitor:
             return
         self._closed = True
         self.bus.remove_message_handler(self._on_message)
+        for name in list(self._retries):
+            self._stop_retrying(name)
         workers = list(self._workers.values())
         for task in workers:
             task.cancel()
@@ -449,12 +496,22 @@ class Monitor:
     def _job_paths(self, name: str, owner: str) -> Callable[[], Awaitable[None]]:
         return lambda: self._resubscribe(name, owner)
 
+    def _job_retry(self, name: str, owner: str) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            retry = self._retries.get(name)
+            if retry is None or retry.owner != owner or owner in self._by_owner:
+                return
+            retry.timer = None
+            await self._add(name, owner, listed=False)
+
+        return job
+
     def _events_waiting(self, name: str) -> bool:
         return bool(self._queues.get(name))
 
     # ----- adding, scanning, removing ----------------------------------------------------------
 
-    async def _scan_listed(self, only_class: str | None) -> None:
+    async def _scan_listed(self, only_class: str | None, settle: float | None = None) -> None:
         events_before = dict(self._owner_events)
         reply = await self._dbus("ListNames")
         names = [
@@ -470,7 +527,9 @@ class Monitor:
             for n, o in zip(names, owners)
             if isinstance(o, Message) and self._owner_events.get(n) == events_before.get(n)
         }
-        await asyncio.gather(*workers, return_exceptions=True)
+        if workers:
+            # Workers log their own failures; asyncio.wait neither raises nor cancels them.
+            await asyncio.wait(workers, timeout=settle)
 
     async def _add(self, name: str, owner: str, listed: bool) -> None:
         present = self._by_owner.get(owner)
@@ -494,10 +553,6 @@ class Monitor:
         error = await self._converge(tracked, _rules(owner, None))
         if error is None:
             error = await self._scan(tracked)
-            if error is not None and not self._events_waiting(name):
-                await asyncio.sleep(self.retry_delay)
-                if self._by_owner.get(owner) is tracked and not self._events_waiting(name):
-                    error = await self._scan(tracked)
             if error is None and tracked.paths is not None:
                 await self._subscribe(tracked)
         if self._by_owner.get(owner) is not tracked:
@@ -507,9 +562,13 @@ class Monitor:
             if self._events_waiting(name):
                 log.info("%s (%s) went away during its scan", name, owner)
             else:
-                self._log_once(name, error, logging.WARNING, "ignoring %s (%s): %s",
-                               name, owner, error)
+                self._retry_later(name, owner, error)
             return
+        retry = self._retries.get(name)
+        if retry is not None:
+            self._stop_retrying(name)
+            log.info("%s (%s) answers now, after %d failed scan(s) in %.0f s", name, owner,
+                     retry.attempts, self._clock() - retry.since)
         tracked.ready = True
         tracked.seen = None
         self.services[name] = tracked.service
@@ -584,7 +643,30 @@ class Monitor:
         }
         self._apply(tracked, fresh)
 
+    def _retry_later(self, name: str, owner: str, error: str) -> None:
+        retry = self._retries.get(name)
+        if retry is None or retry.owner != owner:
+            self._stop_retrying(name)
+            retry = self._retries[name] = _Retry(owner, error, self._clock(), self.retry_delay)
+            log.warning("cannot follow %s (%s): %s; retrying after %g s, doubling up to %g s, "
+                        "until it answers", name, owner, error, self.retry_delay, self.retry_max)
+        else:
+            retry.attempts += 1
+            retry.error = error
+            retry.delay = min(retry.delay * 2, self.retry_max)
+        retry.timer = asyncio.get_running_loop().call_later(
+            retry.delay, self._enqueue, name, self._job_retry(name, owner))
+
+    def _stop_retrying(self, name: str) -> None:
+        retry = self._retries.pop(name, None)
+        if retry is not None and retry.timer is not None:
+            retry.timer.cancel()
+
     def _forget(self, name: str, owner: str) -> None:
+        retry = self._retries.get(name)
+        if retry is not None and retry.owner == owner:
+            self._stop_retrying(name)
+            log.info("%s (%s) left the bus before it answered", name, owner)
         tracked = self._by_owner.get(owner)
         if tracked is None:
             return
