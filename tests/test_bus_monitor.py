@@ -259,6 +259,31 @@ async def test_unwanted_paths_are_filtered_by_the_bus_daemon(connect):
     assert greedy.signals_received == 5 * 16 + 1
 
 
+async def test_what_is_kept_of_a_service_listing_too_many_paths_is_capped(connect, caplog):
+    caplog.set_level(logging.INFO, LOGGER)
+    svc = await publish_battery(connect, "crowded", cells=30)
+    listed = len(list(svc.paths()))
+    wanting, greedy = Events(), Events()
+    monitor = await start_monitor(connect, wanting, max_paths=20)
+    everything = await start_monitor(connect, greedy, classes={"battery": None}, max_paths=20)
+
+    # The wanted paths are read whatever the service lists.
+    assert monitor.services[battery_name("crowded")].values == {
+        "/Dc/0/Voltage": 52.0, "/Dc/0/Current": 1.5, "/Soc": 80.0}
+    # A class followed in full keeps max_paths of them; new paths from signals are ignored too.
+    kept = everything.services[battery_name("crowded")].values
+    assert len(kept) == 20
+    svc.add_path("/Extra/New", 1, kind=int)
+    svc["/Soc"] = 79.0
+    svc.publish()
+    await greedy.until(lambda: greedy.changed)
+    assert greedy.changed == [(battery_name("crowded"), {"/Soc": 79.0})]
+    assert len(kept) == 20 and "/Extra/New" not in kept
+    lines = warnings_about(caplog, battery_name("crowded"))
+    assert len(lines) == 2  # once per monitor
+    assert all(f"lists {listed} paths" in line for line in lines)
+
+
 # ----- vanish and reappear -----------------------------------------------------------------------
 
 

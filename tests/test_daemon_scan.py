@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from aggbatt import status
+from aggbatt.bus.monitor import MAX_PATHS
 from aggbatt.daemon import PACKS_FILE, STATE_VERSION
 from aggbatt.persist import write_json_atomic
 from aggbatt.sim.bank import SimBank
@@ -79,3 +80,19 @@ async def test_a_pack_whose_scan_fails_is_retried_shown_in_status_and_joins_when
         assert "not answering" not in out.getvalue()
     assert len(lines_about(caplog, SLOW, logging.WARNING)) == 1
     assert any("answers now" in line for line in lines_about(caplog, SLOW, logging.INFO))
+
+
+async def test_a_pack_listing_more_paths_than_kept_is_still_read_and_logged_once(
+        bus_address, tmp_path, caplog):
+    caplog.set_level(logging.INFO, MONITOR_LOG)
+
+    def crowded(bank: SimBank) -> None:
+        bank.pack(2).add_extra_paths(MAX_PATHS + 500)
+
+    async with running(bus_address, tmp_path, packs(2), prepare=crowded) as h:
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+        assert values["/InstalledCapacity"] == 560
+        h.bank.pack(2).block_charge()
+        await wait_for_values(h.client, lambda v: v["/Io/AllowToCharge"] == 0)
+    [line] = lines_about(caplog, SLOW, logging.WARNING)
+    assert f"more than the {MAX_PATHS} kept" in line

@@ -19,6 +19,11 @@ Rules (victron-dbus-contract.md sections 2 and 6.2):
   ~240 RemoveMatch (close() with 16 packs) did fill it.
 - Malformed input (wrong signatures, garbage GetItems, no /DeviceInstance) never raises: the
   service or signal is ignored and logged once.
+- What is kept of a service is bounded, whatever it sends. A scan or ItemsChanged is read by
+  looking up the wanted paths in it, so its cost follows what we read, not what it lists. At most
+  `max_paths` paths are kept per service (values of a class followed in full, and the listed paths
+  the match-rule plan weighs); a service that lists more is logged once, its extra paths ignored,
+  and its wanted paths get one rule each, since its namespaces cannot be judged.
 
 Theory of operation. Owner changes of one well-known name are handled strictly in order by one
 worker task per name, so a quick vanish + return cannot race (contract 2.5). Signals are applied
@@ -84,8 +89,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from dbus_fast import Message, MessageFlag, MessageType
@@ -108,6 +114,9 @@ NO_INSTANCE_CLASSES = frozenset({"settings"})
 NAMESPACE_MIN_WANTED = 3
 NAMESPACE_MAX_RATIO = 3
 BURST = 32
+# Paths kept per service. A serialbattery pack with 32 cells and every optional path lists ~300;
+# a service listing hundreds of thousands would otherwise cost hundreds of MB.
+MAX_PATHS = 10_000
 
 _SIGNAL = MessageType.SIGNAL
 _ERROR = MessageType.ERROR
@@ -170,6 +179,8 @@ class _Tracked:
     paths: frozenset[str] | None
     # Every path the scan listed, wanted or not: the base of the match-rule plan.
     known: frozenset[str] = frozenset()
+    # It listed more than max_paths: `known` is empty and the plan uses single-path rules.
+    crowded: bool = False
     rules: set[str] = field(default_factory=set)
     ready: bool = False
     # Paths a signal updated while a scan was in flight; None when no scan is in flight.
@@ -281,6 +292,7 @@ class Monitor:
         call_timeout: float = 5.0,
         retry_delay: float = 1.0,
         retry_max: float = 30.0,
+        max_paths: int = MAX_PATHS,
     ) -> None:
         self.bus = bus
         self._classes = {cls: _frozen(paths) for cls, paths in classes.items()}
@@ -292,6 +304,7 @@ class Monitor:
         self.call_timeout = call_timeout
         self.retry_delay = retry_delay
         self.retry_max = retry_max
+        self.max_paths = max_paths
         self.services: dict[str, RemoteService] = {}
         # BusItem signals that reached the handler: shows what the match rules let through.
         self.signals_received = 0
@@ -409,11 +422,8 @@ class Monitor:
         if msg.signature != "a{sa{sv}}":
             self._complain(tracked, "ItemsChanged", f"signature {msg.signature!r}")
             return
-        paths = tracked.paths
         changes: dict[str, Any] = {}
-        for path, entry in msg.body[0].items():
-            if paths is not None and path not in paths:
-                continue
+        for path, entry in self._wanted_entries(tracked, msg.body[0]):
             variant = entry.get("Value")
             if variant is not None:
                 changes[path] = unwrap(variant)
@@ -430,7 +440,11 @@ class Monitor:
         now = self._clock()
         changed: dict[str, Any] = {}
         for path, value in changes.items():
-            if path in values and _same(values[path], value):
+            if path in values:
+                if _same(values[path], value):
+                    continue
+            elif len(values) >= self.max_paths:
+                self._too_many(service.name, len(values) + 1)
                 continue
             values[path] = value
             service.changed_at[path] = now
@@ -588,12 +602,17 @@ class Monitor:
         instance = _device_instance(items.get("/DeviceInstance"))
         if instance is None and service.service_class not in NO_INSTANCE_CLASSES:
             return "no valid /DeviceInstance (a service must publish it before claiming its name)"
-        paths = tracked.paths
         seen = tracked.seen or set()
         now = self._clock()
-        tracked.known = frozenset(items)
-        for path, entry in items.items():
-            if (paths is not None and path not in paths) or path in seen:
+        tracked.crowded = len(items) > self.max_paths
+        if tracked.crowded:
+            self._too_many(service.name, len(items))
+        tracked.known = frozenset() if tracked.crowded else frozenset(items)
+        entries = self._wanted_entries(tracked, items)
+        if tracked.paths is None:
+            entries = islice(entries, self.max_paths)
+        for path, entry in entries:
+            if path in seen:
                 continue
             variant = entry.get("Value")
             if variant is not None:
@@ -635,11 +654,8 @@ class Monitor:
             return
         fresh = {
             path: unwrap(entry["Value"])
-            for path, entry in reply.body[0].items()
-            if (paths is None or path in paths)
-            and path not in old
-            and path not in seen
-            and "Value" in entry
+            for path, entry in self._wanted_entries(tracked, reply.body[0])
+            if path not in old and path not in seen and "Value" in entry
         }
         self._apply(tracked, fresh)
 
@@ -695,7 +711,12 @@ class Monitor:
         """Move the service to the rules its wanted and known paths call for."""
         owner = tracked.service.owner
         paths = tracked.paths
-        plan = None if paths is None else plan_rules(paths, tracked.known)
+        if paths is None:
+            plan = None
+        elif tracked.crowded:
+            plan = RulePlan(frozenset(), paths)
+        else:
+            plan = plan_rules(paths, tracked.known)
         async with self._switching:
             before = set(tracked.rules)
             error = await self._converge(tracked, _rules(owner, plan))
@@ -798,6 +819,24 @@ class Monitor:
             callback(service)
         except Exception:
             log.exception("callback for %s failed", service.name)
+
+    def _wanted_entries(self, tracked: _Tracked,
+                        items: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+        """The entries of a GetItems reply or ItemsChanged for the wanted paths, looked up so a
+        huge message costs no more than a small one; every entry for a class followed in full
+        (what is stored of it is capped where it is stored)."""
+        paths = tracked.paths
+        if paths is None:
+            return iter(items.items())
+        if len(items) <= len(paths):
+            return ((p, e) for p, e in items.items() if p in paths)
+        return ((p, items[p]) for p in paths if p in items)
+
+    def _too_many(self, name: str, count: int) -> None:
+        self._log_once(name, "too many paths", logging.WARNING,
+                       "%s lists %d paths, more than the %d kept per service: only the ones "
+                       "aggbatt reads are kept, the rest is ignored (logged once)",
+                       name, count, self.max_paths)
 
     def _complain(self, tracked: _Tracked, member: str, what: str) -> None:
         if member not in tracked.complaints:
