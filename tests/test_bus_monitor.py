@@ -392,6 +392,28 @@ async def test_get_items_garbage_is_retried_with_back_off_until_it_answers(conne
     assert len(calls) == made
 
 
+async def test_a_service_that_leaves_while_retried_is_no_longer_retried(connect, caplog):
+    caplog.set_level(logging.INFO, LOGGER)
+    broken = await raw_service(connect, battery_name("flaky"), lambda msg, bus: (
+        Message.new_error(msg, "com.example.Error.Busy", "busy") if msg.member == "GetItems" else None))
+    events = Events()
+    monitor = await start_monitor(connect, events, retry_delay=0.05, retry_max=0.05)
+    assert [u.name for u in monitor.unanswered()] == [battery_name("flaky")]
+
+    broken.disconnect()
+    await broken.wait_for_disconnect()
+    for _ in range(50):
+        if not monitor.unanswered():
+            break
+        await asyncio.sleep(0.02)
+    assert monitor.unanswered() == []
+    # The same name from a new driver that answers is followed at once.
+    await publish_battery(connect, "flaky")
+    await events.until(lambda: events.added)
+    assert monitor.services[battery_name("flaky")].values["/Soc"] == 80.0
+    assert any("left the bus before its scan succeeded" in r.getMessage() for r in caplog.records)
+
+
 async def test_get_items_that_never_answers_is_skipped_after_the_timeout(connect, caplog):
     caplog.set_level(logging.INFO, LOGGER)
     await raw_service(connect, battery_name("hung"),

@@ -40,14 +40,14 @@ already dispatched, so the reply may be older than what the cache holds (contrac
 | rescan of B is due                | rescan B if B still owns | ignore                              |
 
 (1) unless a NameOwnerChanged for the name arrived since ListNames: then the listing is outdated.
-(2) unless another event for the name waits. A service whose scan fails (an error, no answer, no
-    valid /DeviceInstance) may only be busy: a driver that takes ~11 s to answer at boot, or a
-    BMS that answers once its serial link is up, would otherwise stay unfollowed for as long as it
-    is on the bus. So it is rescanned after `retry_delay`, doubling up to `retry_max`, until it
-    answers or leaves; one warning when it fails, one line when it answers. Rescans go through
-    the name's worker like owner changes, so a service has at most one call outstanding and a
-    rescan never races a vanish. Until it answers it never fires on_added/on_removed and holds no
-    match rules; `unanswered()` lists it.
+(2) A service whose scan fails (an error, no answer, no valid /DeviceInstance) may only be busy:
+    a driver that takes ~11 s to answer at boot, or a BMS that answers once its serial link is
+    up, would otherwise stay unfollowed for as long as it is on the bus. So it is rescanned after
+    `retry_delay`, doubling up to `retry_max`, until it answers or its owner changes; one warning
+    when it fails (none when an owner change already waits: most likely it left), one line when
+    it answers. Rescans go through the name's worker like owner changes, so a service has at
+    most one call outstanding and a rescan never races a vanish. Until it answers it never fires
+    on_added/on_removed and holds no match rules; `unanswered()` lists it.
 
 `start(settle=...)` waits at most `settle` seconds for the services listed at start-up: one
 service that never answers must not hold up the caller for two call timeouts. Scans that take
@@ -169,6 +169,7 @@ class _Retry:
     delay: float
     attempts: int = 1
     timer: asyncio.TimerHandle | None = None
+    warned: bool = False
 
 
 @dataclass(eq=False)
@@ -573,10 +574,7 @@ class Monitor:
             return
         if error is not None:
             self._drop(tracked)
-            if self._events_waiting(name):
-                log.info("%s (%s) went away during its scan", name, owner)
-            else:
-                self._retry_later(name, owner, error)
+            self._retry_later(name, owner, error)
             return
         retry = self._retries.get(name)
         if retry is not None:
@@ -664,12 +662,16 @@ class Monitor:
         if retry is None or retry.owner != owner:
             self._stop_retrying(name)
             retry = self._retries[name] = _Retry(owner, error, self._clock(), self.retry_delay)
-            log.warning("cannot follow %s (%s): %s; retrying after %g s, doubling up to %g s, "
-                        "until it answers", name, owner, error, self.retry_delay, self.retry_max)
         else:
             retry.attempts += 1
             retry.error = error
             retry.delay = min(retry.delay * 2, self.retry_max)
+        # A failure with an owner change already queued is most likely the service leaving:
+        # that event ends the retry, and the warning would only be noise.
+        if not retry.warned and not self._events_waiting(name):
+            retry.warned = True
+            log.warning("cannot follow %s (%s): %s; retrying after %g s, doubling up to %g s, "
+                        "until it answers", name, owner, error, retry.delay, self.retry_max)
         retry.timer = asyncio.get_running_loop().call_later(
             retry.delay, self._enqueue, name, self._job_retry(name, owner))
 
@@ -682,7 +684,7 @@ class Monitor:
         retry = self._retries.get(name)
         if retry is not None and retry.owner == owner:
             self._stop_retrying(name)
-            log.info("%s (%s) left the bus before it answered", name, owner)
+            log.info("%s (%s) left the bus before its scan succeeded", name, owner)
         tracked = self._by_owner.get(owner)
         if tracked is None:
             return
