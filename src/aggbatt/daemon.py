@@ -16,6 +16,7 @@ Theory of operation:
   That first tick waits at most START_SCAN_WAIT for the packs' scans: a pack that does not answer
   must not keep the aggregate off the bus (and the watchdog off) for two call timeouts. Such a
   pack joins when it answers; until then a known pack counts as not online.
+  State files are written only once the name is ours: a second instance writes none.
 - Run-time changes: SIGHUP re-reads the config file (rules and what it resets: aggbatt.reload),
   /LogLevel sets the log level, and `service.select_as_battery` makes the aggregate Venus' battery
   monitor and BMS once the name is ours, in the background (aggbatt.selection).
@@ -63,7 +64,7 @@ from aggbatt.reload import (
     set_log_level,
 )
 from aggbatt.selection import apply_config_switch, selection_status
-from aggbatt.status import STATUS_INTERFACE
+from aggbatt.status import ACCESS_DENIED, FORGET_REFUSED, STATUS_INTERFACE
 from aggbatt.strategies.coulomb import (
     MIN_SOC_SETTING,
     SETTINGS_SERVICE,
@@ -83,6 +84,8 @@ log = logging.getLogger("aggbatt")
 PACKS_FILE = "packs.json"
 START_SCAN_WAIT = 1.5
 STATE_VERSION = 1
+BUS_DAEMON = "org.freedesktop.DBus"
+BATTERY_PREFIX = "com.victronenergy.battery."
 
 
 class Daemon:
@@ -113,12 +116,15 @@ class Daemon:
         self._heartbeat = clock()
         self._logged_errors: set[str] = set()
         self._last: TickResult | None = None
+        self._saved_known: frozenset[str] | None = None  # as in packs.json after our last write
+        self._known_failing = False
         self.ticks = 0
         self.exit_code = 0
         self._watches: list[asyncio.Task[None]] = []
         self._closing = False
         self._selection: asyncio.Task[None] | None = None
         self._level_before: int | None = None  # the aggbatt logger's level, restored by close()
+        self._refused_uids: set[int | None] = set()  # callers of ForgetMissingPacks told off once
 
     # ----- start-up ------------------------------------------------------------------------
 
@@ -165,6 +171,9 @@ class Daemon:
         await self.monitor.start(settle=START_SCAN_WAIT)
         self.tick()
         await svc.register()
+        self._save_known_packs()  # what the first tick decided, now that the state is ours
+        if self._counter is not None:
+            self._save_soc(self._counter.take_save())
         self._select_battery()
         log.info("published %s as DeviceInstance %d with %d pack(s) found", cfg.name, instance,
                  sum(1 for p in (self._last.packs if self._last else ()) if p.online))
@@ -282,10 +291,10 @@ class Daemon:
         self.ticks += 1
         try:
             self._apply(result)
-            if self._counter is not None:
+            if self._counter is not None and self._owns_name():
                 self._save_soc(self._counter.take_save())
             if self._own is not None:
-                self._own.after_tick(now, self.service is not None and self.service.registered)
+                self._own.after_tick(now, self._owns_name())
         except Exception as exc:  # noqa: BLE001 - publishing or saving must not end the loop either
             self._log_once(exc, "publishing or saving after a tick failed; the next tick retries")
 
@@ -309,11 +318,10 @@ class Daemon:
             else:
                 add_spec_path(svc, path, value)
         svc.publish()
-        previous, self._last = self._last, result
+        self._last = result
         for event in result.events:
             log.info("%s", event)
-        if previous is None or result.known_packs != previous.known_packs:
-            self._save_known_packs(result.known_packs)
+        self._save_known_packs()
 
     async def run_forever(self) -> None:
         interval = self.config.service.tick_interval
@@ -339,14 +347,11 @@ class Daemon:
         if self._urgent is not None:
             self._urgent.cancel()
             self._urgent = None
-        if self._last is not None:
-            self._save_known_packs(self._last.known_packs)
-        if self._counter is not None and self.service is not None and self.service.registered:
-            # Only the instance that owns the bus name may write: a second copy that failed to
-            # register must not overwrite the running one's charge.
+        self._save_known_packs()
+        if self._counter is not None and self._owns_name():
             self._save_soc(self._counter.counter.shutdown())
         if self._own is not None:
-            await self._own.close(self.service is not None and self.service.registered)
+            await self._own.close(self._owns_name())
         if self._selection is not None and not self._selection.done():
             await asyncio.wait([self._selection], timeout=2.0)
             self._selection.cancel()
@@ -441,7 +446,8 @@ class Daemon:
     def _load_known_packs(self) -> list[str]:
         read = read_json(self.state_dir / PACKS_FILE, STATE_VERSION)
         if read.data is None:
-            log.info("no known packs yet (%s)", read.problem)
+            log.log(logging.INFO if read.absent else logging.WARNING,
+                    "no known packs yet (%s)", read.problem)
             return []
         known = read.data.get("known")
         if not isinstance(known, list) or not all(isinstance(k, str) for k in known):
@@ -458,12 +464,27 @@ class Daemon:
         except OSError as exc:
             log.error("cannot save the own SoC to %s: %s", self.state_dir / SOC_FILE, exc)
 
-    def _save_known_packs(self, known: frozenset[str]) -> None:
+    def _owns_name(self) -> bool:
+        """Only the instance that owns the bus name writes state: a second copy that failed to
+        register must not overwrite what the running one saved."""
+        return self.service is not None and self.service.registered
+
+    def _save_known_packs(self) -> None:
+        """Write the known packs when they differ from what was last written successfully."""
+        if self._last is None or not self._owns_name():
+            return
+        known = self._last.known_packs
+        if known == self._saved_known:
+            return
         try:
             write_json_atomic(self.state_dir / PACKS_FILE,
                               {"version": STATE_VERSION, "known": sorted(known)})
+            self._saved_known = known
+            self._known_failing = False
         except OSError as exc:
-            log.error("cannot save known packs to %s: %s", self.state_dir, exc)
+            if not self._known_failing:  # retried at every tick: one line, not one per tick
+                log.error("cannot save known packs to %s: %s", self.state_dir, exc)
+            self._known_failing = True
 
     # ----- status --------------------------------------------------------------------------
 
@@ -494,18 +515,73 @@ class Daemon:
             return current.status()
         return {"source": self.config.current.source}
 
-    def _status_call(self, msg: Message) -> Message | None:
+    def _status_call(self, msg: Message) -> Message | bool | None:
         if msg.message_type is not MessageType.METHOD_CALL or msg.interface != STATUS_INTERFACE:
             return None
         if msg.member == "GetStatus":
             return Message.new_method_return(msg, "s", [json.dumps(self.status(), default=str)])
-        if msg.member == "ForgetMissingPacks":
+        if msg.member == "ForgetMissingPacks" and self.service is not None:
+            bus = self.service.bus
+            task = asyncio.get_running_loop().create_task(self._forget_missing(msg))
+            task.add_done_callback(
+                lambda done: None if done.cancelled() else bus.send(done.result()))
+            return True
+        return None
+
+    async def _forget_missing(self, msg: Message) -> Message:
+        """ForgetMissingPacks. Forgetting a pack lifts what it held (on_pack_lost, its offline
+        count), so only root and the user aggbatt runs as may ask (the CLI over SSH, not any
+        process on the bus), and only packs that are surely gone are forgotten: a battery service
+        on the bus that we could not read yet may be one of them, so then nothing is."""
+        try:
+            uid = await self._caller_uid(msg.sender)
+            if uid not in (0, os.getuid()):
+                if uid not in self._refused_uids:
+                    self._refused_uids.add(uid)
+                    log.warning("ForgetMissingPacks refused: %s runs as uid %s, not root or "
+                                "aggbatt's user", msg.sender, "unknown" if uid is None else uid)
+                return Message.new_error(msg, ACCESS_DENIED,
+                                         "only root or the user aggbatt runs as may forget packs")
+            unread = await self._unread_batteries()
+            if unread:
+                return Message.new_error(
+                    msg, FORGET_REFUSED,
+                    f"{', '.join(unread)} is on the bus but could not be read yet, so it may be "
+                    "one of the missing packs: nothing forgotten; try again once it answers")
+            self.tick()  # the packs on the bus right now, not at the last tick
             forgotten = self.engine.forget_missing()
             if forgotten:
                 log.info("forgot packs no longer on the bus: %s", ", ".join(forgotten))
                 self.tick()
             return Message.new_method_return(msg, "as", [forgotten])
-        return None
+        except Exception as exc:  # noqa: BLE001 - the caller gets an answer, the daemon runs on
+            self._log_once(exc, "ForgetMissingPacks failed")
+            return Message.new_error(msg, FORGET_REFUSED, f"nothing forgotten: {exc}")
+
+    async def _caller_uid(self, sender: str | None) -> int | None:
+        """The caller's Unix user as the bus daemon saw it connect; None when it cannot say
+        (an anonymous or a TCP connection)."""
+        assert self.service is not None
+        reply = await asyncio.wait_for(self.service.bus.call(Message(
+            destination=BUS_DAEMON, path="/org/freedesktop/DBus", interface=BUS_DAEMON,
+            member="GetConnectionUnixUser", signature="s", body=[sender or ""])), 2.0)
+        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+            return None
+        return int(reply.body[0])
+
+    async def _unread_batteries(self) -> list[str]:
+        """Battery services on the bus that the monitor holds no values of (its scan failed or
+        is still running), besides our own."""
+        assert self.monitor is not None and self.service is not None
+        reply = await asyncio.wait_for(self.service.bus.call(Message(
+            destination=BUS_DAEMON, path="/org/freedesktop/DBus", interface=BUS_DAEMON,
+            member="ListNames")), 2.0)
+        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+            raise RuntimeError("the bus daemon did not list the services on the bus")
+        followed = self.monitor.services
+        return sorted(n for n in reply.body[0]
+                      if n.startswith(BATTERY_PREFIX) and n != self.config.service.name
+                      and not (n in followed and followed[n].values))
 
 
 async def run(config: Config, bus_address: str | None, state_dir: Path,
