@@ -13,6 +13,9 @@ Theory of operation:
   DVCC applying stale limits forever: systemcalc has no timeout, contract 4.6).
 - The bus name is claimed after the first tick, so the first GetItems a consumer makes already
   holds a computed aggregate, and with DO_NOT_QUEUE so a second instance exits with a message.
+  That first tick waits at most START_SCAN_WAIT for the packs' scans: a pack that does not answer
+  must not keep the aggregate off the bus (and the watchdog off) for two call timeouts. Such a
+  pack joins when it answers; until then a known pack counts as not online.
   State files are written only once the name is ours: a second instance writes none.
 - Run-time changes: SIGHUP re-reads the config file (rules and what it resets: aggbatt.reload),
   /LogLevel sets the log level, and `service.select_as_battery` makes the aggregate Venus' battery
@@ -84,6 +87,7 @@ from aggbatt.strategies.victron_current import SERVICE_PATHS, VictronDevices
 log = logging.getLogger("aggbatt")
 
 PACKS_FILE = "packs.json"
+START_SCAN_WAIT = 1.5
 STATE_VERSION = 1
 BUS_DAEMON = "org.freedesktop.DBus"
 BATTERY_PREFIX = "com.victronenergy.battery."
@@ -177,7 +181,7 @@ class Daemon:
             on_removed=self._service_added,
             on_changed=self._values_changed,
         )
-        await self.monitor.start()
+        await self.monitor.start(settle=START_SCAN_WAIT)
         self.tick()
         await svc.register()
         self._save_known_packs()  # what the first tick decided, now that the state is ours
@@ -552,6 +556,7 @@ class Daemon:
                 "charge": self.config.charge.strategy,
             },
             "current_source": self._current_status(),
+            "not_answering": [asdict(u) for u in self.monitor.unanswered()] if self.monitor else [],
             "selection": selection_status(self.state_dir, self.config.service.select_as_battery),
             **({"own_charge": self._own.status()} if self._own is not None else {}),
         }

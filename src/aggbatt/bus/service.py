@@ -232,6 +232,10 @@ class BusItemService:
     def _entry(self, item: _Item) -> dict[str, Variant]:
         return {"Value": wrap(item.value), "Text": Variant("s", self._text(item))}
 
+    def items(self) -> dict[str, dict[str, Variant]]:
+        """What GetItems answers: every path with its Value and Text."""
+        return {p: self._entry(it) for p, it in self._items.items()}
+
     def _subtree(self, node: str) -> dict[str, _Item]:
         prefix = "/" if node == "/" else node + "/"
         return {p[len(prefix) :]: it for p, it in self._items.items() if p.startswith(prefix)}
@@ -257,8 +261,7 @@ class BusItemService:
                 return Message.new_method_return(msg, "i", [self._remote_set(path, item, msg.body[0])])
             return None
         if path == "/" and member == "GetItems":
-            body = {p: self._entry(it) for p, it in self._items.items()}
-            return Message.new_method_return(msg, "a{sa{sv}}", [body])
+            return Message.new_method_return(msg, "a{sa{sv}}", [self.items()])
         if path in self._nodes:
             sub = self._subtree(path)
             if member == "GetValue":
