@@ -318,6 +318,7 @@ def test_doctor_reports_where_dependencies_come_from(gx: Gx) -> None:
     assert f"pydantic:       {pydantic.VERSION} from {os.path.dirname(pydantic.__file__)}" in doctor.stdout
     assert "free space:" in doctor.stdout and " MB " in doctor.stdout
     assert "boot hook:  present in" in doctor.stdout
+    assert f"app:        enabled ({gx.enabled_link})" in doctor.stdout
 
 
 def test_logs_with_and_without_tai64nlocal(gx: Gx) -> None:
