@@ -42,7 +42,7 @@ _ABSENT = frozenset({"org.freedesktop.DBus.Error.ServiceUnknown",
 _SYSTEM_PATHS = ("/ActiveBatteryService", "/ActiveBmsService", "/ActiveBmsInstance")
 # Keys the text printer lays out itself; any other key is printed generically.
 _KNOWN = frozenset({"service", "version", "ticks", "aggregate", "packs", "config", "current_source",
-                    "selection", "system", "warnings"})
+                    "selection", "system", "warnings", "not_answering"})
 
 FIX_SELECTION = (
     "to fix: run 'aggbatt-ctl enable' (or 'aggbatt select-battery on'), or set "
@@ -173,8 +173,13 @@ def warnings(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
     offline = [p for p in packs if not p.get("online")]
     if offline:
         names = ", ".join(f"{p.get('name', p.get('id', '?'))} ({p.get('reason') or p.get('state')})"
+                          + (f" still counting {p.get('holds')}" if p.get("holds") else "")
                           for p in offline)
         found.append(f"{len(offline)} of {len(packs)} pack(s) not online: {names}")
+    silent = _unanswered(status)
+    if silent:
+        found.append(f"{len(silent)} service(s) on the bus not answering, retried: "
+                     + ", ".join(_plain(u.get("name")) for u in silent))
     failure = agg.get("/Alarms/InternalFailure")
     if isinstance(failure, (int, float)) and failure:
         found.append("internal failure: aggbatt publishes fail-safe limits; see its log")
@@ -210,6 +215,10 @@ def _plain(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _unanswered(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [u for u in _list(report.get("not_answering")) if isinstance(u, Mapping)]
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -260,16 +269,21 @@ def render_text(report: Mapping[str, Any]) -> str:
         rows = [["NAME", "STATE", "AGE", "V", "A", "SOC", "CVL", "CCL", "DCL", "SERVICE / REASON"]]
         for p in packs:
             why = p.get("reason")
+            holds = p.get("holds")
             rows.append([
                 _plain(p.get("name", p.get("id"))), _plain(p.get("state")), _age(p.get("age")),
                 _num(p.get("voltage"), 2), _num(p.get("current"), 1, sign=True),
                 _num(p.get("soc"), 1), _num(p.get("cvl"), 2), _num(p.get("ccl"), 1),
                 _num(p.get("dcl"), 1),
-                _plain(p.get("service")) + (f"  ({why})" if why and not p.get("online") else ""),
+                _plain(p.get("service")) + (f"  ({why})" if why and not p.get("online") else "")
+                + (f"  [its last fresh data still counts: {_plain(holds)}]" if holds else ""),
             ])
         lines += _table(rows)
     else:
         lines.append("  none found")
+    for u in _unanswered(report):
+        lines.append(f"  not answering: {_plain(u.get('name'))} for {_age(u.get('age'))},"
+                     f" {_plain(u.get('attempts'))} attempt(s), retrying ({_plain(u.get('error'))})")
     lines += ["", "Battery selection:"]
     system = report.get("system") if isinstance(report.get("system"), Mapping) else {}
     if system.get("present"):
