@@ -39,7 +39,8 @@ invalid CVL would deselect the BMS (contract 4.6) and leave the bank unlimited.
 
 PassthroughCharge: CCL/DCL = the envelope itself; CVL per `charge.passthrough.cvl_mode`: "min" =
 the lowest CVL of the online packs, "absorption_hold" = strategies.cvl_arbitration.AbsorptionHold
-(the bank stays in absorption until every pack has finished; a pack lowering its CVL still wins).
+(the bank stays in absorption until every pack has finished; no pack is given more than its own
+charge CVL, and a pack lowering its CVL still wins, also after it was offline).
 """
 
 from __future__ import annotations
@@ -227,12 +228,22 @@ class PassthroughCharge:
             raise ValueError(f"charge.passthrough.cvl_mode = {mode!r} is not available in this "
                              "version (available: min, absorption_hold)")
         self._hold = AbsorptionHold() if mode == "absorption_hold" else None
+        self._cvl_source = ""
 
     def limits(self, ctx: TickContext, current: CurrentResult) -> ChargeLimits:
         charge, discharge = bound(ctx, CHARGE), bound(ctx, DISCHARGE)
-        cvl = self._hold.arbitrate(ctx.online).cvl if self._hold is not None else min_pack_cvl(ctx)
+        events: list[str] = []
+        if self._hold is not None:
+            known = {p.id for p in ctx.online} | {p.id for p in ctx.offline}
+            held = self._hold.arbitrate(ctx.online, known)
+            cvl = held.cvl
+            if held.source != self._cvl_source:
+                self._cvl_source = held.source
+                events.append(f"CVL now set by: {held.reason}")
+        else:
+            cvl = min_pack_cvl(ctx)
         return ChargeLimits(
             cvl=cvl, ccl=charge.cap, dcl=discharge.cap,
             charge_reason=charge.reason, discharge_reason=discharge.reason,
-            charge_source=charge.source, discharge_source=discharge.source,
+            charge_source=charge.source, discharge_source=discharge.source, events=tuple(events),
         )
