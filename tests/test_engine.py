@@ -352,7 +352,7 @@ def test_absurd_values() -> None:
     engine = Engine(default_config())
     result = tick(engine, bank, 0.0)
     assert "Pack A: ignoring /Dc/0/Voltage: 1000.0 is outside (0, 100]" in result.events
-    assert "Pack B: ignoring /InstalledCapacity: -100.0 is outside (0, 100000]" in result.events
+    assert "Pack B: ignoring /InstalledCapacity: -100.0 is outside [1, 100000]" in result.events
     assert status(result, "A").reason == "no valid /Dc/0/Voltage"
     # B's capacity is unknown: share 1; C holds all known capacity: share 1.
     # CCL = min(80 / 1, 100 / 1) = 80 A
@@ -515,3 +515,20 @@ def test_a_service_that_comes_back_is_parsed_afresh_even_with_the_same_stamps() 
     back = pack_values("A", voltage=52.0)  # the driver restarted between two ticks
     result = engine.tick(4.0, [ServiceReading(SB + "ttyUSB0", back, 4.0, 3.5, stamps)])
     assert status(result, "A").voltage == 52.0
+
+
+def test_an_implausibly_small_capacity_is_ignored_and_the_tick_works() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", capacity=100.0, ccl=100.0)
+    bank.add("ttyUSB1", 0.0, "B", capacity=5e-324, ccl=50.0)
+    engine = Engine(default_config())
+    first = tick(engine, bank, 1.0)
+    # B's capacity is unknown, so its share is the whole bank: CCL = min(100 / 1, 50 / 1) = 50 A
+    assert first.values["/Info/MaxChargeCurrent"] == pytest.approx(50.0)
+    assert first.values["/InstalledCapacity"] == 100.0
+    assert first.values["/Alarms/InternalFailure"] == 0
+    assert "Pack B: ignoring /InstalledCapacity: 5e-324 is outside [1, 100000]" in first.events
+    bank.update("ttyUSB0", 2.0, soc=51.0)
+    again = tick(engine, bank, 2.0)
+    assert not any("InstalledCapacity" in event for event in again.events)
+    assert again.values["/Info/MaxChargeCurrent"] == pytest.approx(50.0)

@@ -17,7 +17,9 @@ online pack within its own limit when s_i x L <= limit_i for all i, so
   really carries. The max of both shares is used because the present split (internal resistance,
   SoC differences) and the long-run split (capacity) can each be the worse one; min x N is only
   right for identical packs.
-Every share is > 0 (installed capacity is validated > 0), so L is always defined.
+Every share is > 0, so L is always defined: installed capacity is validated >= 1 Ah, and a
+capacity share that still comes out as 0 or not finite (extreme values in a snapshot built
+elsewhere) counts as unknown, i.e. 1.
 
 Safety envelope (applied by the engine to every charge strategy's result), per direction:
 1. no pack online -> CVL, CCL and DCL invalid, so Venus applies its own "BMS lost" handling
@@ -75,8 +77,12 @@ def measurable_current(config: Any) -> float:
 
 def capacity_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...]) -> dict[str, float]:
     total = sum(p.installed_capacity for p in packs if p.installed_capacity is not None)
-    return {p.id: (p.installed_capacity / total if p.installed_capacity is not None else 1.0)
-            for p in packs}
+    return {p.id: _share(p.installed_capacity, total) for p in packs}
+
+
+def _share(capacity: float | None, total: float) -> float:
+    share = capacity / total if capacity is not None and total > 0.0 else 0.0
+    return share if 0.0 < share < math.inf else 1.0
 
 
 def measured_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
