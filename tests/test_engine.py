@@ -532,3 +532,35 @@ def test_an_implausibly_small_capacity_is_ignored_and_the_tick_works() -> None:
     again = tick(engine, bank, 2.0)
     assert not any("InstalledCapacity" in event for event in again.events)
     assert again.values["/Info/MaxChargeCurrent"] == pytest.approx(50.0)
+
+
+def test_the_last_measured_share_still_counts_when_charging_starts_again() -> None:
+    # A takes 80 % of the charge current (lower internal resistance), B 20 %; capacities are equal,
+    # so the capacity shares are 0.5. While 50 A flow, CCL = min(50 / 0.8, 100 / 0.5) = 62.5 A.
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=40.0, ccl=50.0)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0, ccl=100.0)
+    engine = Engine(default_config())
+    assert tick(engine, bank, 1.0).values["/Info/MaxChargeCurrent"] == pytest.approx(62.5)
+    # Rest for 60 s, then discharge 50 A split 30 / 70: no charge current to measure. The charge
+    # share remembered for A fades towards 0.5 with a half-life of an hour:
+    # 0.5 + 0.3 x 0.5 ** (60 / 3600) = 0.79654, CCL = 50 / 0.79654 = 62.77 A (without it: 100 A,
+    # and A would take 80 A against its own 50 A on the first tick of charging).
+    for service in ("ttyUSB0", "ttyUSB1"):
+        bank.update(service, 2.0, current=0.0)
+    bank.update("ttyUSB0", 61.0, soc=51.0)
+    rest = tick(engine, bank, 61.0).values
+    assert rest["/Info/MaxChargeCurrent"] == pytest.approx(50.0 / (0.5 + 0.3 * 0.5 ** (60 / 3600)))
+    bank.update("ttyUSB0", 62.0, current=-15.0)
+    bank.update("ttyUSB1", 62.0, current=-35.0)
+    reversed_ = tick(engine, bank, 62.0).values
+    assert reversed_["/Info/MaxChargeCurrent"] == pytest.approx(
+        50.0 / (0.5 + 0.3 * 0.5 ** (61 / 3600)))
+    # DCL from the measured discharge split: min(100 / 0.5, 100 / 0.7) = 142.9 A
+    assert reversed_["/Info/MaxDischargeCurrent"] == pytest.approx(100.0 / 0.7)
+    # Ten hours later the remembered share has faded to the capacity share (within 0.1 %)
+    for service in ("ttyUSB0", "ttyUSB1"):
+        bank.update(service, 36062.0, current=0.0, soc=52.0)
+    late = tick(engine, bank, 36062.0).values
+    assert late["/Info/MaxChargeCurrent"] == pytest.approx(100.0, rel=1e-3)
+    assert late["/Info/MaxDischargeCurrent"] == pytest.approx(200.0, rel=1e-3)

@@ -14,7 +14,8 @@ Theory of operation, per tick:
    `readmit_after` s of healthy data. Known packs that are missing count as offline.
 4. aggregate.aggregate computes the bank values of the online packs; the strategies add current,
    SoC and limits; strategies.charge.apply_envelope keeps the limits inside the per-pack-share and
-   blocking envelope whatever the strategy returned.
+   blocking envelope whatever the strategy returned. The packs' last measured shares of the bank
+   current (strategies.charge.ShareMemory) go into the context for the ticks without current.
 5. The result carries every dynamic path (None = invalid; the publisher sends only changes), the
    events (log lines) for decisions that changed this tick, the known packs to persist, and one
    status per pack for `aggbatt status` and the demo.
@@ -51,7 +52,7 @@ from aggbatt.model import (
 )
 from aggbatt.packs import PackDirectory, PackRules
 from aggbatt.strategies import OfflinePack, Strategies, TickContext, build_strategies
-from aggbatt.strategies.charge import apply_envelope
+from aggbatt.strategies.charge import ShareMemory, apply_envelope, measurable_current
 from aggbatt.strategies.victron_current import block_limits
 
 __all__ = [
@@ -123,6 +124,7 @@ class Engine:
         self._cell_paths: set[str] = set()
         self._parsed: dict[str, tuple[Any, Validated]] = {}  # service -> (appeared_at, last result)
         self._failing = False
+        self._shares = ShareMemory()
 
     # ---- the tick -------------------------------------------------------------------------
 
@@ -139,8 +141,9 @@ class Engine:
         online = [present[i].snapshot for i in sorted(trackers) if trackers[i].online]
         offline = [OfflinePack(i, self._names.get(i, i), trackers[i].reason or "")
                    for i in sorted(trackers) if not trackers[i].online]
+        shares = self._shares.update(now, online, measurable_current(cfg))
         ctx = TickContext(now=now, config=cfg, online=tuple(online), offline=tuple(offline),
-                          services=tuple(services), wall=wall)
+                          services=tuple(services), wall=wall, shares=shares)
         current = self.strategies.current.measure(ctx)
         soc = self.strategies.soc.estimate(ctx, current)
         limits = apply_envelope(self.strategies.charge.limits(ctx, current), ctx)

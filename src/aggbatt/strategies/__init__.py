@@ -43,6 +43,9 @@ class TickContext:
     # Wall-clock time for calendar rules (epoch seconds or a datetime); None when the caller gave
     # none. Durations always use `now`: a wall-clock step must not stretch or shrink them.
     wall: float | datetime | None = None
+    # Per direction ("charge"/"discharge"), per pack id: (last measured share, weight 0..1 of that
+    # measurement now), kept by the engine's strategies.charge.ShareMemory; empty = none yet.
+    shares: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
