@@ -9,21 +9,27 @@ what the simulator knows (what each pack last published as fresh data, whether i
 The packs behave like dbus-serialbattery under velib: a value's change stamp moves only when the
 value changes; under current every pack's current and voltage jitter, at rest nothing changes; a
 lost BMS link publishes NrOfModulesOnline 0 with voltage and current invalid and the old limits
-kept; a pack that blocks a direction opens its FET and carries no current in that direction, so
-the other packs share the bank current by their conductance.
+kept; a pack that blocks a direction opens its FET and carries no current in that direction (so it
+publishes nothing), and the other packs share the bank current by their conductance.
 
 A step is (kind, pack index, argument, seconds to the next tick); see `KINDS`. A tick may be made to
 fail ("fail" step): the driver then publishes `Engine.fail_safe` like the daemon does.
+
+`fault_settings()`: Hypothesis settings for properties over these sequences, bounded to a few
+seconds; with the environment variable AGGBATT_LONG_TESTS=1 (`scripts/test --long`) they run
+`LONG_EXAMPLES` examples instead.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from aggbatt.engine import Engine, TickResult
@@ -32,6 +38,15 @@ from aggbatt.strategies import ChargeLimits, CurrentResult, Strategies, TickCont
 
 SB = "com.victronenergy.battery."
 VEBUS = "com.victronenergy.vebus.ttyS4"
+
+LONG_EXAMPLES = 3000
+
+
+def fault_settings(examples: int = 60) -> settings:
+    long = os.environ.get("AGGBATT_LONG_TESTS") == "1"
+    return settings(max_examples=LONG_EXAMPLES if long else examples, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
 
 # Values a broken driver or link may put on a path.
 GARBAGE: tuple[Any, ...] = (None, math.nan, math.inf, "x", -1.0, 1e9, 5e-324, True, [1])
@@ -223,9 +238,12 @@ class Bank:
 
     def _raw(self, pack: SimPack, current: float) -> dict[str, Any]:
         cells = pack.spec.cells
-        noisy = self.current != 0.0
+        # a pack carrying no current (bank at rest, or its FET open in the flowing direction)
+        # publishes no change at all: quiet, not dead
+        noisy = current != 0.0
         jitter = self.rng.uniform(-0.05, 0.05) if noisy else 0.0
-        voltage = round(self.voltage + current * pack.spec.resistance / 1000 + jitter, 2)
+        base = self.voltage if noisy else 52.8
+        voltage = round(base + current * pack.spec.resistance / 1000 + jitter, 2)
         amps = round(current + (self.rng.uniform(-0.3, 0.3) if noisy else 0.0), 1)
         values: dict[str, Any] = {
             "/ProductName": "SerialBattery(JK)", "/Serial": pack.id, "/CustomName": f"Pack {pack.index}",
