@@ -134,7 +134,7 @@ def steps(draw: st.DrawFn, kinds: tuple[str, ...] = KINDS) -> Step:
     return Step(kind, pack, arg, draw(_DT))
 
 
-def fault_steps(min_size: int = 1, max_size: int = 40,
+def fault_steps(min_size: int = 4, max_size: int = 40,
                 kinds: tuple[str, ...] = KINDS) -> st.SearchStrategy[list[Step]]:
     """Random fault sequences; a sequence starts with current flowing so shares can be measured."""
     first = st.builds(Step, st.just("current"), st.just(0),

@@ -171,7 +171,7 @@ def check_fail_safe(oracle: Oracle, v: dict[str, Any]) -> None:
             assert v[path] <= good[path] + TOLERANCE, (f"failed tick raised {path}", v[path], good[path])
 
 
-@fault_settings(100)
+@fault_settings(200)
 @given(banks(), fault_steps(), st.sampled_from(POLICIES), st.integers(0, len(SOURCES) - 1),
        st.integers(0, 2**16))
 def test_no_fault_raises_a_limit(specs: list[Any], sequence: list[Any], policy: str, source: int,
