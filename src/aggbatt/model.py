@@ -557,8 +557,10 @@ def stale_verdict(snapshot: PackSnapshot, age: float, evidence_for: float, evide
         return (f"no value changed for {age:.1f} s while it reports {current:.1f} A "
                 f"(limit {stale_after:g} s)")
     if evidence is not None and evidence_for > stale_after:
+        # a pack whose link is lost reports no current at all (it is offline for that anyway)
+        reports = f"{current:.1f} A" if current is not None else "no valid current"
         return (f"no value changed for {age:.1f} s while {evidence} and it reports "
-                f"{current:.1f} A (limit {stale_after:g} s)")
+                f"{reports} (limit {stale_after:g} s)")
     return None
 
 
