@@ -18,8 +18,9 @@ the last VALID value of that data: garbage is a loss of information and never re
 - `on_pack_lost` block policies stop the direction while a known pack is not online.
 - Nothing raises (only the injected failures fail a tick), and a failed tick publishes limits no
   higher than the last good tick of the same process.
-A restart forgets what the saved state does not hold (only the known pack ids): the data of packs
-absent at the restart and the measured shares.
+A restart forgets what the saved state does not hold (only the known pack ids): the new process
+knows the values the packs show on the bus at that moment (even a frozen or link-lost pack's), not
+their earlier data, nor the measured shares.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ class Oracle:
         default_factory=lambda: {d: {} for d in DIRECTIONS})
     last_good: dict[str, Any] | None = None
 
-    def restart(self) -> None:
+    def restart(self, tick: Tick) -> None:
+        """A new process knows the packs' values on the bus, whatever their state, and no more."""
+        self.last = {p.id: parsed(p.values) for p in tick.packs if p.present}
         self.measured = {d: {} for d in DIRECTIONS}
         self.last_good = None
 
@@ -179,7 +182,7 @@ def test_no_fault_raises_a_limit(specs: list[Any], sequence: list[Any], policy: 
     oracle = Oracle()
     for tick in run(specs, sequence, CONFIGS[(policy, source)], seed):
         if tick.step.kind == "restart":
-            oracle.restart()
+            oracle.restart(tick)
         oracle.observe(tick)
         v = dict(tick.result.values)
         assert_publishable(v)
