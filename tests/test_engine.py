@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -209,6 +210,20 @@ def test_a_pack_that_blocks_charging_is_quiet_by_nature_while_the_bank_charges()
     results = run(engine, bank, 0.0, 600.0, step=5.0)
     assert all(status(r, "A").online for r in results)
     assert all(r.values["/Info/MaxChargeCurrent"] == 0.0 for r in results)
+
+
+def test_a_quiet_pack_whose_driver_does_not_answer_a_probe_is_stale() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=0.0)
+    bank.add("ttyUSB1", 0.0, "B", current=0.0)
+    engine = Engine(default_config())
+    run(engine, bank, 0.0, 200.0, step=10.0)
+    hung = [replace(r, unresponsive=True) if r.service.endswith("ttyUSB0") else r
+            for r in bank.readings()]
+    result = engine.tick(201.0, hung)
+    assert not status(result, "A").online and status(result, "B").online
+    assert "Pack A: offline: no value changed for 201.0 s and its driver did not answer a probe" \
+        in result.events
 
 
 def test_staleness_judges_by_the_configured_current_source() -> None:

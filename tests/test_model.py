@@ -228,27 +228,29 @@ def test_a_known_pack_never_seen_starts_offline() -> None:
 
 def test_a_pack_reporting_current_must_change_within_stale_after() -> None:
     pack = _snap(current=12.0)
-    assert stale_verdict(pack, 10.0, 0.0, None, 10.0, 2.0) is None   # at the limit: fresh
-    verdict = stale_verdict(pack, 10.5, 0.0, None, 10.0, 2.0)
+    assert stale_verdict(pack, 10.0, 0.0, None, False, 10.0, 2.0) is None   # at the limit: fresh
+    verdict = stale_verdict(pack, 10.5, 0.0, None, False, 10.0, 2.0)
     assert verdict is not None and "10.5 s" in verdict and "12.0 A" in verdict
 
 
 def test_a_quiet_pack_at_zero_amps_is_stale_only_on_evidence() -> None:
     quiet = _snap(current=0.0)
     # silence alone, however long, proves nothing
-    assert stale_verdict(quiet, 3600.0, 0.0, None, 10.0, 2.0) is None
+    assert stale_verdict(quiet, 3600.0, 0.0, None, False, 10.0, 2.0) is None
     # the bank carried current it does not block for longer than stale_after
     evidence = expected_current(quiet, 60.0, 0.5, 2.0)
     assert evidence is not None and "60.0 A charging" in evidence
-    assert stale_verdict(quiet, 30.0, 10.0, evidence, 10.0, 2.0) is None
-    assert "charging" in stale_verdict(quiet, 30.0, 10.5, evidence, 10.0, 2.0)  # type: ignore[operator]
+    assert stale_verdict(quiet, 30.0, 10.0, evidence, False, 10.0, 2.0) is None
+    assert "charging" in stale_verdict(quiet, 30.0, 10.5, evidence, False, 10.0, 2.0)  # type: ignore[operator]
+    # a driver that did not answer the daemon's probe
+    assert "probe" in stale_verdict(quiet, 300.0, 0.0, None, True, 10.0, 2.0)  # type: ignore[operator]
 
 
 def test_evidence_against_a_pack_without_a_valid_current_is_reported_without_raising() -> None:
     lost = _snap(current=None, modules_online=0)
     evidence = expected_current(lost, 60.0, 0.5, 2.0)
     assert evidence is not None
-    verdict = stale_verdict(lost, 30.0, 10.5, evidence, 10.0, 2.0)
+    verdict = stale_verdict(lost, 30.0, 10.5, evidence, False, 10.0, 2.0)
     assert verdict is not None and "no valid current" in verdict
 
 

@@ -16,6 +16,11 @@ Theory of operation:
 - Run-time changes: SIGHUP re-reads the config file (rules and what it resets: aggbatt.reload),
   /LogLevel sets the log level, and `service.select_as_battery` makes the aggregate Venus' battery
   monitor and BMS once the name is ours, in the background (aggbatt.selection).
+- Liveness probe: a pack whose values have not changed for `freshness.stale_after_idle` seconds
+  gets one GetValue (then one per further `stale_after_idle` while it stays quiet), answered within
+  min(PROBE_TIMEOUT, `stale_after`) seconds by any live driver. A driver that does not answer is
+  hung: its readings go to the engine marked `unresponsive` until one of its values changes.
+  Nothing else is polled.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ log = logging.getLogger("aggbatt")
 
 PACKS_FILE = "packs.json"
 STATE_VERSION = 1
+PROBE_TIMEOUT = 2.0  # s: a live driver answers a GetValue at once, even when it is busy
 
 
 class Daemon:
@@ -115,6 +121,11 @@ class Daemon:
         self._closing = False
         self._selection: asyncio.Task[None] | None = None
         self._level_before: int | None = None  # the aggbatt logger's level, restored by close()
+        # Liveness probes (module header): when each quiet service was last probed, the probes
+        # under way, and the change stamp of each service that did not answer.
+        self._probed: dict[str, float] = {}
+        self._probing: dict[str, asyncio.Task[None]] = {}
+        self._unresponsive: dict[str, float] = {}
 
     # ----- start-up ------------------------------------------------------------------------
 
@@ -256,9 +267,14 @@ class Daemon:
 
     def _readings(self) -> list[ServiceReading]:
         assert self.monitor is not None
+        for name, stamp in list(self._unresponsive.items()):
+            remote = self.monitor.services.get(name)
+            if remote is None or remote.last_change != stamp:
+                del self._unresponsive[name]
         readings = [
             ServiceReading(service=s.name, values=s.values, last_change=s.last_change,
-                           appeared_at=s.appeared_at, changed_at=s.changed_at)
+                           appeared_at=s.appeared_at, changed_at=s.changed_at,
+                           unresponsive=s.name in self._unresponsive)
             for s in self.monitor.services.values()
         ]
         if self._min_soc is not None:
@@ -278,12 +294,41 @@ class Daemon:
         self.ticks += 1
         try:
             self._apply(result)
+            self._probe_quiet(now, result)
             if self._counter is not None:
                 self._save_soc(self._counter.take_save())
             if self._own is not None:
                 self._own.after_tick(now, self.service is not None and self.service.registered)
         except Exception as exc:  # noqa: BLE001 - publishing or saving must not end the loop either
             self._log_once(exc, "publishing or saving after a tick failed; the next tick retries")
+
+    def _probe_quiet(self, now: float, result: TickResult) -> None:
+        """Start a liveness probe for each pack that has been quiet for stale_after_idle."""
+        if self.monitor is None or self._closing:
+            return
+        quiet_for = self.config.freshness.stale_after_idle
+        for pack in result.packs:
+            name = pack.service
+            if name is None or pack.age is None or pack.age < quiet_for or name in self._probing:
+                continue
+            last = self._probed.get(name)
+            remote = self.monitor.services.get(name)
+            if remote is None or (last is not None and now - last < quiet_for):
+                continue
+            self._probed[name] = now
+            self._probing[name] = asyncio.create_task(self._probe(name, remote.last_change))
+
+    async def _probe(self, name: str, stamp: float) -> None:
+        try:
+            assert self.monitor is not None
+            timeout = min(PROBE_TIMEOUT, self.config.freshness.stale_after)
+            if not await self.monitor.answers(name, timeout):
+                remote = self.monitor.services.get(name)
+                if remote is not None and remote.last_change == stamp:
+                    self._unresponsive[name] = stamp
+                    self._schedule_urgent()
+        finally:
+            self._probing.pop(name, None)
 
     def _log_once(self, exc: BaseException,
                   what: str = "tick failed, publishing fail-safe limits") -> None:
@@ -335,6 +380,8 @@ class Daemon:
         if self._urgent is not None:
             self._urgent.cancel()
             self._urgent = None
+        for task in list(self._probing.values()):
+            task.cancel()
         if self._last is not None:
             self._save_known_packs(self._last.known_packs)
         if self._counter is not None and self.service is not None and self.service.registered:

@@ -312,7 +312,7 @@ class Engine:
                                             fresh.idle_current)
                 stale = tracker.staleness(stale_verdict(
                     snapshot, age, tracker.evidence_for(now, evidence, stamp), evidence,
-                    fresh.stale_after, fresh.idle_current), stamp)
+                    seen.reading.unresponsive, fresh.stale_after, fresh.idle_current), stamp)
             fault = fault_of(snapshot, age, pack_id in self._seen_ids, stale)
             before = tracker.update(now, fault, fresh.readmit_after)
             if fault is None and snapshot is not None:

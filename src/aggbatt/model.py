@@ -57,9 +57,11 @@ minutes. Silence alone therefore never makes a pack stale; evidence does:
 - a pack that reports ~0 A is frozen when, for `stale_after` seconds without any change of its
   values, the bank current (the configured current source, else the sum of the online packs) was
   large enough that its capacity share is at least `idle_current`, in a direction it does not
-  block: a live pack would have reported that current.
-A frozen pack at rest is therefore found when the bank current next flows; until then its data
-is the same as a live pack's would be, and its last limits and blocks keep counting anyway.
+  block: a live pack would have reported that current;
+- a driver that hangs answers nothing: the daemon probes a pack quiet for `stale_after_idle`
+  seconds with one GetValue, and one that got no answer is stale (`ServiceReading.unresponsive`).
+A pack whose data froze while its driver still answers is found when the bank current next flows;
+until then its data is what a live pack's would be, and its last limits and blocks count anyway.
 A stale verdict sticks until a value of the pack changes: a frozen pack must not come back just
 because the bank went to rest and the evidence ended.
 """
@@ -83,6 +85,8 @@ class ServiceReading:
     # path -> monotonic time its value last changed, for every path in `values`; lets the engine
     # parse only the values that changed (`revalidate`). Empty = unknown: parse everything.
     changed_at: Mapping[str, float] = field(default_factory=dict)
+    # The daemon's liveness probe got no answer since the last change: the driver hangs.
+    unresponsive: bool = False
 
 
 # ---- paths ------------------------------------------------------------------------------------
@@ -546,7 +550,7 @@ def expected_current(snapshot: PackSnapshot, bank_current: float | None, share: 
 
 
 def stale_verdict(snapshot: PackSnapshot, age: float, evidence_for: float, evidence: str | None,
-                  stale_after: float, idle_current: float) -> str | None:
+                  unresponsive: bool, stale_after: float, idle_current: float) -> str | None:
     """Why the pack's data is proven frozen, or None; see "Quiet is not dead" in the module header.
 
     `age`: seconds since any value of the pack changed; `evidence_for`: seconds, within `age`, that
@@ -561,6 +565,8 @@ def stale_verdict(snapshot: PackSnapshot, age: float, evidence_for: float, evide
         reports = f"{current:.1f} A" if current is not None else "no valid current"
         return (f"no value changed for {age:.1f} s while {evidence} and it reports "
                 f"{reports} (limit {stale_after:g} s)")
+    if unresponsive:
+        return f"no value changed for {age:.1f} s and its driver did not answer a probe"
     return None
 
 

@@ -2,8 +2,8 @@
 
 Each device owns one dbus-fast connection and claims its well-known name only after every path
 exists (contract 1.1, 0.2-0.3). Faults are flags that `publish()` honours, so they can be switched
-at any time, in any order: frozen (on the bus, silent), vanished (connection closed), invalidated
-paths, raw overrides (published bypassing the path's type).
+at any time, in any order: frozen (on the bus, silent), hung (silent and answering no call),
+vanished (connection closed), invalidated paths, raw overrides (published bypassing the path's type).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dbus_fast import Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from aggbatt.bus.connection import open_bus
@@ -55,6 +55,11 @@ def _raw(value: Any) -> Any:
     return value
 
 
+def _swallow_calls(msg: Message) -> bool:
+    """Mark every method call handled without a reply, so the caller waits in vain."""
+    return msg.message_type is MessageType.METHOD_CALL
+
+
 class SimDevice:
     """One simulated service on its own connection, with the faults every device supports.
 
@@ -72,6 +77,7 @@ class SimDevice:
         self._bus: MessageBus | None = None
         self._svc: BusItemService | None = None
         self._frozen = False
+        self._hung = False
         self._invalid: set[str] = set()
         self._overrides: dict[str, Any] = {}
         self._spec_by_path: dict[str, PathSpec] = {}
@@ -115,6 +121,7 @@ class SimDevice:
     async def stop(self) -> None:
         """Close the connection; the name disappears from the bus."""
         bus, self._bus, self._svc, self.unique_name = self._bus, None, None, None
+        self._hung = False
         if bus is None:
             return
         bus.disconnect()
@@ -186,8 +193,22 @@ class SimDevice:
     # ----- faults -------------------------------------------------------------------------------
 
     def freeze(self, on: bool = True) -> None:
-        """Stay on the bus but stop sending (a hung driver)."""
+        """Stay on the bus but stop sending (frozen data; the driver still answers calls)."""
         self._frozen = on
+
+    def hang(self, on: bool = True) -> None:
+        """A hung driver: on the bus, sends nothing and answers no call (not even an error)."""
+        self._frozen = on
+        bus, svc = self._bus, self._svc
+        if bus is None or svc is None or on == self._hung:
+            return
+        self._hung = on
+        if on:
+            bus.remove_message_handler(svc._handle)
+            bus.add_message_handler(_swallow_calls)
+        else:
+            bus.remove_message_handler(_swallow_calls)
+            bus.add_message_handler(svc._handle)
 
     def invalidate(self, path: str, on: bool = True) -> None:
         """Publish `path` as invalid (empty array) until called with on=False."""
