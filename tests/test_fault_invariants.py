@@ -224,6 +224,8 @@ FROZEN_AT_RESTART_THEN_GONE = [DISCHARGING, Step("freeze", 0, None, 1.0),
 LINK_LOST_READMITTING_BLOCKS = [CHARGING, Step("link_loss", 0, None, 1.0),
                                 Step("block", 0, ("charge", 0), 11.0),
                                 Step("link_back", 0, None, 1.0), Step("none", 0, None, 1.0)]
+BLOCK_FLAG_TURNS_INVALID = [CHARGING, Step("block", 0, ("charge", 1), 1.0),
+                            Step("invalid", 0, ("/Io/AllowToCharge", None), 1.0)]
 SHARE_AFTER_REST = [DISCHARGING, Step("current", 0, -1.0, 1.0), Step("rest", 0, None, 60.0),
                     CHARGING]
 FAIL_WHILE_BLOCKED = [DISCHARGING, Step("block", 0, ("discharge", 1), 1.0), Step("fail", 0, None, 1.0)]
@@ -243,7 +245,7 @@ SEQUENCES = (banks(), fault_steps(), st.sampled_from(POLICIES),
 
 @fault_settings(100)
 @given(*SEQUENCES)
-@examples(QUIET_BLOCK, FAULTED_THEN_GONE, LINK_LOST_READMITTING_BLOCKS)
+@examples(QUIET_BLOCK, FAULTED_THEN_GONE, LINK_LOST_READMITTING_BLOCKS, BLOCK_FLAG_TURNS_INVALID)
 def test_a_block_holds_until_fresh_data_lifts_it(specs: list[Any], sequence: list[Any],
                                                  policy: str, source: int, seed: int) -> None:
     play(specs, sequence, policy, source, seed, ("blocks",))
