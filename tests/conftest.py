@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -49,3 +50,13 @@ def gx(tmp_path: Path, bus_address: str) -> Iterator[Gx]:
         yield sandbox
     finally:
         sandbox.stop_svscan()
+
+
+@pytest.fixture
+def berlin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This machine's local time zone is Europe/Berlin (CET/CEST, with daylight-saving changes)."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

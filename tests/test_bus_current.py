@@ -1,8 +1,8 @@
 """The bank current from Victron devices, as a Venus consumer sees it on the aggregate.
 
 Simulated Multi, MPPT, SmartShunts and DC-DC converter publish on the private bus next to
-simulated packs whose BMS current sum is -7 A; the real daemon runs in-process. Every device
-wiggles its voltage so it looks alive (its current stays as set), as real devices do.
+simulated packs whose BMS current sum is -7 A; the real daemon runs in-process. Like their real
+drivers, the devices send only changes: a device whose values stay as set is silent on the bus.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from aggbatt.sim.pack import PackParams
 from aggbatt.sim.victron import SimDcdc, SimMppt, SimMulti, SimShunt
-from tests.busclient import near, wait_for_values
+from tests.busclient import SignalRecorder, aggregate_values, near, wait_for_values
 from tests.daemonharness import Harness, fast_config, running
 
 BMS_SUM = -7.0
@@ -38,11 +38,8 @@ async def victron(bus_address: str, *devices: Device) -> AsyncIterator[None]:
         device.publish()
 
     async def alive() -> None:
-        tick = 0
         while True:
-            tick += 1
             for device in devices:
-                device.set_voltage(53.0 + 0.01 * (tick % 3))
                 device.publish()
             await asyncio.sleep(0.05)
 
@@ -126,6 +123,43 @@ async def test_a_device_vanishing_mid_run_falls_back_once_and_returns(bus_addres
     lost = [r for r in caplog.records if "Victron devices lost" in r.getMessage()]
     back = [r for r in caplog.records if "Victron devices again" in r.getMessage()]
     assert len(lost) == 1 and "solarcharger.ttyS5 vanished" in lost[0].getMessage()
+    assert len(back) == 1
+
+
+async def test_steady_devices_that_send_nothing_stay_the_bank_current(bus_address, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="aggbatt")
+    load = SimShunt("ttyS7", device_instance=290, mode="dcload", current=6.0)
+    devices = [SimMulti(current=-20.0), SimMppt(current=30.0), load]
+    async with system(bus_address, tmp_path, devices, shunts=[290]) as h:
+        await wait_for_values(h.client, current_is(4.0))
+        quiet = await SignalRecorder(h.client).start(load.unique_name)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 6 * 0.3             # six times current.stale_after
+        currents = []
+        while loop.time() < end:
+            currents.append((await aggregate_values(h.client))["/Dc/0/Current"])
+            await asyncio.sleep(0.05)
+        assert quiet.signals == []            # the DC-load shunt really said nothing
+        assert all(abs(c - 4.0) <= 0.011 for c in currents), currents
+        assert h.daemon.status()["current_source"]["source"] == "victron"
+    assert not [r for r in caplog.records if "Victron devices" in r.getMessage()]
+
+
+async def test_a_device_losing_its_link_falls_back_at_once_and_returns(bus_address, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="aggbatt")
+    load = SimShunt("ttyS7", device_instance=290, mode="dcload", current=6.0)
+    async with system(bus_address, tmp_path, [SimMppt(current=30.0), load], shunts=[290]) as h:
+        await wait_for_values(h.client, current_is(24.0))
+        load.set_connected(False)
+        await wait_for_values(h.client, fallback)
+        assert h.daemon.status()["current_source"]["problems"] == [
+            "com.victronenergy.dcload.ttyS7: /Connected is 0 (device link lost)"]
+        await asyncio.sleep(0.3)             # several ticks in fallback: still one warning
+        load.set_connected(True)
+        await wait_for_values(h.client, current_is(24.0))
+    lost = [r.getMessage() for r in caplog.records if "Victron devices lost" in r.getMessage()]
+    back = [r for r in caplog.records if "Victron devices again" in r.getMessage()]
+    assert len(lost) == 1 and "dcload.ttyS7: /Connected is 0" in lost[0]
     assert len(back) == 1
 
 

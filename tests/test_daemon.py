@@ -213,6 +213,19 @@ async def test_known_packs_survive_a_restart_and_a_missing_one_counts_offline(bu
         assert values["/System/NrOfModulesOffline"] == 1
 
 
+async def test_a_block_survives_a_restart_while_its_pack_is_missing(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+        h.bank.packs[1].block_charge(True)
+        await wait_for_values(h.client, lambda v: v["/Info/MaxChargeCurrent"] == 0)
+    async with running(bus_address, tmp_path, packs(280)) as h:   # P1 is missing after it
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
+        assert values["/Info/MaxChargeCurrent"] == 0
+        assert "P1 blocks charging" in values["/Info/ChargeLimitation"]
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:   # back, not blocking
+        await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0)
+
+
 async def test_forget_packs_drops_a_pack_removed_for_good(bus_address, tmp_path):
     import io
 

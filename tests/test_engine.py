@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -226,6 +227,16 @@ def test_a_quiet_pack_whose_driver_does_not_answer_a_probe_is_stale() -> None:
         in result.events
 
 
+def test_a_pack_without_a_current_reading_for_minutes_while_the_bank_charges() -> None:
+    bank = charging_bank()
+    engine = Engine(default_config())
+    run(engine, bank, 0.0, 5.0, moving=("ttyUSB0", "ttyUSB1"))
+    bank.update("ttyUSB0", 5.5, voltage=None, current=None, online=0)   # serialbattery link loss
+    results = run(engine, bank, 5.5, 300.0, step=5.0)
+    assert all(status(r, "A").reason == "BMS reports its link lost (NrOfModulesOnline 0)"
+               for r in results)
+
+
 def test_staleness_judges_by_the_configured_current_source() -> None:
     bank = Bank()
     bank.add("ttyUSB0", 0.0, "A", current=0.0)
@@ -276,6 +287,22 @@ def test_a_block_holds_while_the_blocking_pack_is_offline(fault: str) -> None:
     assert a.holds is not None and "CCL 0" in a.holds
     assert sum("Pack A: not online; its last fresh data still counts" in e
                for r in results for e in r.events) == 1
+
+
+def test_saved_blocks_are_restored_for_known_packs_until_fresh_data_lifts_them() -> None:
+    bank = blocked_bank()
+    first = Engine(default_config())
+    saved = tick(first, bank, 0.0).blocks
+    assert saved == {"A": ("charge",)}
+    bank.remove("ttyUSB0")                                 # A is missing after a restart
+    engine = Engine(default_config(), known_packs=["A", "B"], blocks=dict(saved or {}))
+    result = tick(engine, bank, 0.0)
+    assert result.values["/Info/MaxChargeCurrent"] == 0.0
+    assert result.blocks == {"A": ("charge",)}
+    bank.add("ttyUSB0", 1.0, "A", current=0.0)              # back, not blocking
+    assert tick(engine, bank, 1.0).values["/Info/MaxChargeCurrent"] == pytest.approx(100.0)
+    garbage = Engine(default_config(), known_packs=["A"], blocks={"A": "charge", "Z": ["charge"]})
+    assert tick(garbage, Bank(), 0.0).blocks == {}         # a garbage entry, an unknown pack
 
 
 def test_fresh_data_from_the_blocking_pack_lifts_its_block() -> None:
@@ -340,6 +367,34 @@ def test_going_offline_never_raises_a_limit() -> None:
     for path in ("/Info/MaxChargeVoltage", "/Info/MaxChargeCurrent", "/Info/MaxDischargeCurrent"):
         assert after[path] <= before[path], path
     assert after["/Info/MaxChargeVoltage"] == 54.0
+
+
+def test_under_own_charge_control_a_pack_going_offline_keeps_capping_the_cvl_by_its_cells() -> None:
+    bank = Bank()
+    # a 15S pack whose BMS allows 3.6 V per cell, next to a 16S pack
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, voltage=50.0, cvl=54.0,
+             **{"/System/NrOfCellsPerBattery": 15})
+    bank.add("ttyUSB1", 0.0, "B", current=10.0, **{"/System/NrOfCellsPerBattery": 16})
+    engine = Engine(cfg(charge={"strategy": "own", "own": {"max_cell_voltage": 3.45}}))
+    noon = datetime(2025, 6, 1, 12, 0)
+    before = engine.tick(0.0, bank.readings(), wall=noon).values["/Info/MaxChargeVoltage"]
+    assert before <= 15 * 3.45 + 1e-9
+    bank.update("ttyUSB0", 1.0, voltage=None, current=None, online=0)
+    after = engine.tick(1.0, bank.readings(), wall=noon).values["/Info/MaxChargeVoltage"]
+    assert after <= 15 * 3.45 + 1e-9
+
+
+def test_a_block_follows_a_pack_renamed_while_it_is_offline() -> None:
+    bank = blocked_bank()
+    bank.update("ttyUSB0", 0.0, serial="", name="Left")      # no serial: known by its name
+    engine = Engine(default_config())
+    assert tick(engine, bank, 0.0).values["/Info/MaxChargeCurrent"] == 0.0
+    # its link is lost (limits and flags invalid too), then it is renamed in the GUI
+    bank.update("ttyUSB0", 1.0, voltage=None, current=None, online=0, ccl=None, allow_charge=None)
+    bank.update("ttyUSB0", 1.0, name="Right")
+    results = run(engine, bank, 1.0, 20.0)
+    assert any("now reports the id 'Right'" in e for r in results for e in r.events)
+    assert all(r.values["/Info/MaxChargeCurrent"] == 0.0 for r in results)
 
 
 def test_readmission_needs_readmit_after_seconds_of_fresh_data() -> None:
@@ -456,6 +511,64 @@ def test_on_pack_lost_block_charge() -> None:
     bank.update("ttyUSB0", 2.0, ccl=100.0)
     result = tick(engine, bank, 2.0)
     assert result.values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)
+
+
+def test_renaming_a_pack_without_serial_leaves_no_ghost() -> None:
+    bank = charging_bank()
+    bank.update("ttyUSB0", 0.0, serial="", name="Left")
+    engine = Engine(cfg(freshness={"on_pack_lost": "block_charge"}))
+    assert tick(engine, bank, 0.0).known_packs == frozenset({"Left", "B"})
+    bank.update("ttyUSB0", 1.0, name="Right")                    # the user renames it in the GUI
+    results = run(engine, bank, 1.0, 10.0, moving=("ttyUSB0", "ttyUSB1"))
+    assert all(r.values["/System/NrOfModulesOffline"] == 0 for r in results)
+    assert all(r.values["/Info/MaxChargeCurrent"] == pytest.approx(200.0) for r in results)
+    last = results[-1]
+    assert last.known_packs == frozenset({"Right", "B"})
+    assert status(last, "Right").online and status(last, "Right").service == SB + "ttyUSB0"
+    assert last.values["/Alarms/BmsCable"] == 0
+    # after a restart the persisted ids name the pack as it is now: still no ghost
+    restarted = Engine(cfg(freshness={"on_pack_lost": "block_charge"}),
+                       known_packs=last.known_packs)
+    result = tick(restarted, bank, 11.0)
+    assert result.values["/System/NrOfModulesOffline"] == 0
+    assert result.values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)
+
+
+def test_a_serial_that_changes_every_tick_stays_one_pack() -> None:
+    bank = charging_bank()
+    engine = Engine(default_config())
+    tick(engine, bank, 0.0)
+    events: list[str] = []
+    for n in range(1, 26):
+        bank.update("ttyUSB0", float(n), serial=f"A{n}", voltage=53.0 + n / 100)
+        bank.update("ttyUSB1", float(n), voltage=53.0 + n / 100)
+        result = tick(engine, bank, float(n))
+        events += result.events
+        assert result.known_packs == frozenset({"A", "B"})
+        assert result.values["/System/NrOfModulesOffline"] == 0
+        assert result.values["/Alarms/BmsCable"] == 0
+    assert len([e for e in events if "reports another id" in e]) == 1
+
+
+def test_known_packs_are_bounded_and_the_longest_missing_go_first() -> None:
+    from aggbatt.packs import MAX_KNOWN_PACKS
+
+    bank = charging_bank()
+    stale = [f"OLD{n:03d}" for n in range(MAX_KNOWN_PACKS + 10)]
+    engine = Engine(default_config(), known_packs=stale)
+    result = tick(engine, bank, 0.0)
+    assert len(result.known_packs) == MAX_KNOWN_PACKS and {"A", "B"} <= result.known_packs
+    assert len([e for e in result.events if "known packs: forgot 12 missing" in e]) == 1
+    service = SB + "ttyUSB0"
+    for n in range(1, 30):                     # a driver that returns under a new serial each time
+        values = bank.services.pop(service)[0]
+        values["/Serial"] = f"A{n}"
+        service = SB + f"ttyACM{n}"
+        bank.services[service] = [values, float(n), float(n)]
+        result = tick(engine, bank, float(n))
+        assert len(result.known_packs) == MAX_KNOWN_PACKS
+        assert {f"A{n}", f"A{n - 1}" if n > 1 else "A", "B"} <= result.known_packs  # recent stay
+    assert result.values["/System/NrOfModulesOffline"] >= MAX_KNOWN_PACKS - 2  # still count
 
 
 def test_a_blocking_pack_blocks_the_bank_and_logs_once() -> None:

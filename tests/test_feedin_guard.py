@@ -119,6 +119,21 @@ def test_write_landing_after_the_condition_cleared_is_restored():
     assert writes(guard.step(2.0, False, "", 0)) == [1]
 
 
+def test_condition_back_before_the_restore_landed_holds_again():
+    guard = FeedinGuard(retry_interval=10.0)
+    guard.step(0.0, True, REASON, 1)
+    guard.write_result(0.1, ok=True)
+    guard.step(1.0, True, REASON, 0)
+    assert writes(guard.step(2.0, False, "", 0)) == [1]
+    guard.write_result(2.1, ok=False)                     # the restore failed: retry after 10 s
+    actions = guard.step(13.0, True, REASON, 0)           # retry due, but the cell is high again
+    assert writes(actions) == [] and guard.mode is Mode.HOLDING
+    assert [a.message for a in actions if isinstance(a, Note)] == [
+        f"{REASON} again before {FEEDIN_PATH} was restored: DC feed-in stays off"]
+    assert writes(guard.step(14.0, True, REASON, 0)) == []
+    assert writes(guard.step(15.0, False, "", 0)) == [1]
+
+
 def test_persist_failure_means_no_write_and_a_fresh_start():
     guard = FeedinGuard()
     actions = guard.step(0.0, True, REASON, 1)
@@ -225,7 +240,8 @@ def test_setting_value(raw, value):
 ), min_size=1, max_size=60), st.sampled_from([0, 1]))
 def test_model_user_value_survives_every_episode(steps, initial):
     """Invariants: a 0 is only written after a Persist saying holding with saved 1; a 1 is written
-    at most once after each 0; once the condition is gone and the service answers, the setting
+    at most once after each 0, and never while the condition holds (only a shutdown hands the
+    setting back regardless); once the condition is gone and the service answers, the setting
     ends at the user's value."""
     setting = initial
     user_value = initial  # what the user last chose
@@ -236,7 +252,7 @@ def test_model_user_value_survives_every_episode(steps, initial):
     now = 0.0
     restores = [1]  # successful writes of 1 since our last 0 (the user's own value counts as one)
 
-    def execute(actions) -> None:
+    def execute(actions, wanted: bool = False) -> None:
         nonlocal setting, saved, fail_next
         for action in actions:
             if isinstance(action, Persist):
@@ -244,6 +260,7 @@ def test_model_user_value_survives_every_episode(steps, initial):
             elif isinstance(action, WriteSetting):
                 if action.value == 0:
                     assert saved is not None and saved["holding"] and saved["saved_value"] == 1
+                assert not (wanted and action.value == 1), "feed-in turned on while the condition holds"
                 if service_up and not fail_next:
                     setting = action.value
                     restores[0] = 0 if action.value == 0 else restores[0] + 1
@@ -272,7 +289,7 @@ def test_model_user_value_survives_every_episode(steps, initial):
                 execute(guard.release(now, "aggbatt stops"))
             guard = FeedinGuard(restore_mode(saved, None if saved else "does not exist"),
                                 retry_interval=0.0)
-        execute(guard.step(now, wanted, REASON, setting if service_up else None))
+        execute(guard.step(now, wanted, REASON, setting if service_up else None), wanted)
 
     service_up = True
     fail_next = False

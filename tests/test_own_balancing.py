@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
 from aggbatt.persist import read_json, write_json_atomic
 from aggbatt.strategies.balancing import (
-    Balancing, BalancingInputs, BalancingParams, BalancingRecord, Phase,
+    Balancing, BalancingInputs, BalancingParams, BalancingRecord, Phase, utc,
 )
 
 PARAMS = BalancingParams(repetition=10, cell_diff_max=0.025, timeout=4 * 3600.0)
@@ -237,11 +237,11 @@ def test_restart_after_the_hold_time_ends_the_hold(tmp_path):
 
 
 def test_record_round_trip_and_format():
-    record = BalancingRecord(date(2024, 2, 29), Phase.HOLDING, datetime(2024, 3, 1, 7, 30),
-                             date(2024, 2, 28))
+    record = BalancingRecord(date(2024, 2, 29), Phase.HOLDING,
+                             datetime(2024, 3, 1, 7, 30, tzinfo=timezone.utc), date(2024, 2, 28))
     data = record.to_json()
     assert data == {"version": 1, "last_balancing": "2024-02-29", "phase": "holding",
-                    "phase_since": "2024-03-01T07:30:00", "gave_up_on": "2024-02-28"}
+                    "phase_since": "2024-03-01T07:30:00+00:00", "gave_up_on": "2024-02-28"}
     assert BalancingRecord.from_json(data) == (record, [])
 
 
@@ -261,9 +261,48 @@ def test_garbage_fields_fall_back_one_by_one(data, field):
 def test_missing_phase_since_restarts_the_phase_now_and_is_saved():
     b = Balancing(PARAMS, BalancingRecord(None, Phase.RAISING, None), 50.0, at("2024-06-01", 9))
     step = b.step(50.0, at("2024-06-01", 9), inputs(53.0))
-    assert step.changed and b.record.phase_since == at("2024-06-01", 9)
+    assert step.changed and b.record.phase_since == utc(at("2024-06-01", 9))
     assert b.step(50.0 + 4 * 3600 - 1, at("2024-06-01", 13), inputs(53.0)).phase is Phase.RAISING
 
 
 def test_not_an_object():
     assert BalancingRecord.from_json([1, 2]) == (BalancingRecord(), ["the balancing state is not a JSON object"])
+
+
+# ----- daylight-saving changes: the timeout counts real seconds ------------------------------
+
+
+def local(utc_text: str, seconds: float = 0.0) -> datetime:
+    """The naive local wall time the daemon hands over for a UTC moment (datetime.fromtimestamp)."""
+    return datetime.fromtimestamp(datetime.fromisoformat(utc_text).timestamp() + seconds)
+
+
+@pytest.mark.parametrize("start", [
+    "2026-03-29T00:30:00+00:00",   # 01:30 CET; the clocks go forward at 01:00 UTC
+    "2026-10-25T00:30:00+00:00",   # 02:30 CEST; the clocks go back at 01:00 UTC
+])
+def test_a_restart_across_a_dst_change_keeps_the_real_timeout(berlin, tmp_path, start):
+    b = machine(None, wall=local(start))
+    assert b.step(100.0, local(start), inputs(53.0)).phase is Phase.RAISING
+    # Down for 3 real hours; the local clock moved 4 h (spring) or 2 h (autumn).
+    b = reload(b, tmp_path, 7.0, local(start, 3 * 3600))
+    assert b.step(7.0, local(start, 3 * 3600), inputs(54.0)).phase is Phase.RAISING
+    assert b.step(7.0 + 3599, local(start, 4 * 3600 - 1), inputs(54.0)).phase is Phase.RAISING
+    assert b.step(7.0 + 3600, local(start, 4 * 3600), inputs(54.0)).phase is Phase.IDLE
+
+
+def test_a_local_phase_since_of_an_old_file_is_converted_once(berlin, tmp_path):
+    path = tmp_path / "balancing.json"
+    # Written before the spring change by a version that stored local time: 01:30 CET = 00:30 UTC.
+    write_json_atomic(path, {"version": 1, "last_balancing": "2026-03-01", "phase": "raising",
+                             "phase_since": "2026-03-29T01:30:00", "gave_up_on": None})
+    read = read_json(path, 1)
+    record, problems = BalancingRecord.from_json(read.data)
+    assert problems == ["phase_since '2026-03-29T01:30:00' is a local time: converted to UTC "
+                        "2026-03-29T00:30:00+00:00"]
+    assert record.to_json()["phase_since"] == "2026-03-29T00:30:00+00:00"
+    assert BalancingRecord.from_json(record.to_json()) == (record, [])
+    start = "2026-03-29T00:30:00+00:00"
+    b = Balancing(PARAMS, record, 0.0, local(start, 3 * 3600))
+    assert b.step(3599.0, local(start, 4 * 3600 - 1), inputs(54.0)).phase is Phase.RAISING
+    assert b.step(3600.0, local(start, 4 * 3600), inputs(54.0)).phase is Phase.IDLE

@@ -119,6 +119,25 @@ def test_garbage_balancing_state_is_reported_and_replaced():
     assert own.last.balancing_save is not None
 
 
+def test_a_local_phase_since_is_converted_and_saved_once_and_the_timeout_counts_real_time(berlin):
+    own = OwnCharge(config())   # balancing_timeout 1 h
+    # An older version saved the raise at 01:30 CET on the night the clocks go forward (00:30 UTC).
+    own.load({**RECENT, "phase": "raising", "phase_since": "2026-03-29T01:30:00"}, None)
+    start = datetime.fromisoformat("2026-03-29T00:30:00+00:00").timestamp()
+    packs = [pack("a")]
+    # 50 real minutes later, 03:20 CEST: the local clock says 110 min.
+    local = datetime.fromtimestamp            # the daemon's wall clock as the strategy reads it
+    limits = own.limits(ctx(config(), packs, local(start + 3000), now=0.0), CHARGING)
+    assert limits.cvl == pytest.approx(16 * 3.45)
+    assert own.last is not None and own.last.balancing_save is not None
+    assert own.last.balancing_save["phase_since"] == "2026-03-29T00:30:00+00:00"
+    assert any("converted to UTC" in e for e in own.last.events)
+    own.limits(ctx(config(), packs, local(start + 3599), now=599.0), CHARGING)
+    assert own.last.balancing_save is None and own.last.events == ()
+    limits = own.limits(ctx(config(), packs, local(start + 3600), now=600.0), CHARGING)
+    assert limits.cvl == pytest.approx(16 * 3.32)     # given up after one real hour (March voltage)
+
+
 def test_dynamic_cvl_lowers_and_asks_for_the_feedin_guard():
     own = strategy()
     limits = own.limits(ctx(config(), [pack("a", high=3.55), pack("b")], datetime(2024, 6, 5)),

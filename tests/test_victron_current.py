@@ -9,9 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aggbatt.config import config_from_dict
+from aggbatt.engine import Engine
 from aggbatt.model import PackSnapshot, ServiceReading
 from aggbatt.strategies import TickContext
 from aggbatt.strategies.victron_current import VictronDevices, VictronParams
+from tests.test_engine import Bank, run
 
 AGGREGATE = "com.victronenergy.battery.aggregate"
 GRACE = 10.0                       # stale_after, also the start-up grace
@@ -37,9 +40,10 @@ def shunt(current: Any, instance: int = 279, name: str = "", suffix: str = "ttyS
                    DeviceInstance=instance, CustomName=name, ProductName=product, **kw)
 
 
-def dcload(current: Any, instance: int = 290, name: str = "", suffix: str = "ttyS7") -> ServiceReading:
+def dcload(current: Any, instance: int = 290, name: str = "", suffix: str = "ttyS7",
+           **kw: Any) -> ServiceReading:
     return reading(f"com.victronenergy.dcload.{suffix}", Dc__0__Current=current, DeviceInstance=instance,
-                   CustomName=name, ProductName="SmartShunt 500A/50mV")
+                   CustomName=name, ProductName="SmartShunt 500A/50mV", **kw)
 
 
 def pack(current: float, suffix: str = "ttyUSB0", instance: int = 1) -> ServiceReading:
@@ -211,17 +215,33 @@ def test_a_source_vanishing_mid_run_and_returning() -> None:
     assert "again" in events[1]
 
 
-def test_stale_only_when_a_current_flows() -> None:
-    src = source()
-    quiet = src.update(LATER, [multi(-10.0, last_change=LATER), mppt(0.0, last_change=0.0)], -7.0, 52.0)
-    assert quiet.source == "victron"                    # a charger at night sends nothing: healthy
-    frozen = src.update(LATER, [multi(-10.0, last_change=LATER), mppt(20.0, last_change=LATER - 11)],
-                        -7.0, 52.0)
-    assert frozen.source == "bms"
-    assert frozen.problems == ("com.victronenergy.solarcharger.ttyS5: no update for 11 s at 20.0 A",)
-    fresh = src.update(LATER, [multi(-10.0, last_change=LATER), mppt(20.0, last_change=LATER - 9)],
-                       -7.0, 52.0)
-    assert fresh.source == "victron"
+def test_a_steady_reading_is_not_stale() -> None:
+    src = source(shunts=[290])
+    for t in range(0, 600, 7):                          # nothing changed since the start
+        devices = [multi(-10.0, last_change=0.0), mppt(20.0, last_change=0.0),
+                   dcload(6.0, 290, last_change=0.0)]
+        result = src.update(float(t), devices, -7.0, 52.0)
+        assert result.source == "victron" and result.current == pytest.approx(4.0), t
+        assert result.events == () and result.problems == ()
+
+
+@pytest.mark.parametrize("connected", [0, None, "x"])
+def test_a_charger_or_shunt_losing_its_device_link_is_dropped_at_once(connected) -> None:
+    src = source(shunts=[290])
+    src.update(0.0, [multi(-10.0), mppt(20.0), dcload(6.0, 290)], -7.0, 52.0)
+    timeline = []
+    for t in range(20, 40):
+        link = connected if 25 <= t < 30 else 1
+        devices = [multi(-10.0), mppt(20.0, Connected=link), dcload(6.0, 290)]
+        timeline.append(src.update(float(t), devices, -7.0, 52.0))
+    assert [r.source for r in timeline] == ["victron"] * 5 + ["bms"] * 5 + ["victron"] * 10
+    assert timeline[5].problems == (
+        f"com.victronenergy.solarcharger.ttyS5: /Connected is {connected!r} (device link lost)",)
+    events = [e for r in timeline for e in r.events]
+    assert len(events) == 2 and "device link lost" in events[0] and "again" in events[1]
+    shunt_down = src.update(40.0, [multi(-10.0), mppt(20.0), dcload(6.0, 290, Connected=0)],
+                            -7.0, 52.0)
+    assert shunt_down.source == "bms"
 
 
 def test_block_policy() -> None:
@@ -301,3 +321,22 @@ def test_measure_uses_the_pack_voltage_and_falls_back_to_the_bms_sum() -> None:
     assert lost.source.startswith("bms_sum") and lost.current == pytest.approx(-7.0)
     assert lost.power == pytest.approx(-372.0)
     assert lost.events and "configured shunt DeviceInstance 279 not found" in lost.events[0]
+
+
+def test_the_engine_keeps_a_steady_victron_current_and_drops_a_vanished_device_at_once() -> None:
+    engine = Engine(config_from_dict({"current": {"source": "victron_devices", "shunts": [290]}}))
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=-3.0)
+    bank.add("ttyUSB1", 0.0, "B", current=-4.0)
+    devices = (mppt(30.0, last_change=0.0, Connected=1), dcload(6.0, 290, last_change=0.0, Connected=1))
+    for device in devices:                  # on the bus since the start, never a changed value
+        bank.services[device.service] = [dict(device.values), 0.0, 0.0]
+    results = run(engine, bank, 0.0, 300.0, step=1.0, moving=("ttyUSB0", "ttyUSB1"))
+    assert all(r.values["/Dc/0/Current"] == pytest.approx(24.0) for r in results)
+    assert not [e for r in results for e in r.events if "Victron" in e]
+    del bank.services[devices[1].service]
+    gone = run(engine, bank, 301.0, 301.0, moving=("ttyUSB0", "ttyUSB1"))[0]
+    assert gone.values["/Dc/0/Current"] == pytest.approx(-7.0)
+    assert [e for e in gone.events if "Victron" in e] == [
+        "bank current from Victron devices lost: configured shunt DeviceInstance 290 not found; "
+        "com.victronenergy.dcload.ttyS7 vanished; using the sum of the BMS currents"]

@@ -317,7 +317,9 @@ def _add_forget_packs(subparsers: Any) -> None:
         help="forget known packs that are not on the bus (removed for good)",
         description="aggbatt remembers every pack it has seen, so one missing after a reboot "
         "counts offline and raises /Alarms/BmsCable. After removing a pack for good, run this "
-        "once while the remaining packs are connected.",
+        "once while the remaining packs are connected. Packs on the bus, even quiet ones, are "
+        "never forgotten; while a battery service on the bus cannot be read nothing is. Only "
+        "root and the user aggbatt runs as may ask.",
     )
     _add_bus(parser)
     parser.add_argument("--service", default="com.victronenergy.battery.aggregate", metavar="NAME",

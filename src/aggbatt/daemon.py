@@ -65,7 +65,7 @@ from aggbatt.reload import (
     set_log_level,
 )
 from aggbatt.selection import apply_config_switch, selection_status
-from aggbatt.status import STATUS_INTERFACE
+from aggbatt.status import ACCESS_DENIED, FORGET_REFUSED, STATUS_INTERFACE
 from aggbatt.strategies.coulomb import (
     MIN_SOC_SETTING,
     SETTINGS_SERVICE,
@@ -83,8 +83,11 @@ from aggbatt.strategies.victron_current import SERVICE_PATHS, VictronDevices
 log = logging.getLogger("aggbatt")
 
 PACKS_FILE = "packs.json"
+BLOCKS_FILE = "blocks.json"  # the packs whose last fresh data blocks a direction
 STATE_VERSION = 1
 PROBE_TIMEOUT = 2.0  # s: a live driver answers a GetValue at once, even when it is busy
+BUS_DAEMON = "org.freedesktop.DBus"
+BATTERY_PREFIX = "com.victronenergy.battery."
 
 
 class Daemon:
@@ -98,7 +101,8 @@ class Daemon:
         self.state_dir = state_dir
         self.clock = clock
         self.wall_clock = wall_clock
-        self.engine = Engine(config, known_packs=self._load_known_packs())
+        self.engine = Engine(config, known_packs=self._load_known_packs(),
+                             blocks=self._load_blocks())
         soc = self.engine.strategies.soc
         self._counter = soc if isinstance(soc, CoulombSoc) else None
         self._min_soc: Any = None  # ESS minimum SoC from localsettings, for the own /TimeToGo
@@ -126,6 +130,7 @@ class Daemon:
         self._probed: dict[str, float] = {}
         self._probing: dict[str, asyncio.Task[None]] = {}
         self._unresponsive: dict[str, float] = {}
+        self._refused_uids: set[int | None] = set()  # callers of ForgetMissingPacks told off once
 
     # ----- start-up ------------------------------------------------------------------------
 
@@ -355,6 +360,8 @@ class Daemon:
             log.info("%s", event)
         if previous is None or result.known_packs != previous.known_packs:
             self._save_known_packs(result.known_packs)
+        if result.blocks is not None and (previous is None or result.blocks != previous.blocks):
+            self._save_blocks(result.blocks)
 
     async def run_forever(self) -> None:
         interval = self.config.service.tick_interval
@@ -493,6 +500,22 @@ class Daemon:
             return []
         return known
 
+    def _load_blocks(self) -> dict[str, Any]:
+        read = read_json(self.state_dir / BLOCKS_FILE, STATE_VERSION)
+        blocks = read.data.get("blocks") if read.data is not None else None
+        if read.data is not None and not isinstance(blocks, dict):
+            log.warning("%s holds no pack blocks; starting without saved blocks",
+                        self.state_dir / BLOCKS_FILE)
+        return blocks if isinstance(blocks, dict) else {}
+
+    def _save_blocks(self, blocks: Mapping[str, tuple[str, ...]]) -> None:
+        try:
+            write_json_atomic(self.state_dir / BLOCKS_FILE, {
+                "version": STATE_VERSION,
+                "blocks": {pack_id: list(directions) for pack_id, directions in blocks.items()}})
+        except OSError as exc:
+            log.error("cannot save pack blocks to %s: %s", self.state_dir, exc)
+
     def _save_soc(self, decision: SaveDecision | None) -> None:
         if decision is None:
             return
@@ -536,18 +559,73 @@ class Daemon:
             return current.status()
         return {"source": self.config.current.source}
 
-    def _status_call(self, msg: Message) -> Message | None:
+    def _status_call(self, msg: Message) -> Message | bool | None:
         if msg.message_type is not MessageType.METHOD_CALL or msg.interface != STATUS_INTERFACE:
             return None
         if msg.member == "GetStatus":
             return Message.new_method_return(msg, "s", [json.dumps(self.status(), default=str)])
-        if msg.member == "ForgetMissingPacks":
+        if msg.member == "ForgetMissingPacks" and self.service is not None:
+            bus = self.service.bus
+            task = asyncio.get_running_loop().create_task(self._forget_missing(msg))
+            task.add_done_callback(
+                lambda done: None if done.cancelled() else bus.send(done.result()))
+            return True
+        return None
+
+    async def _forget_missing(self, msg: Message) -> Message:
+        """ForgetMissingPacks. Forgetting a pack lifts what it held (on_pack_lost, its offline
+        count), so only root and the user aggbatt runs as may ask (the CLI over SSH, not any
+        process on the bus), and only packs that are surely gone are forgotten: a battery service
+        on the bus that we could not read yet may be one of them, so then nothing is."""
+        try:
+            uid = await self._caller_uid(msg.sender)
+            if uid not in (0, os.getuid()):
+                if uid not in self._refused_uids:
+                    self._refused_uids.add(uid)
+                    log.warning("ForgetMissingPacks refused: %s runs as uid %s, not root or "
+                                "aggbatt's user", msg.sender, "unknown" if uid is None else uid)
+                return Message.new_error(msg, ACCESS_DENIED,
+                                         "only root or the user aggbatt runs as may forget packs")
+            unread = await self._unread_batteries()
+            if unread:
+                return Message.new_error(
+                    msg, FORGET_REFUSED,
+                    f"{', '.join(unread)} is on the bus but could not be read yet, so it may be "
+                    "one of the missing packs: nothing forgotten; try again once it answers")
+            self.tick()  # the packs on the bus right now, not at the last tick
             forgotten = self.engine.forget_missing()
             if forgotten:
                 log.info("forgot packs no longer on the bus: %s", ", ".join(forgotten))
                 self.tick()
             return Message.new_method_return(msg, "as", [forgotten])
-        return None
+        except Exception as exc:  # noqa: BLE001 - the caller gets an answer, the daemon runs on
+            self._log_once(exc, "ForgetMissingPacks failed")
+            return Message.new_error(msg, FORGET_REFUSED, f"nothing forgotten: {exc}")
+
+    async def _caller_uid(self, sender: str | None) -> int | None:
+        """The caller's Unix user as the bus daemon saw it connect; None when it cannot say
+        (an anonymous or a TCP connection)."""
+        assert self.service is not None
+        reply = await asyncio.wait_for(self.service.bus.call(Message(
+            destination=BUS_DAEMON, path="/org/freedesktop/DBus", interface=BUS_DAEMON,
+            member="GetConnectionUnixUser", signature="s", body=[sender or ""])), 2.0)
+        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+            return None
+        return int(reply.body[0])
+
+    async def _unread_batteries(self) -> list[str]:
+        """Battery services on the bus that the monitor holds no values of (its scan failed or
+        is still running), besides our own."""
+        assert self.monitor is not None and self.service is not None
+        reply = await asyncio.wait_for(self.service.bus.call(Message(
+            destination=BUS_DAEMON, path="/org/freedesktop/DBus", interface=BUS_DAEMON,
+            member="ListNames")), 2.0)
+        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+            raise RuntimeError("the bus daemon did not list the services on the bus")
+        followed = self.monitor.services
+        return sorted(n for n in reply.body[0]
+                      if n.startswith(BATTERY_PREFIX) and n != self.config.service.name
+                      and not (n in followed and followed[n].values))
 
 
 async def run(config: Config, bus_address: str | None, state_dir: Path,

@@ -10,8 +10,15 @@ Theory of operation, per tick:
    values whose change stamp moved are parsed again (model.revalidate); a service that left and
    came back starts afresh.
 3. Every known pack (persisted ids plus every pack seen) goes through its online/offline tracker
-   (model.py): gone, link lost, invalid V/I/limits, or stale -> offline; re-admitted after
-   `readmit_after` s of healthy data. Known packs that are missing count as offline.
+   (model.py): gone, link lost, invalid V/I/limits, or proven frozen -> offline; re-admitted after
+   `readmit_after` s of healthy data. Known packs that are missing count as offline. The quiet
+   packs are judged against the bank current the configured source measured at the last tick.
+   Each pack's last snapshot with fresh, valid data is kept: while the pack is not online it is
+   passed to the strategies as `TickContext.held` (with any block or lower limit of its present
+   data added), so its blocks and limits keep bounding CCL, DCL and CVL until fresh data from it
+   replaces them or the pack is forgotten. The blocks (not the limits, which change too often to
+   be saved) also survive a restart: `TickResult.blocks` is saved by the daemon and given back to
+   the next engine, so a pack that blocked and is missing after a restart still blocks.
 4. aggregate.aggregate computes the bank values of the online packs; the strategies add current,
    SoC and limits; strategies.charge.apply_envelope keeps the limits inside the per-pack-share and
    blocking envelope whatever the strategy returned. The packs' last measured shares of the bank
@@ -20,7 +27,8 @@ Theory of operation, per tick:
    events (log lines) for decisions that changed this tick, the known packs to persist, and one
    status per pack for `aggbatt status` and the demo.
 
-Event policy: a line when a pack goes online or offline (with the reason), is found to share its id,
+Event policy: a line when a pack goes online or offline (with the reason), when what a pack that is
+not online still imposes changes, when a pack is found to share its id,
 is forgotten, sends garbage on a path (once per pack and path for the life of the engine), when the
 kind of rule that sets CCL or DCL changes (blocked by a pack, on_pack_lost, share, no pack), and when
 ticks fail or recover. Which pack sets a share limit is not logged on every switch: two similar
@@ -52,7 +60,7 @@ from aggbatt.model import (
     PackTracker, ServiceReading, Validated, data_age, expected_current, fault_of,
     needs_urgent_tick, pack_paths, revalidate, stale_verdict, validate,
 )
-from aggbatt.packs import PackDirectory, PackRules
+from aggbatt.packs import MAX_KNOWN_PACKS, PackDirectory, PackRules
 from aggbatt.strategies import OfflinePack, Strategies, TickContext, build_strategies
 from aggbatt.strategies.charge import ShareMemory, apply_envelope, measurable_current
 from aggbatt.strategies.victron_current import block_limits
@@ -102,6 +110,27 @@ class TickResult:
     events: Sequence[str]
     known_packs: frozenset[str]
     packs: Sequence[PackStatus]
+    # Known pack id -> the directions ("charge", "discharge") its last fresh data blocks, to be
+    # saved so a restart keeps the block of a pack that is missing then; None = unknown, keep the
+    # saved ones.
+    blocks: Mapping[str, tuple[str, ...]] | None = None
+
+
+def _blocked_directions(pack: PackSnapshot) -> tuple[str, ...]:
+    return tuple(name for name, why in (("charge", pack.charge_block()),
+                                        ("discharge", pack.discharge_block())) if why is not None)
+
+
+def _restored(pack_id: str, directions: Any) -> PackSnapshot | None:
+    """A pack's saved block as a snapshot that blocks those directions and says nothing else."""
+    if not isinstance(directions, (list, tuple)):
+        return None
+    charge, discharge = "charge" in directions, "discharge" in directions
+    if not (charge or discharge):
+        return None
+    return PackSnapshot(id=pack_id, name=pack_id, service="",
+                        ccl=0.0 if charge else None, allow_charge=0 if charge else None,
+                        dcl=0.0 if discharge else None, allow_discharge=0 if discharge else None)
 
 
 @dataclass(frozen=True)
@@ -144,7 +173,7 @@ def _imposes(pack: PackSnapshot) -> str:
     """What a held snapshot imposes on the bank, for the log and `aggbatt status`."""
     def one(block: str | None, label: str, limit: float | None) -> str:
         if block is not None:
-            return f"{label} 0: {block}"
+            return f"{label} 0" if block == f"{label} 0" else f"{label} 0: {block}"
         return f"{label} {limit:g} A" if limit is not None else f"{label} unknown"
     parts = [one(pack.charge_block(), "CCL", pack.ccl), one(pack.discharge_block(), "DCL", pack.dcl)]
     if pack.cvl is not None:
@@ -164,7 +193,9 @@ def _add_held_blocks(values: dict[str, Any], held: Sequence[PackSnapshot]) -> No
 
 class Engine:
     def __init__(self, config: Any, known_packs: Iterable[str] = (), *,
-                 strategies: Strategies | None = None) -> None:
+                 strategies: Strategies | None = None,
+                 blocks: Mapping[str, Any] | None = None) -> None:
+        """`blocks`: the saved `TickResult.blocks` of the last run (restored for known packs)."""
         self.config = config
         self.strategies = strategies if strategies is not None else build_strategies(config)
         known = {k for k in known_packs if isinstance(k, str) and k}
@@ -174,6 +205,7 @@ class Engine:
         self._present_ids: frozenset[str] = frozenset()
         self._names: dict[str, str] = {}
         self._seen_ids: set[str] = set()
+        self._last_seen: dict[str, float] = {}  # pack id -> last tick it was on the bus
         self._reported: set[tuple[str, str]] = set()
         self._sources: dict[str, str] = {}
         self._cell_paths: set[str] = set()
@@ -188,6 +220,10 @@ class Engine:
         self._source_current: float | None = None  # the bank current measured at the last tick
         # CVL/CCL/DCL of the last tick that succeeded: a failed tick never publishes more.
         self._last_good: dict[str, float | None] = {}
+        for pack_id, directions in (blocks.items() if isinstance(blocks, Mapping) else ()):
+            restored = _restored(pack_id, directions) if pack_id in self._known else None
+            if restored is not None:
+                self._fresh[pack_id] = restored
 
     # ---- the tick -------------------------------------------------------------------------
 
@@ -196,7 +232,7 @@ class Engine:
         """`now`: monotonic seconds; `wall`: wall-clock time for calendar rules (own charge)."""
         cfg = self.config
         events: list[str] = []
-        present = self._identify(services, events)
+        present = self._identify(now, services, events)
         self._present_ids = frozenset(present)
         self._forget_disallowed(events)
         trackers = self._judge(now, present, events)
@@ -241,11 +277,15 @@ class Engine:
             events.append("ticks work again: limits computed normally")
         self._last_good = {CVL: limits.cvl, CCL: limits.ccl, DCL: limits.dcl}
         return TickResult(values, events, frozenset(self._known),
-                          self._statuses(now, present, trackers))
+                          self._statuses(now, present, trackers), self._blocks())
 
-    def _identify(self, services: Sequence[ServiceReading], events: list[str]) -> dict[str, _Seen]:
-        packs, dup_events = self._directory.identify(services)
+    def _identify(self, now: float, services: Sequence[ServiceReading],
+                  events: list[str]) -> dict[str, _Seen]:
+        packs, dup_events = self._directory.identify(services, now, self._known)
         events.extend(dup_events)
+        for pack in packs:
+            if pack.renamed_from is not None:
+                self._rename(pack.renamed_from, pack.id)
         present: dict[str, _Seen] = {}
         cells = bool(self.config.discovery.cell_voltages)
         parsed: dict[str, tuple[Any, Validated]] = {}
@@ -263,18 +303,59 @@ class Engine:
             present[pack.id] = _Seen(snapshot, pack.reading)
             self._known.add(pack.id)
             self._names[pack.id] = pack.name
+            self._last_seen[pack.id] = now
         self._parsed = parsed
+        self._bound_known(present, events)
         return present
+
+    def _bound_known(self, present: Mapping[str, _Seen], events: list[str]) -> None:
+        """Keep at most MAX_KNOWN_PACKS known packs: past that, the packs missing longest go.
+        A driver that comes back under a new serial again and again would otherwise add a pack
+        that counts offline every time, and make the state file grow without end."""
+        excess = len(self._known) - MAX_KNOWN_PACKS
+        if excess <= 0:
+            return
+        missing = sorted((i for i in self._known if i not in present),
+                         key=lambda i: (self._last_seen.get(i, float("-inf")), i))[:excess]
+        for pack_id in missing:
+            self._drop_known(pack_id)
+        if missing:
+            events.append(f"more than {MAX_KNOWN_PACKS} known packs: forgot {len(missing)} "
+                          f"missing the longest ({', '.join(missing[:5])}"
+                          f"{', ...' if len(missing) > 5 else ''})")
+
+    def _drop_known(self, pack_id: str) -> None:
+        self._known.discard(pack_id)
+        self._trackers.pop(pack_id, None)
+        self._fresh.pop(pack_id, None)
+        self._holding.pop(pack_id, None)
+        self._last_seen.pop(pack_id, None)
+        self._seen_ids.discard(pack_id)
+
+    def _rename(self, old: str, new: str) -> None:
+        """The same service now has another id: one pack, so its state moves with it and the old
+        id leaves the known packs instead of counting offline forever."""
+        self._known.discard(old)
+        self._last_seen.pop(old, None)
+        tracker = self._trackers.pop(old, None)
+        if tracker is not None:
+            tracker.id = new
+            self._trackers[new] = tracker
+        if old in self._seen_ids:
+            self._seen_ids.discard(old)
+            self._seen_ids.add(new)
+        self._names.pop(old, None)
+        fresh = self._fresh.pop(old, None)
+        if fresh is not None:
+            self._fresh[new] = replace(fresh, id=new)
+        self._holding.pop(old, None)
 
     def forget_missing(self) -> list[str]:
         """Forget the known packs not on the bus at the last tick (a pack removed for good would
         otherwise count offline and hold /Alarms/BmsCable at 1 forever); returns their names."""
         gone = sorted(self._known - self._present_ids)
         for pack_id in gone:
-            self._known.discard(pack_id)
-            self._trackers.pop(pack_id, None)
-            self._fresh.pop(pack_id, None)
-            self._holding.pop(pack_id, None)
+            self._drop_known(pack_id)
         return [self._names.get(pack_id, pack_id) for pack_id in gone]
 
     def _forget_disallowed(self, events: list[str]) -> None:
@@ -304,16 +385,15 @@ class Engine:
             seen = present.get(pack_id)
             snapshot = seen.snapshot if seen else None
             age = data_age(now, seen.reading.last_change, seen.reading.appeared_at) if seen else None
-            stale = None
-            if seen is not None and snapshot is not None and age is not None:
+            fault = fault_of(snapshot, age, pack_id in self._seen_ids)
+            if fault is None and seen is not None and snapshot is not None and age is not None:
                 stamp = now - age
                 evidence = expected_current(snapshot, bank_current,
                                             _capacity_share(snapshot, capacities),
                                             fresh.idle_current)
-                stale = tracker.staleness(stale_verdict(
+                fault = tracker.staleness(stale_verdict(
                     snapshot, age, tracker.evidence_for(now, evidence, stamp), evidence,
                     seen.reading.unresponsive, fresh.stale_after, fresh.idle_current), stamp)
-            fault = fault_of(snapshot, age, pack_id in self._seen_ids, stale)
             before = tracker.update(now, fault, fresh.readmit_after)
             if fault is None and snapshot is not None:
                 self._fresh[pack_id] = snapshot
@@ -352,6 +432,10 @@ class Engine:
                               f"data still counts ({what}) until it reports fresh data or is "
                               "forgotten")
         return held
+
+    def _blocks(self) -> dict[str, tuple[str, ...]]:
+        return {pack_id: directions for pack_id in sorted(self._known)
+                if pack_id in self._fresh and (directions := _blocked_directions(self._fresh[pack_id]))}
 
     def _source_events(self, source: str, reason: str | None, which: str, events: list[str]) -> None:
         if self._sources.get(which) != source:
@@ -418,12 +502,12 @@ class Engine:
         cvl = min(min(cvls), min(voltages)) if (cvls and voltages) else None
         # Never more than the last good tick published.
         last_dcl, last_cvl = self._last_good.get(DCL), self._last_good.get(CVL)
-        if isinstance(last_dcl, float) and last_dcl < dcl:
-            dcl = last_dcl
-        if isinstance(last_cvl, float) and cvl is not None and last_cvl < cvl:
-            cvl = last_cvl
+        if isinstance(last_dcl, (int, float)) and last_dcl < dcl:
+            dcl = float(last_dcl)
+        if isinstance(last_cvl, (int, float)) and cvl is not None and last_cvl < cvl:
+            cvl = float(last_cvl)
         if dcl > 0.0:
-            why_dcl = "internal error: smallest pack DCL"
+            why_dcl = "internal error: smallest pack DCL or less"
         elif blocked is not None:
             why_dcl = f"internal error: discharging stopped, {blocked}"
         else:

@@ -23,7 +23,7 @@ engine can log it once per pack and path.
 Online/offline state machine
 ----------------------------
 One `PackTracker` per known pack id. Each tick the engine works out whether the pack is healthy
-(`fault_of`) and feeds one `Health` event into the tracker:
+(`fault_of`, then `stale_verdict`) and feeds one `Health` event into the tracker:
 
 - FAULT:   the pack must not be used (reason text attached),
 - FRESH:   the pack is healthy but has not yet been healthy for `readmit_after` seconds,
@@ -588,10 +588,9 @@ _REQUIRED = (
 )
 
 
-def fault_of(snapshot: PackSnapshot | None, age: float | None, seen_before: bool,
-             stale: str | None = None) -> str | None:
-    """Why the pack must not be used right now, or None when it is healthy; `stale` is the
-    pack's `stale_verdict` (checked last)."""
+def fault_of(snapshot: PackSnapshot | None, age: float | None, seen_before: bool) -> str | None:
+    """Why the pack must not be used right now (checks 1-3 of the module header), or None; only
+    then is `stale_verdict` asked (check 4)."""
     if snapshot is None:
         return "service gone" if seen_before else "known pack not present"
     if snapshot.modules_online == 0:
@@ -601,4 +600,4 @@ def fault_of(snapshot: PackSnapshot | None, age: float | None, seen_before: bool
             return f"no valid {label}"
     if age is None:
         return "no receive time"
-    return stale
+    return None

@@ -29,6 +29,9 @@ from aggbatt.bus.connection import BusUnavailable, open_bus
 from aggbatt.bus.values import unwrap
 
 STATUS_INTERFACE = "io.github.aggbatt.Status"
+# The daemon's answers to a ForgetMissingPacks it does not carry out; the text says why.
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+FORGET_REFUSED = "io.github.aggbatt.Error.NothingForgotten"
 DEFAULT_SERVICE = "com.victronenergy.battery.aggregate"
 SYSTEM_SERVICE = "com.victronenergy.system"
 BUSITEM = "com.victronenergy.BusItem"
@@ -74,6 +77,8 @@ async def _ask_daemon(bus: MessageBus, service: str, member: str, timeout: float
         if reply.error_name in _ABSENT:
             raise StatusError(f"aggbatt is not running: {service} is not on the bus. Start it "
                               "with 'aggbatt-ctl start' and see 'aggbatt-ctl logs' if it stops")
+        if reply.error_name in (ACCESS_DENIED, FORGET_REFUSED) and reply.body:
+            raise StatusError(str(reply.body[0]))
         raise StatusError(f"{service} does not answer {member} ({reply.error_name}): it is not "
                           "aggbatt, or an aggbatt too old for this command")
     return reply

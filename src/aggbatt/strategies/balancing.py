@@ -26,7 +26,9 @@ Rules (field-survey 3.3, with the defects of 3.11 items 1 and 2 fixed):
   is met at the normal CVL.
 - The state survives restarts in every phase (see `BalancingRecord`). The raising time is measured
   on the monotonic clock while running; across a restart the wall time since `phase_since` is added,
-  so a crash loop cannot extend the timeout.
+  so a crash loop cannot extend the timeout. `phase_since` is kept in UTC: a local time would put
+  the timeout an hour off when a daylight-saving change falls between the save and the restart.
+  Dates (last balancing, given up on) stay local calendar dates, as the user counts days.
 
 Theory of operation: the caller computes the bank voltages (normal and balancing CVL, tolerance)
 from the per-cell settings and the packs' cell counts, and calls `step` every tick. `step` derives
@@ -47,7 +49,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Any
 
 STATE_VERSION = 1
@@ -91,13 +93,15 @@ class BalancingParams:
 @dataclass(frozen=True)
 class BalancingRecord:
     """The persisted state: {"version": 1, "last_balancing": "YYYY-MM-DD" | null,
-    "phase": "idle" | "raising" | "holding", "phase_since": ISO wall time | null,
+    "phase": "idle" | "raising" | "holding", "phase_since": ISO time in UTC ("...+00:00") | null,
     "gave_up_on": "YYYY-MM-DD" | null}. `gave_up_on` may be absent (files written by
-    `aggbatt migrate-ini`)."""
+    `aggbatt migrate-ini`). Earlier versions wrote `phase_since` as a local time without offset;
+    such a value is read as this machine's local time and converted to UTC once (the problems say
+    so, and the caller saves the converted record)."""
 
     last_balancing: date | None = None
     phase: Phase = Phase.IDLE
-    phase_since: datetime | None = None
+    phase_since: datetime | None = None  # aware, UTC
     gave_up_on: date | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -126,13 +130,24 @@ class BalancingRecord:
         since: datetime | None = None
         raw_since = data.get("phase_since")
         if raw_since is not None:
+            parsed: datetime | None = None
             try:
-                since = datetime.fromisoformat(raw_since) if isinstance(raw_since, str) else None
-            except ValueError:
+                parsed = datetime.fromisoformat(raw_since) if isinstance(raw_since, str) else None
+                since = None if parsed is None else utc(parsed)
+            except (ValueError, OverflowError, OSError):
                 since = None
             if since is None:
                 problems.append(f"phase_since {raw_since!r} is not an ISO time: the phase restarts now")
+            elif parsed is not None and parsed.tzinfo is None:
+                problems.append(f"phase_since {raw_since!r} is a local time: converted to UTC "
+                                f"{since.isoformat(timespec='seconds')}")
         return cls(last, phase, since, gave_up), problems
+
+
+def utc(moment: datetime) -> datetime:
+    """`moment` in UTC; without a time zone it is this machine's local time, as
+    `datetime.fromtimestamp` gives it (its fold tells the repeated hour of a DST change apart)."""
+    return moment.astimezone(timezone.utc)
 
 
 def _date(raw: Any, key: str, problems: list[str]) -> date | None:
@@ -169,24 +184,21 @@ class BalancingStep:
 def _elapsed(wall: datetime, since: datetime | None) -> float:
     if since is None:
         return 0.0
-    try:
-        seconds = (wall - since).total_seconds()
-    except TypeError:  # one of them carries a time zone, the other does not
-        seconds = (wall.replace(tzinfo=None) - since.replace(tzinfo=None)).total_seconds()
-    return max(0.0, seconds)
+    return max(0.0, (utc(wall) - utc(since)).total_seconds())
 
 
 class Balancing:
     def __init__(self, params: BalancingParams, record: BalancingRecord, now: float,
                  wall: datetime) -> None:
-        """`record` as loaded (or the default); `now` monotonic and `wall` local wall time at start."""
+        """`record` as loaded (or the default); `now` monotonic and `wall` the wall time at start
+        (local: naive as `datetime.fromtimestamp` gives it, or with a time zone)."""
         self.params = params
         self.record = record
         # Monotonic time the present phase began, rebuilt from the wall clock after a restart.
         self._phase_start = now - _elapsed(wall, record.phase_since)
         self._dirty = record.phase is not Phase.IDLE and record.phase_since is None
         if self._dirty:
-            self.record = replace(record, phase_since=wall)
+            self.record = replace(record, phase_since=utc(wall))
 
     @property
     def phase(self) -> Phase:
@@ -256,7 +268,7 @@ class Balancing:
             if event is Event.TIMED_OUT:
                 record = replace(record, gave_up_on=today)
             if after is not before:
-                record = replace(record, phase=after, phase_since=wall)
+                record = replace(record, phase=after, phase_since=utc(wall))
                 self._phase_start = now
             self.record = record
             changed = True

@@ -43,13 +43,16 @@ Transitions (v = the setting's present value as the daemon knows it):
                    |  then write 0)   |                  |                   |
     ENGAGING       | ENGAGING (retry)*| HOLDING *        | IDLE              | HOLDING *
     HOLDING        | HANDS_OFF (user) | HOLDING          | IDLE (user)       | RESTORING (write)
-    RESTORING      | IDLE (restored)  | RESTORING (retry)| IDLE (restored)   | RESTORING (retry)
+    RESTORING      | IDLE (restored)  | HOLDING **       | IDLE (restored)   | RESTORING (retry)
     HANDS_OFF      | HANDS_OFF        | HANDS_OFF        | IDLE              | IDLE
 
 v unknown: no transition. ENGAGING waits while its write is in flight. * A 0 in ENGAGING is ours
 only if our write succeeded (or may have, right before a crash); a 0 we never wrote is the user's,
 and so is a 1 after our 0 was written: HANDS_OFF while wanted, else IDLE, as in HOLDING when the
-user sets 1.
+user sets 1. ** The condition is back before the restore landed (a failed write waiting for its
+retry): writing 1 now would re-enable feed-in while a cell is over voltage, so the guard holds
+again; a restore write already in flight cannot be called back, and a 1 it brings starts a new
+episode (IDLE, then ENGAGING).
 """
 
 from __future__ import annotations
@@ -272,6 +275,11 @@ class FeedinGuard:
         if value == FEEDIN_ON or self._restored:
             self._restored = False
             return [self._enter(Mode.IDLE), Note(logging.INFO, f"{FEEDIN_PATH} restored to 1")]
+        if wanted and self._pending is None:
+            self.mode = Mode.HOLDING
+            self._retry_at = None
+            return [Note(logging.INFO, f"{reason} again before {FEEDIN_PATH} was restored: "
+                                       "DC feed-in stays off")]
         return self._write(now, FEEDIN_ON, "restoring your value 1 (retry)")
 
     def _hands_off(self, now: float, wanted: bool, reason: str, value: int) -> list[Action]:

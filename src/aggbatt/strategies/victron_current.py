@@ -3,7 +3,8 @@
 Rules (sign: + = into the battery, contract 5.1-5.4):
 
 - Sum mode (default): I = sum of Multi/Quattro /Dc/0/Current (each vebus service only while its
-  /Connected is 1, as systemcalc does; a vebus service exists without a connected product)
+  /Connected is 1, as systemcalc does: a vebus service exists without a connected product, and a
+  Multi switched off carries no current)
   + every solar charger's /Dc/0/Current (battery side, its load output already netted)
   + every dcdc /Dc/0/Current when `include_dcdc`
   + selected battery-mode shunts + `dcload_sign` x selected dcload shunts (default -1: a DC load
@@ -19,12 +20,15 @@ Rules (sign: + = into the battery, contract 5.1-5.4):
   CCL/DCL 0 on top (`"block"`: the result's `block` flag, applied by the engine through
   `block_limits` whatever the charge strategy returned), while any used device
   - reports a current that is None, NaN or not a number,
-  - is stale: no value of its service changed for `stale_after` seconds while its last current is
-    at least `idle_current`. A Victron driver sends only changes, so a quiet charger at night
-    (0 A) is healthy; a real non-zero current carries measurement noise and keeps changing,
+  - is a solar charger, DC-DC converter or shunt whose /Connected is not 1: its driver lost the
+    link to the device,
   - vanished: it was seen since start and its service is gone (a device removed for good is
     forgotten at the next restart),
   - is a configured shunt that is not on the bus, or no device at all is there to measure.
+  Silence is not a fault: a Victron driver sends only changes, so a DC-load shunt at a constant
+  load or an MPPT at a constant output may publish nothing for minutes. Its drivers report a lost
+  device by removing the service or setting /Connected 0, so a present, connected device is live
+  however long its reading stays the same.
 - Start: during the first `stale_after` seconds devices are still being discovered; a lost source
   falls back without a warning and does not block. After that each episode gives one warning
   event naming the reasons and one event when the Victron current is back. Never an exception.
@@ -50,15 +54,15 @@ BATTERY = "com.victronenergy.battery."
 DCLOAD = "com.victronenergy.dcload."
 
 _SHUNT_ID = ("/DeviceInstance", "/CustomName", "/ProductName")
+_LIVE = ("/Connected", "/Dc/0/Current")
 SERVICE_PATHS: dict[str, tuple[str, ...]] = {
-    "vebus": ("/Connected", "/Dc/0/Current", "/Dc/0/Voltage"),
-    "solarcharger": ("/Dc/0/Current", "/Dc/0/Voltage"),
-    "dcdc": ("/Dc/0/Current", "/Dc/0/Voltage"),
-    "dcload": ("/Dc/0/Current", "/Dc/0/Voltage", *_SHUNT_ID),
-    "battery": ("/Dc/0/Current", "/Dc/0/Voltage", *_SHUNT_ID, *BMS_PATHS),
+    "vebus": _LIVE,
+    "solarcharger": _LIVE,
+    "dcdc": _LIVE,
+    "dcload": (*_LIVE, *_SHUNT_ID),
+    "battery": (*_LIVE, *_SHUNT_ID, *BMS_PATHS),
 }
-"""Paths to follow per service class (the name's third dotted part). The voltage is not summed:
-it changes often, so it shows that a device whose current is steady is still alive."""
+"""Paths to follow per service class (the name's third dotted part)."""
 
 
 class Reading(Protocol):
@@ -66,7 +70,6 @@ class Reading(Protocol):
 
     service: str
     values: Mapping[str, Any]
-    last_change: float | None          # monotonic time any of its values last changed
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,11 @@ class VictronParams:
     include_dcdc: bool = False
     stale_after: float = 10.0
     block_on_loss: bool = False
-    idle_current: float = 0.5
     ignore: frozenset[str] = frozenset()   # services that are never shunts (the aggregate itself)
 
     @classmethod
     def from_config(cls, config: Any) -> VictronParams:
-        """From [current]; the bank's idle threshold is freshness.idle_current."""
+        """From [current]."""
         current = config.current
         return cls(
             shunts=tuple(current.shunts),
@@ -93,7 +95,6 @@ class VictronParams:
             include_dcdc=current.include_dcdc,
             stale_after=current.stale_after,
             block_on_loss=current.on_source_lost == "block",
-            idle_current=config.freshness.idle_current,
             ignore=frozenset({config.service.name}),
         )
 
@@ -188,7 +189,7 @@ class VictronDevices:
         devices, problems = self._select(list(readings))
         parts: dict[str, float] = {}
         for reading, factor in devices:
-            value = self._contribution(now, reading, problems)
+            value = self._contribution(reading, problems)
             if value is not None:
                 parts[reading.service] = factor * value
         present = {r.service for r, _ in devices}
@@ -255,18 +256,19 @@ class VictronDevices:
             return False
         return reading.service.startswith(DCLOAD) or names_a_shunt(reading)
 
-    def _contribution(self, now: float, reading: Reading, problems: list[str]) -> float | None:
-        if reading.service.startswith(VEBUS) and _number(reading.values.get("/Connected")) != 1:
+    @staticmethod
+    def _contribution(reading: Reading, problems: list[str]) -> float | None:
+        connected = _number(reading.values.get("/Connected")) == 1
+        if reading.service.startswith(VEBUS) and not connected:
             return 0.0
+        if not connected and "/Connected" in reading.values:
+            raw = reading.values.get("/Connected")
+            problems.append(f"{_label(reading)}: /Connected is {raw!r} (device link lost)")
+            return None
         current = _number(reading.values.get("/Dc/0/Current"))
         if current is None:
             raw = reading.values.get("/Dc/0/Current")
             problems.append(f"{_label(reading)}: /Dc/0/Current is {raw!r}")
-            return None
-        age = None if reading.last_change is None else now - reading.last_change
-        flowing = abs(current) >= self.params.idle_current
-        if age is not None and age > self.params.stale_after and flowing:
-            problems.append(f"{_label(reading)}: no update for {age:.0f} s at {current:.1f} A")
             return None
         return current
 
