@@ -77,7 +77,7 @@ KINDS = (
     "link_loss",   # it reports its BMS link lost (NrOfModulesOnline 0, V and I invalid)
     "link_back",   # the link is back
     "limits",      # it publishes other own limits: argument = (CCL factor, DCL factor, CVL step)
-    "restart",     # the daemon restarts from its saved state (the known pack ids)
+    "restart",     # the daemon restarts from its saved state (known pack ids, blocks)
     "forget",      # the user forgets the packs that are not on the bus
     "source_loss",  # the Victron current source (a Multi) leaves the bus
     "source_back",  # it is back
@@ -217,13 +217,15 @@ class Bank:
         self.voltage = 52.8
         self.source_present = True
         self.packs = [SimPack(i, s, ccl=s.ccl, dcl=s.dcl) for i, s in enumerate(specs)]
-        self.engine, self.charge = self._engine(())
         self.last: TickResult | None = None
+        self.saved_blocks: Any = {}  # what the daemon saves of TickResult.blocks
+        self.engine, self.charge = self._engine(())
 
     def _engine(self, known: Any) -> tuple[Engine, FlakyCharge]:
         built = build_strategies(self.config)
         charge = FlakyCharge(built.charge)
-        engine = Engine(self.config, known, strategies=Strategies(built.current, built.soc, charge))
+        engine = Engine(self.config, known, strategies=Strategies(built.current, built.soc, charge),
+                        blocks=self.saved_blocks)
         return engine, charge
 
     # ---- physics and publishing
@@ -353,6 +355,8 @@ class Bank:
             result, failed = self.engine.fail_safe(self.now, readings, error), True
         if not failed:
             self.last = result
+        if result.blocks is not None:
+            self.saved_blocks = dict(result.blocks)
         snapshot = tuple(SimPack(**{**p.__dict__, "blocks": dict(p.blocks), "garbage": dict(p.garbage),
                                     "values": dict(p.values), "changed_at": dict(p.changed_at),
                                     "fresh": dict(p.fresh) if p.fresh is not None else None})

@@ -18,9 +18,9 @@ the last VALID value of that data: garbage is a loss of information and never re
 - `on_pack_lost` block policies stop the direction while a known pack is not online.
 - Nothing raises (only the injected failures fail a tick), and a failed tick publishes limits no
   higher than the last good tick of the same process.
-A restart forgets what the saved state does not hold (only the known pack ids): the new process
-knows the values the packs show on the bus at that moment (even a frozen or link-lost pack's), not
-their earlier data, nor the measured shares.
+A restart forgets what the saved state does not hold (the known pack ids and the blocks of their
+last fresh data): the new process knows those blocks and the values the packs show on the bus at
+that moment (even a frozen or link-lost pack's), not their earlier limits, nor the measured shares.
 """
 
 from __future__ import annotations
@@ -81,6 +81,12 @@ def blocks(valid: dict[str, Any], direction: str) -> bool:
             or valid.get(count_path, 0) > 0)
 
 
+def blocking(path: str, value: Any) -> bool:
+    """This one valid value blocks a direction."""
+    return any(path in paths and blocks({path: value}, direction)
+               for direction, paths in BLOCK_PATHS.items())
+
+
 def capacity_shares(capacities: dict[str, float | None]) -> dict[str, float]:
     total = sum(c for c in capacities.values() if c is not None)
     return {i: c / total if c is not None else 1.0 for i, c in capacities.items()}
@@ -96,8 +102,14 @@ class Oracle:
     last_good: dict[str, Any] | None = None
 
     def restart(self, tick: Tick) -> None:
-        """A new process knows the packs' values on the bus, whatever their state, and no more."""
-        self.last = {p.id: parsed(p.values) for p in tick.packs if p.present}
+        """A new process knows the saved blocks and the packs' values on the bus, whatever their
+        state, and no more."""
+        kept = {pack_id: {path: value for path, value in valid.items() if blocking(path, value)}
+                for pack_id, valid in self.last.items()}
+        for pack in tick.packs:
+            if pack.present:
+                kept.setdefault(pack.id, {}).update(parsed(pack.values))
+        self.last = {pack_id: valid for pack_id, valid in kept.items() if valid}
         self.measured = {d: {} for d in DIRECTIONS}
         self.last_good = None
 
