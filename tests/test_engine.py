@@ -369,6 +369,39 @@ def test_going_offline_never_raises_a_limit() -> None:
     assert after["/Info/MaxChargeVoltage"] == 54.0
 
 
+def test_what_an_unhealthy_pack_showed_still_counts_after_it_leaves() -> None:
+    # A goes offline (invalid voltage), then shows a block and a lower CVL while offline, then
+    # leaves the bus: what it showed last is the newest information and keeps counting.
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, cvl=55.2)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0)
+    engine = Engine(default_config())
+    tick(engine, bank, 0.0)
+    bank.update("ttyUSB0", 1.0, voltage=None)
+    tick(engine, bank, 1.0)
+    bank.update("ttyUSB0", 2.0, allow_charge=0, cvl=54.0)
+    shown = tick(engine, bank, 2.0).values
+    assert (shown["/Info/MaxChargeCurrent"], shown["/Info/MaxChargeVoltage"]) == (0.0, 54.0)
+    bank.remove("ttyUSB0")
+    gone = tick(engine, bank, 3.0).values
+    assert (gone["/Info/MaxChargeCurrent"], gone["/Info/MaxChargeVoltage"]) == (0.0, 54.0)
+
+
+def test_a_pack_frozen_at_a_restart_keeps_capping_after_it_leaves() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, cvl=54.0, ccl=30.0)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0)
+    engine = Engine(default_config(), known_packs=["A", "B"])
+    bank.update("ttyUSB1", 20.0, current=10.5)       # A frozen at 10 A for 20 s: stale at once
+    first = tick(engine, bank, 20.0)
+    assert not status(first, "A").online
+    assert first.values["/Info/MaxChargeVoltage"] == 54.0
+    bank.remove("ttyUSB0")
+    gone = tick(engine, bank, 21.0).values
+    assert gone["/Info/MaxChargeVoltage"] == 54.0
+    assert gone["/Info/MaxChargeCurrent"] <= first.values["/Info/MaxChargeCurrent"]
+
+
 def test_under_own_charge_control_a_pack_going_offline_keeps_capping_the_cvl_by_its_cells() -> None:
     bank = Bank()
     # a 15S pack whose BMS allows 3.6 V per cell, next to a 16S pack

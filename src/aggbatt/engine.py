@@ -13,7 +13,9 @@ Theory of operation, per tick:
    (model.py): gone, link lost, invalid V/I/limits, or proven frozen -> offline; re-admitted after
    `readmit_after` s of healthy data. Known packs that are missing count as offline. The quiet
    packs are judged against the bank current the configured source measured at the last tick.
-   Each pack's last snapshot with fresh, valid data is kept: while the pack is not online it is
+   Each pack's last snapshot with fresh, valid data is kept, with any block or lower limit that
+   its data showed since while it was not healthy added (that data is the newest information, so
+   it must outlive the pack leaving the bus): while the pack is not online it is
    passed to the strategies as `TickContext.held` (with any block or lower limit of its present
    data added), so its blocks and limits keep bounding CCL, DCL and CVL until fresh data from it
    replaces them or the pack is forgotten. The blocks (not the limits, which change too often to
@@ -212,8 +214,8 @@ class Engine:
         self._parsed: dict[str, tuple[Any, Validated]] = {}  # service -> (appeared_at, last result)
         self._failing = False
         self._shares = ShareMemory()
-        # Each pack's last snapshot with fresh, valid data: while the pack is not online it keeps
-        # capping the limits and holding its blocks (`_held`), until fresh data replaces it or the
+        # Each pack's last snapshot with fresh, valid data (made stricter by what it showed while
+        # not healthy): while the pack is not online it keeps capping the limits and holding its blocks (`_held`), until fresh data replaces it or the
         # pack is forgotten.
         self._fresh: dict[str, PackSnapshot] = {}
         self._holding: dict[str, str] = {}  # pack id -> what its held data imposes, as logged
@@ -395,8 +397,12 @@ class Engine:
                     snapshot, age, tracker.evidence_for(now, evidence, stamp), evidence,
                     seen.reading.unresponsive, fresh.stale_after, fresh.idle_current), stamp)
             before = tracker.update(now, fault, fresh.readmit_after)
-            if fault is None and snapshot is not None:
-                self._fresh[pack_id] = snapshot
+            if snapshot is not None:
+                # data of a pack that is present but not healthy may add a block or lower a limit
+                # of what it holds, never lift one: dropping it when the pack then leaves would
+                # raise the limits
+                self._fresh[pack_id] = (snapshot if fault is None
+                                        else _stricter(self._fresh.get(pack_id), snapshot))
             name = self._names.get(pack_id, pack_id)
             if tracker.state is PackState.ONLINE and before is not PackState.ONLINE:
                 where = f" ({seen.reading.service})" if seen else ""
