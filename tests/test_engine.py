@@ -387,6 +387,21 @@ def test_what_an_unhealthy_pack_showed_still_counts_after_it_leaves() -> None:
     assert (gone["/Info/MaxChargeCurrent"], gone["/Info/MaxChargeVoltage"]) == (0.0, 54.0)
 
 
+def test_a_block_flag_that_turns_invalid_does_not_lift_the_block() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, allow_charge=0)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0)
+    engine = Engine(default_config())
+    assert tick(engine, bank, 0.0).values["/Info/MaxChargeCurrent"] == 0.0
+    for step, garbage in enumerate((None, "x", float("nan")), 1):
+        bank.update("ttyUSB0", float(step), allow_charge=garbage)
+        result = tick(engine, bank, float(step))
+        assert status(result, "A").online
+        assert result.values["/Info/MaxChargeCurrent"] == 0.0, garbage
+    bank.update("ttyUSB0", 5.0, allow_charge=1)                     # a valid value lifts it
+    assert tick(engine, bank, 5.0).values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)
+
+
 def test_a_pack_frozen_at_a_restart_keeps_capping_after_it_leaves() -> None:
     bank = Bank()
     bank.add("ttyUSB0", 0.0, "A", current=10.0, cvl=54.0, ccl=30.0)

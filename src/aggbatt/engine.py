@@ -13,6 +13,8 @@ Theory of operation, per tick:
    (model.py): gone, link lost, invalid V/I/limits, or proven frozen -> offline; re-admitted after
    `readmit_after` s of healthy data. Known packs that are missing count as offline. The quiet
    packs are judged against the bank current the configured source measured at the last tick.
+   A block flag or blocking count of a pack that turns missing (invalid, garbage) keeps the
+   pack's last blocking value until a valid value lifts it.
    Each pack's last snapshot with fresh, valid data is kept, with any block or lower limit that
    its data showed since while it was not healthy added (that data is the newest information, so
    it must outlive the pack leaving the bus): while the pack is not online it is
@@ -171,6 +173,21 @@ def _stricter(fresh: PackSnapshot | None, now: PackSnapshot | None) -> PackSnaps
     )
 
 
+_BLOCKING_FLAGS = (("allow_charge", lambda v: v == 0), ("allow_discharge", lambda v: v == 0),
+                   ("blocking_charge", lambda v: v > 0), ("blocking_discharge", lambda v: v > 0))
+
+
+def _keep_blocking_flags(snapshot: PackSnapshot, last: PackSnapshot | None) -> PackSnapshot:
+    """A flag or blocking count that turned missing (invalid, garbage) says nothing: if the pack's
+    last data blocked with it, that block stands until a valid value lifts it."""
+    if last is None:
+        return snapshot
+    kept = {attr: getattr(last, attr) for attr, blocks in _BLOCKING_FLAGS
+            if getattr(snapshot, attr) is None and getattr(last, attr) is not None
+            and blocks(getattr(last, attr))}
+    return replace(snapshot, **kept) if kept else snapshot
+
+
 def _imposes(pack: PackSnapshot) -> str:
     """What a held snapshot imposes on the bank, for the log and `aggbatt status`."""
     def one(block: str | None, label: str, limit: float | None) -> str:
@@ -301,7 +318,9 @@ class Engine:
                 if (pack.id, path) not in self._reported:
                     self._reported.add((pack.id, path))
                     events.append(f"{pack.name}: ignoring {path}: {problem}")
-            snapshot = PackSnapshot.build(pack.id, pack.name, pack.reading.service, checked.values)
+            snapshot = _keep_blocking_flags(
+                PackSnapshot.build(pack.id, pack.name, pack.reading.service, checked.values),
+                self._fresh.get(pack.id))
             present[pack.id] = _Seen(snapshot, pack.reading)
             self._known.add(pack.id)
             self._names[pack.id] = pack.name
