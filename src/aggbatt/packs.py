@@ -41,7 +41,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from aggbatt.model import CCL, CUSTOM_NAME, CVL, DCL, PRODUCT_NAME, SERIAL, ServiceReading
+from aggbatt.model import (CCL, CUSTOM_NAME, CVL, DCL, PACK_TEXT_MAX, PRODUCT_NAME, SERIAL,
+                           ServiceReading)
 
 BATTERY_PREFIX = "com.victronenergy.battery."
 SHUNT_NAMES = ("SmartShunt", "BMV", "Lynx Shunt")
@@ -101,7 +102,7 @@ def _text(reading: ServiceReading, path: str) -> str | None:
     except Exception:  # noqa: BLE001 - a broken mapping is just missing data
         return None
     if isinstance(value, str) and value.strip():
-        return value.strip()
+        return value.strip()[:PACK_TEXT_MAX]
     return None
 
 

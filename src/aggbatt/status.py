@@ -42,7 +42,7 @@ _ABSENT = frozenset({"org.freedesktop.DBus.Error.ServiceUnknown",
 _SYSTEM_PATHS = ("/ActiveBatteryService", "/ActiveBmsService", "/ActiveBmsInstance")
 # Keys the text printer lays out itself; any other key is printed generically.
 _KNOWN = frozenset({"service", "version", "ticks", "aggregate", "packs", "config", "current_source",
-                    "selection", "system", "warnings"})
+                    "selection", "system", "warnings", "not_answering"})
 
 FIX_SELECTION = (
     "to fix: run 'aggbatt-ctl enable' (or 'aggbatt select-battery on'), or set "
@@ -176,6 +176,10 @@ def warnings(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
                           + (f" still counting {p.get('holds')}" if p.get("holds") else "")
                           for p in offline)
         found.append(f"{len(offline)} of {len(packs)} pack(s) not online: {names}")
+    silent = _unanswered(status)
+    if silent:
+        found.append(f"{len(silent)} service(s) on the bus not answering, retried: "
+                     + ", ".join(_plain(u.get("name")) for u in silent))
     failure = agg.get("/Alarms/InternalFailure")
     if isinstance(failure, (int, float)) and failure:
         found.append("internal failure: aggbatt publishes fail-safe limits; see its log")
@@ -211,6 +215,10 @@ def _plain(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _unanswered(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [u for u in _list(report.get("not_answering")) if isinstance(u, Mapping)]
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -273,6 +281,9 @@ def render_text(report: Mapping[str, Any]) -> str:
         lines += _table(rows)
     else:
         lines.append("  none found")
+    for u in _unanswered(report):
+        lines.append(f"  not answering: {_plain(u.get('name'))} for {_age(u.get('age'))},"
+                     f" {_plain(u.get('attempts'))} attempt(s), retrying ({_plain(u.get('error'))})")
     lines += ["", "Battery selection:"]
     system = report.get("system") if isinstance(report.get("system"), Mapping) else {}
     if system.get("present"):
