@@ -176,6 +176,7 @@ class SimPack:
 
     @property
     def publishing(self) -> bool:
+        """What it publishes now is fresh data (it is there, not hung, its BMS link is up)."""
         return self.present and not self.frozen and not self.link_lost
 
     def conducts(self, sign: float) -> bool:

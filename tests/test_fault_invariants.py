@@ -117,7 +117,7 @@ class Oracle:
         for pack in tick.packs:
             if pack.fresh is None:
                 self.last.pop(pack.id, None)
-            elif pack.present and not pack.frozen and not pack.link_lost:
+            elif pack.publishing:
                 self.last.setdefault(pack.id, {}).update(parsed(pack.fresh))
 
     def remember_shares(self, tick: Tick, online: dict[str, float | None]) -> None:
