@@ -222,3 +222,12 @@ def test_unavailable_cvl_mode_is_refused() -> None:
         "passthrough": config.charge.passthrough.model_copy(update={"cvl_mode": "max"})})})
     with pytest.raises(ValueError, match="cvl_mode = 'max'"):
         PassthroughCharge(broken)
+
+
+@pytest.mark.parametrize("capacity", [5e-324, 0.0, -5.0, 1e308, math.nan])
+def test_an_unusable_capacity_counts_as_unknown_never_as_a_zero_share(capacity: float) -> None:
+    # A snapshot built outside validation: a share of 0 would divide by zero; it counts as 1.
+    # A: share 1, CCL 60 / 1 = 60 A; B (the only known capacity): share 1, 100 / 1 = 100 A.
+    online = [pack("A", capacity, ccl=60.0), pack("B", 100.0, ccl=100.0)]
+    assert pack_shares(online, CHARGE, 2.0)["A"] == 1.0
+    assert limits(online).ccl == pytest.approx(60.0)

@@ -369,6 +369,54 @@ def test_going_offline_never_raises_a_limit() -> None:
     assert after["/Info/MaxChargeVoltage"] == 54.0
 
 
+def test_what_an_unhealthy_pack_showed_still_counts_after_it_leaves() -> None:
+    # A goes offline (invalid voltage), then shows a block and a lower CVL while offline, then
+    # leaves the bus: what it showed last is the newest information and keeps counting.
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, cvl=55.2)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0)
+    engine = Engine(default_config())
+    tick(engine, bank, 0.0)
+    bank.update("ttyUSB0", 1.0, voltage=None)
+    tick(engine, bank, 1.0)
+    bank.update("ttyUSB0", 2.0, allow_charge=0, cvl=54.0)
+    shown = tick(engine, bank, 2.0).values
+    assert (shown["/Info/MaxChargeCurrent"], shown["/Info/MaxChargeVoltage"]) == (0.0, 54.0)
+    bank.remove("ttyUSB0")
+    gone = tick(engine, bank, 3.0).values
+    assert (gone["/Info/MaxChargeCurrent"], gone["/Info/MaxChargeVoltage"]) == (0.0, 54.0)
+
+
+def test_a_block_flag_that_turns_invalid_does_not_lift_the_block() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, allow_charge=0)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0)
+    engine = Engine(default_config())
+    assert tick(engine, bank, 0.0).values["/Info/MaxChargeCurrent"] == 0.0
+    for step, garbage in enumerate((None, "x", float("nan")), 1):
+        bank.update("ttyUSB0", float(step), allow_charge=garbage)
+        result = tick(engine, bank, float(step))
+        assert status(result, "A").online
+        assert result.values["/Info/MaxChargeCurrent"] == 0.0, garbage
+    bank.update("ttyUSB0", 5.0, allow_charge=1)                     # a valid value lifts it
+    assert tick(engine, bank, 5.0).values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)
+
+
+def test_a_pack_frozen_at_a_restart_keeps_capping_after_it_leaves() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, cvl=54.0, ccl=30.0)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0)
+    engine = Engine(default_config(), known_packs=["A", "B"])
+    bank.update("ttyUSB1", 20.0, current=10.5)       # A frozen at 10 A for 20 s: stale at once
+    first = tick(engine, bank, 20.0)
+    assert not status(first, "A").online
+    assert first.values["/Info/MaxChargeVoltage"] == 54.0
+    bank.remove("ttyUSB0")
+    gone = tick(engine, bank, 21.0).values
+    assert gone["/Info/MaxChargeVoltage"] == 54.0
+    assert gone["/Info/MaxChargeCurrent"] <= first.values["/Info/MaxChargeCurrent"]
+
+
 def test_under_own_charge_control_a_pack_going_offline_keeps_capping_the_cvl_by_its_cells() -> None:
     bank = Bank()
     # a 15S pack whose BMS allows 3.6 V per cell, next to a 16S pack
@@ -611,7 +659,7 @@ def test_absurd_values() -> None:
     engine = Engine(default_config())
     result = tick(engine, bank, 0.0)
     assert "Pack A: ignoring /Dc/0/Voltage: 1000.0 is outside (0, 100]" in result.events
-    assert "Pack B: ignoring /InstalledCapacity: -100.0 is outside (0, 100000]" in result.events
+    assert "Pack B: ignoring /InstalledCapacity: -100.0 is outside [1, 100000]" in result.events
     assert status(result, "A").reason == "no valid /Dc/0/Voltage"
     # B's capacity is unknown: share 1; C holds all known capacity: share 1.
     # CCL = min(80 / 1, 100 / 1) = 80 A
@@ -807,3 +855,52 @@ def test_a_service_that_comes_back_is_parsed_afresh_even_with_the_same_stamps() 
     back = pack_values("A", voltage=52.0)  # the driver restarted between two ticks
     result = engine.tick(4.0, [ServiceReading(SB + "ttyUSB0", back, 4.0, 3.5, stamps)])
     assert status(result, "A").voltage == 52.0
+
+
+def test_an_implausibly_small_capacity_is_ignored_and_the_tick_works() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", capacity=100.0, ccl=100.0)
+    bank.add("ttyUSB1", 0.0, "B", capacity=5e-324, ccl=50.0)
+    engine = Engine(default_config())
+    first = tick(engine, bank, 1.0)
+    # B's capacity is unknown, so its share is the whole bank: CCL = min(100 / 1, 50 / 1) = 50 A
+    assert first.values["/Info/MaxChargeCurrent"] == pytest.approx(50.0)
+    assert first.values["/InstalledCapacity"] == 100.0
+    assert first.values["/Alarms/InternalFailure"] == 0
+    assert "Pack B: ignoring /InstalledCapacity: 5e-324 is outside [1, 100000]" in first.events
+    bank.update("ttyUSB0", 2.0, soc=51.0)
+    again = tick(engine, bank, 2.0)
+    assert not any("InstalledCapacity" in event for event in again.events)
+    assert again.values["/Info/MaxChargeCurrent"] == pytest.approx(50.0)
+
+
+def test_the_last_measured_share_still_counts_when_charging_starts_again() -> None:
+    # A takes 80 % of the charge current (lower internal resistance), B 20 %; capacities are equal,
+    # so the capacity shares are 0.5. While 50 A flow, CCL = min(50 / 0.8, 100 / 0.5) = 62.5 A.
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=40.0, ccl=50.0)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0, ccl=100.0)
+    engine = Engine(default_config())
+    assert tick(engine, bank, 1.0).values["/Info/MaxChargeCurrent"] == pytest.approx(62.5)
+    # Rest for 60 s, then discharge 50 A split 30 / 70: no charge current to measure. The charge
+    # share remembered for A fades towards 0.5 with a half-life of an hour:
+    # 0.5 + 0.3 x 0.5 ** (60 / 3600) = 0.79654, CCL = 50 / 0.79654 = 62.77 A (without it: 100 A,
+    # and A would take 80 A against its own 50 A on the first tick of charging).
+    for service in ("ttyUSB0", "ttyUSB1"):
+        bank.update(service, 2.0, current=0.0)
+    bank.update("ttyUSB0", 61.0, soc=51.0)
+    rest = tick(engine, bank, 61.0).values
+    assert rest["/Info/MaxChargeCurrent"] == pytest.approx(50.0 / (0.5 + 0.3 * 0.5 ** (60 / 3600)))
+    bank.update("ttyUSB0", 62.0, current=-15.0)
+    bank.update("ttyUSB1", 62.0, current=-35.0)
+    reversed_ = tick(engine, bank, 62.0).values
+    assert reversed_["/Info/MaxChargeCurrent"] == pytest.approx(
+        50.0 / (0.5 + 0.3 * 0.5 ** (61 / 3600)))
+    # DCL from the measured discharge split: min(100 / 0.5, 100 / 0.7) = 142.9 A
+    assert reversed_["/Info/MaxDischargeCurrent"] == pytest.approx(100.0 / 0.7)
+    # Ten hours later the remembered share has faded to the capacity share (within 0.1 %)
+    for service in ("ttyUSB0", "ttyUSB1"):
+        bank.update(service, 36062.0, current=0.0, soc=52.0)
+    late = tick(engine, bank, 36062.0).values
+    assert late["/Info/MaxChargeCurrent"] == pytest.approx(100.0, rel=1e-3)
+    assert late["/Info/MaxDischargeCurrent"] == pytest.approx(200.0, rel=1e-3)

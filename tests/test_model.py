@@ -246,6 +246,14 @@ def test_a_quiet_pack_at_zero_amps_is_stale_only_on_evidence() -> None:
     assert "probe" in stale_verdict(quiet, 300.0, 0.0, None, True, 10.0, 2.0)  # type: ignore[operator]
 
 
+def test_evidence_against_a_pack_without_a_valid_current_is_reported_without_raising() -> None:
+    lost = _snap(current=None, modules_online=0)
+    evidence = expected_current(lost, 60.0, 0.5, 2.0)
+    assert evidence is not None
+    verdict = stale_verdict(lost, 30.0, 10.5, evidence, False, 10.0, 2.0)
+    assert verdict is not None and "no valid current" in verdict
+
+
 def test_no_evidence_when_the_pack_blocks_the_flowing_direction_or_its_share_is_small() -> None:
     blocked = _snap(current=0.0, ccl=0.0)
     assert expected_current(blocked, 60.0, 0.5, 2.0) is None        # charging: its FET is open

@@ -49,7 +49,7 @@ def pack(name: str, cells: int = 16, cell: float = 3.30, high: float | None = No
 
 def ctx(cfg, packs, wall: datetime, now: float = 0.0) -> SimpleNamespace:
     return SimpleNamespace(now=now, config=cfg, online=tuple(packs), offline=(), held=(),
-                           services=(), wall=wall)
+                           services=(), wall=wall, shares={})
 
 
 NO_CURRENT = CurrentResult(current=0.0, power=0.0, source="test")

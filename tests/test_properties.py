@@ -71,7 +71,7 @@ def limit(x: Any) -> float | None:
 
 
 def shares(raw: dict[str, dict[str, Any]], direction: int) -> dict[str, float]:
-    capacity = {i: number(v["/InstalledCapacity"], 0, 100_000, low_open=True) for i, v in raw.items()}
+    capacity = {i: number(v["/InstalledCapacity"], 1, 100_000) for i, v in raw.items()}
     total = sum(c for c in capacity.values() if c is not None)
     out = {i: (c / total if c is not None else 1.0) for i, c in capacity.items()}
     bank = direction * sum(amps(v["/Dc/0/Current"]) or 0.0 for v in raw.values())
@@ -241,7 +241,7 @@ def test_offline_packs_values_never_enter_the_measurements(history: dict[str, An
             changes["/Info/MaxChargeVoltage"] = new_cvl
         if number(raw["/Soc"], 0, 100) is not None:
             changes["/Soc"] = new_limit / 5
-        if number(raw["/InstalledCapacity"], 0, 100_000, low_open=True) is not None:
+        if number(raw["/InstalledCapacity"], 1, 100_000) is not None:
             changes["/InstalledCapacity"] = new_limit + 1.0
         override[pack_id] = changes
     _, changed = play(history, override)

@@ -13,7 +13,11 @@ Theory of operation, per tick:
    (model.py): gone, link lost, invalid V/I/limits, or proven frozen -> offline; re-admitted after
    `readmit_after` s of healthy data. Known packs that are missing count as offline. The quiet
    packs are judged against the bank current the configured source measured at the last tick.
-   Each pack's last snapshot with fresh, valid data is kept: while the pack is not online it is
+   A block flag or blocking count of a pack that turns missing (invalid, garbage) keeps the
+   pack's last blocking value until a valid value lifts it.
+   Each pack's last snapshot with fresh, valid data is kept, with any block or lower limit that
+   its data showed since while it was not healthy added (that data is the newest information, so
+   it must outlive the pack leaving the bus): while the pack is not online it is
    passed to the strategies as `TickContext.held` (with any block or lower limit of its present
    data added), so its blocks and limits keep bounding CCL, DCL and CVL until fresh data from it
    replaces them or the pack is forgotten. The blocks (not the limits, which change too often to
@@ -21,7 +25,8 @@ Theory of operation, per tick:
    the next engine, so a pack that blocked and is missing after a restart still blocks.
 4. aggregate.aggregate computes the bank values of the online packs; the strategies add current,
    SoC and limits; strategies.charge.apply_envelope keeps the limits inside the per-pack-share and
-   blocking envelope whatever the strategy returned.
+   blocking envelope whatever the strategy returned. The packs' last measured shares of the bank
+   current (strategies.charge.ShareMemory) go into the context for the ticks without current.
 5. The result carries every dynamic path (None = invalid; the publisher sends only changes), the
    events (log lines) for decisions that changed this tick, the known packs to persist, and one
    status per pack for `aggbatt status` and the demo.
@@ -61,7 +66,7 @@ from aggbatt.model import (
 )
 from aggbatt.packs import MAX_KNOWN_PACKS, PackDirectory, PackRules
 from aggbatt.strategies import OfflinePack, Strategies, TickContext, build_strategies
-from aggbatt.strategies.charge import apply_envelope
+from aggbatt.strategies.charge import ShareMemory, apply_envelope, measurable_current
 from aggbatt.strategies.victron_current import block_limits
 
 __all__ = [
@@ -168,6 +173,21 @@ def _stricter(fresh: PackSnapshot | None, now: PackSnapshot | None) -> PackSnaps
     )
 
 
+_BLOCKING_FLAGS = (("allow_charge", lambda v: v == 0), ("allow_discharge", lambda v: v == 0),
+                   ("blocking_charge", lambda v: v > 0), ("blocking_discharge", lambda v: v > 0))
+
+
+def _keep_blocking_flags(snapshot: PackSnapshot, last: PackSnapshot | None) -> PackSnapshot:
+    """A flag or blocking count that turned missing (invalid, garbage) says nothing: if the pack's
+    last data blocked with it, that block stands until a valid value lifts it."""
+    if last is None:
+        return snapshot
+    kept = {attr: getattr(last, attr) for attr, blocks in _BLOCKING_FLAGS
+            if getattr(snapshot, attr) is None and getattr(last, attr) is not None
+            and blocks(getattr(last, attr))}
+    return replace(snapshot, **kept) if kept else snapshot
+
+
 def _imposes(pack: PackSnapshot) -> str:
     """What a held snapshot imposes on the bank, for the log and `aggbatt status`."""
     def one(block: str | None, label: str, limit: float | None) -> str:
@@ -210,8 +230,9 @@ class Engine:
         self._cell_paths: set[str] = set()
         self._parsed: dict[str, tuple[Any, Validated]] = {}  # service -> (appeared_at, last result)
         self._failing = False
-        # Each pack's last snapshot with fresh, valid data: while the pack is not online it keeps
-        # capping the limits and holding its blocks (`_held`), until fresh data replaces it or the
+        self._shares = ShareMemory()
+        # Each pack's last snapshot with fresh, valid data (made stricter by what it showed while
+        # not healthy): while the pack is not online it keeps capping the limits and holding its blocks (`_held`), until fresh data replaces it or the
         # pack is forgotten.
         self._fresh: dict[str, PackSnapshot] = {}
         self._holding: dict[str, str] = {}  # pack id -> what its held data imposes, as logged
@@ -239,8 +260,9 @@ class Engine:
         offline = [OfflinePack(i, self._names.get(i, i), trackers[i].reason or "")
                    for i in sorted(trackers) if not trackers[i].online]
         held = self._held(present, trackers, events)
+        shares = self._shares.update(now, online, measurable_current(cfg))
         ctx = TickContext(now=now, config=cfg, online=tuple(online), offline=tuple(offline),
-                          services=tuple(services), wall=wall, held=tuple(held))
+                          services=tuple(services), wall=wall, held=tuple(held), shares=shares)
         current = self.strategies.current.measure(ctx)
         self._source_current = current.current
         soc = self.strategies.soc.estimate(ctx, current)
@@ -296,7 +318,9 @@ class Engine:
                 if (pack.id, path) not in self._reported:
                     self._reported.add((pack.id, path))
                     events.append(f"{pack.name}: ignoring {path}: {problem}")
-            snapshot = PackSnapshot.build(pack.id, pack.name, pack.reading.service, checked.values)
+            snapshot = _keep_blocking_flags(
+                PackSnapshot.build(pack.id, pack.name, pack.reading.service, checked.values),
+                self._fresh.get(pack.id))
             present[pack.id] = _Seen(snapshot, pack.reading)
             self._known.add(pack.id)
             self._names[pack.id] = pack.name
@@ -392,8 +416,12 @@ class Engine:
                     snapshot, age, tracker.evidence_for(now, evidence, stamp), evidence,
                     seen.reading.unresponsive, fresh.stale_after, fresh.idle_current), stamp)
             before = tracker.update(now, fault, fresh.readmit_after)
-            if fault is None and snapshot is not None:
-                self._fresh[pack_id] = snapshot
+            if snapshot is not None:
+                # data of a pack that is present but not healthy may add a block or lower a limit
+                # of what it holds, never lift one: dropping it when the pack then leaves would
+                # raise the limits
+                self._fresh[pack_id] = (snapshot if fault is None
+                                        else _stricter(self._fresh.get(pack_id), snapshot))
             name = self._names.get(pack_id, pack_id)
             if tracker.state is PackState.ONLINE and before is not PackState.ONLINE:
                 where = f" ({seen.reading.service})" if seen else ""

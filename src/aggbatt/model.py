@@ -9,8 +9,10 @@ right type and lies in a plausible range; anything else is *missing* for that pa
 
 - numbers must be int or float (never bool), finite, and inside the path's range: pack voltage
   (0, 100] V, cell voltage (0, 5] V, current and limits |I| < 5000 A, SoC 0..100 %, installed
-  capacity > 0 Ah, consumed Ah <= 0, temperature -50..120 degC. A pack at 0 V is a broken reading,
-  not a flat pack, so voltage ranges exclude 0.
+  capacity 1..100000 Ah, consumed Ah <= 0, temperature -50..120 degC. A pack at 0 V is a broken
+  reading, not a flat pack, so voltage ranges exclude 0. No pack of a bank holds less than 1 Ah: a
+  smaller capacity is a wrong unit or garbage, and taken as true it would give the pack a share of
+  the bank current near 0 (the share limits divide by it), so it is treated as unknown.
 - counts, flags and alarm levels must be integral numbers in range (1.0 is accepted as 1; bools
   are accepted for 0/1 flags only, since a CAN driver may publish them that way).
 - texts must be str.
@@ -214,7 +216,7 @@ RULES: dict[str, Rule] = {
     TEMPERATURE: _TEMP,
     SOC: Rule(Kind.NUMBER, 0.0, 100.0),
     CAPACITY: _AH,
-    INSTALLED_CAPACITY: Rule(Kind.NUMBER, 0.0, 100_000.0, low_open=True),
+    INSTALLED_CAPACITY: Rule(Kind.NUMBER, 1.0, 100_000.0),
     CONSUMED_AH: Rule(Kind.NUMBER, -100_000.0, 0.0),
     CVL: _PACK_V,
     CCL: _LIMIT_A,
@@ -564,8 +566,10 @@ def stale_verdict(snapshot: PackSnapshot, age: float, evidence_for: float, evide
         return (f"no value changed for {age:.1f} s while it reports {current:.1f} A "
                 f"(limit {stale_after:g} s)")
     if evidence is not None and evidence_for > stale_after:
+        # a pack whose link is lost reports no current at all (it is offline for that anyway)
+        reports = f"{current:.1f} A" if current is not None else "no valid current"
         return (f"no value changed for {age:.1f} s while {evidence} and it reports "
-                f"{current:.1f} A (limit {stale_after:g} s)")
+                f"{reports} (limit {stale_after:g} s)")
     if unresponsive:
         return f"no value changed for {age:.1f} s and its driver did not answer a probe"
     return None

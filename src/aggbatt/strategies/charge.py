@@ -17,7 +17,16 @@ online pack within its own limit when s_i x L <= limit_i for all i, so
   really carries. The max of both shares is used because the present split (internal resistance,
   SoC differences) and the long-run split (capacity) can each be the worse one; min x N is only
   right for identical packs.
-Every share is > 0 (installed capacity is validated > 0), so L is always defined.
+- remembered share: below the measurable current (rest, the first tick after a reversal) the
+  present split cannot be measured, yet the packs' internal resistances still split the current
+  the same way when it starts again. Dropping the measured share there would give a pack that
+  really takes 80 % a capacity share of, say, 50 % for the first tick of charging: 80 A against
+  its own 50 A. So the engine keeps each pack's last measured share per direction
+  (`ShareMemory`) and uses it, fading from the measured value towards the capacity share with a
+  half-life of `SHARE_HALF_LIFE` (the split drifts only slowly with SoC and temperature).
+Every share is > 0, so L is always defined: installed capacity is validated >= 1 Ah, and a
+capacity share that still comes out as 0 or not finite (extreme values in a snapshot built
+elsewhere) counts as unknown, i.e. 1.
 
 Safety envelope (applied by the engine to every charge strategy's result), per direction:
 1. no pack online -> CVL, CCL and DCL invalid, so Venus applies its own "BMS lost" handling
@@ -46,6 +55,7 @@ charge CVL, and a pack lowering its CVL still wins, also after it was offline).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -83,8 +93,12 @@ def measurable_current(config: Any) -> float:
 
 def capacity_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...]) -> dict[str, float]:
     total = sum(p.installed_capacity for p in packs if p.installed_capacity is not None)
-    return {p.id: (p.installed_capacity / total if p.installed_capacity is not None else 1.0)
-            for p in packs}
+    return {p.id: _share(p.installed_capacity, total) for p in packs}
+
+
+def _share(capacity: float | None, total: float) -> float:
+    share = capacity / total if capacity is not None and total > 0.0 else 0.0
+    return share if 0.0 < share < math.inf else 1.0
 
 
 def measured_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
@@ -98,10 +112,42 @@ def measured_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direct
 
 
 def pack_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
-                min_current: float) -> dict[str, float]:
+                min_current: float,
+                remembered: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
+    """max(capacity, measured, remembered share) per pack; `remembered`: id -> (last measured
+    share in `direction`, its weight now), see ShareMemory."""
     capacity = capacity_shares(packs)
     measured = measured_shares(packs, direction, min_current) or {}
-    return {p.id: max(capacity[p.id], measured.get(p.id, 0.0)) for p in packs}
+    out = {}
+    for p in packs:
+        share = max(capacity[p.id], measured.get(p.id, 0.0))
+        last, weight = (remembered or {}).get(p.id, (0.0, 0.0))
+        out[p.id] = max(share, capacity[p.id] + (last - capacity[p.id]) * weight)
+    return out
+
+
+SHARE_HALF_LIFE = 3600.0  # s: a remembered share loses half its excess over the capacity share
+
+
+class ShareMemory:
+    """Each pack's last measured share per direction, for the ticks without a measurement."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, dict[str, tuple[float, float]]] = {CHARGE.key: {}, DISCHARGE.key: {}}
+
+    def update(self, now: float, packs: list[PackSnapshot] | tuple[PackSnapshot, ...],
+               min_current: float) -> dict[str, dict[str, tuple[float, float]]]:
+        """Remember this tick's measured shares; per direction, id -> (share, weight now)."""
+        out: dict[str, dict[str, tuple[float, float]]] = {}
+        for direction in (CHARGE, DISCHARGE):
+            memory = self._last[direction.key]
+            measured = measured_shares(packs, direction, min_current)
+            for pack_id, share in (measured or {}).items():
+                memory[pack_id] = (share, now)
+            out[direction.key] = {
+                pack_id: (share, 0.5 ** (max(0.0, now - when) / SHARE_HALF_LIFE))
+                for pack_id, (share, when) in memory.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -118,10 +164,11 @@ class ShareLimit:
 
 
 def share_limit(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
-                min_current: float) -> ShareLimit:
+                min_current: float,
+                remembered: Mapping[str, tuple[float, float]] | None = None) -> ShareLimit:
     """The per-pack-share cap L (module header). Packs without a valid limit are skipped; the
     engine never passes such a pack as online."""
-    shares = pack_shares(packs, direction, min_current)
+    shares = pack_shares(packs, direction, min_current, remembered)
     best = ShareLimit(None, None, 0.0, 0.0)
     for pack in packs:
         own = direction.limit(pack)
@@ -164,11 +211,12 @@ def bound(ctx: TickContext, direction: Direction) -> Bound:
         lost = ctx.offline[0]
         return Bound(0.0, f"{lost.name} offline, on_pack_lost = {policy}", "pack_lost")
     minimum = measurable_current(ctx.config)
-    share = share_limit(ctx.online, direction, minimum)
+    remembered = ctx.shares.get(direction.key)
+    share = share_limit(ctx.online, direction, minimum, remembered)
     if ctx.held:
         # A pack that is not online may have left the circuit (the online packs then carry all
         # the current) or still be in it, taking its share: the limit must hold in both cases.
-        with_held = share_limit(limiting_packs(ctx), direction, minimum)
+        with_held = share_limit(limiting_packs(ctx), direction, minimum, remembered)
         if with_held.limit is not None and (share.limit is None or with_held.limit < share.limit):
             share = with_held
     if share.limit is None:
