@@ -50,6 +50,7 @@ from aggbatt.model import (
     revalidate, stale_limit, validate,
 )
 from aggbatt.packs import PackDirectory, PackRules
+from aggbatt.pages import PackPages
 from aggbatt.strategies import OfflinePack, Strategies, TickContext, build_strategies
 from aggbatt.strategies.charge import apply_envelope
 from aggbatt.strategies.victron_current import block_limits
@@ -90,6 +91,8 @@ class PackStatus:
     cvl: float | None = None
     ccl: float | None = None
     dcl: float | None = None
+    blocking_charge: str | None = None  # why the pack forbids charging, None when it does not
+    blocking_discharge: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class Engine:
         self._cell_paths: set[str] = set()
         self._parsed: dict[str, tuple[Any, Validated]] = {}  # service -> (appeared_at, last result)
         self._failing = False
+        self._pages = PackPages()
 
     # ---- the tick -------------------------------------------------------------------------
 
@@ -170,8 +174,9 @@ class Engine:
         if self._failing:
             self._failing = False
             events.append("ticks work again: limits computed normally")
-        return TickResult(values, events, frozenset(self._known),
-                          self._statuses(now, present, trackers))
+        statuses = self._statuses(now, present, trackers)
+        values.update(self._pages.values(statuses))
+        return TickResult(values, events, frozenset(self._known), statuses)
 
     def _identify(self, services: Sequence[ServiceReading], events: list[str]) -> dict[str, _Seen]:
         packs, dup_events = self._directory.identify(services)
@@ -263,6 +268,8 @@ class Engine:
                 voltage=snap.voltage if snap else None, current=snap.current if snap else None,
                 soc=snap.soc if snap else None, cvl=snap.cvl if snap else None,
                 ccl=snap.ccl if snap else None, dcl=snap.dcl if snap else None,
+                blocking_charge=snap.charge_block() if snap else None,
+                blocking_discharge=snap.discharge_block() if snap else None,
             ))
         return out
 
@@ -311,6 +318,7 @@ class Engine:
         })
         for path in self._cell_paths:
             values[path] = None
+        values.update(self._pages.values(()))
         events: list[str] = []
         if not self._failing:
             self._failing = True

@@ -1,0 +1,64 @@
+"""The GX page's paths on a private bus, read the way gui-v2 (through dbus or MQTT) reads them:
+one GetItems, then ItemsChanged / PropertiesChanged signals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from dbus_fast import Message
+from dbus_fast.signature import Variant
+
+from aggbatt.sim.pack import PackParams
+from tests.busclient import SignalRecorder, get_items, wait_for_values
+from tests.daemonharness import running
+
+pytestmark = pytest.mark.bus
+
+AGG = "com.victronenergy.battery.aggregate"
+
+
+def packs() -> list[PackParams]:
+    return [PackParams(capacity_ah=c, soc=60.0, serial=f"P{i}", custom_name=f"Rack {i}",
+                       noise_a=0.05, noise_mv=1.0) for i, c in enumerate((280.0, 100.0))]
+
+
+def signalled(signals: list[Message], path: str) -> list[Any]:
+    """Every value `path` was given by the recorded signals, in order."""
+    seen: list[Any] = []
+    for msg in signals:
+        if msg.member == "ItemsChanged":
+            entry = msg.body[0].get(path)
+            if entry is not None:
+                seen.append(entry["Value"].value)
+        elif msg.member == "PropertiesChanged" and msg.path == path:
+            seen.append(msg.body[0]["Value"].value)
+    return seen
+
+
+async def test_a_client_sees_each_pack_and_the_bank_decisions(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs()) as h:
+        await wait_for_values(h.client, lambda v: v.get("/Packs/Count") == 2
+                              and v.get("/Packs/1/State") == "online")
+        items = await get_items(h.client, AGG)
+        assert items["/Packs/Count"]["Value"] == Variant("i", 2)
+        assert items["/Packs/0/Name"]["Value"] == Variant("s", "Rack 0")
+        assert items["/Packs/1/Id"]["Value"] == Variant("s", "P1")
+        assert items["/Packs/1/Service"]["Value"].value.startswith("com.victronenergy.battery.")
+        for leaf in ("Dc/0/Voltage", "Dc/0/Current", "Soc", "Info/MaxChargeVoltage",
+                     "Info/MaxChargeCurrent", "Info/MaxDischargeCurrent"):
+            assert items[f"/Packs/0/{leaf}"]["Value"].signature == "d", leaf
+        assert items["/Packs/0/BlockingCharge"]["Value"] == Variant("i", 0)
+        assert items["/Packs/0/DataAge"]["Value"].signature == "i"
+        assert items["/Packs/0/Dc/0/Voltage"]["Text"].value.endswith("V")
+        assert items["/Aggbatt/SocStrategy"]["Value"] == Variant("s", "bms_average")
+        assert items["/Aggbatt/ChargeStrategy"]["Value"] == Variant("s", "passthrough")
+        assert items["/Aggbatt/CurrentSource"]["Value"] == Variant("s", "bms_sum")
+
+        recorder = await SignalRecorder(h.client).start(AGG)
+        h.bank.packs[1].block_charge(True)
+        h.bank.packs[1].publish()
+        await recorder.wait_for(lambda: 1 in signalled(recorder.signals, "/Packs/1/BlockingCharge"))
+        reasons = signalled(recorder.signals, "/Packs/1/BlockingReason")
+        assert reasons and "charge" in reasons[-1]
+        assert 1 not in signalled(recorder.signals, "/Packs/0/BlockingCharge")
