@@ -10,7 +10,7 @@ from dbus_fast import Message
 from dbus_fast.signature import Variant
 
 from aggbatt.sim.pack import PackParams
-from tests.busclient import SignalRecorder, get_items, wait_for_values
+from tests.busclient import SignalRecorder, aggregate_values, get_items, wait_for_values
 from tests.daemonharness import running
 
 pytestmark = pytest.mark.bus
@@ -62,3 +62,21 @@ async def test_a_client_sees_each_pack_and_the_bank_decisions(bus_address, tmp_p
         reasons = signalled(recorder.signals, "/Packs/1/BlockingReason")
         assert reasons and "charge" in reasons[-1]
         assert 1 not in signalled(recorder.signals, "/Packs/0/BlockingCharge")
+
+
+async def test_the_stock_system_and_history_sub_pages_are_filled(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(), bank_current=30.0) as h:
+        values = await wait_for_values(
+            h.client, lambda v: v.get("/System/NrOfModulesOnline") == 2
+            and v.get("/History/MaximumCellVoltage") is not None)
+        items = await get_items(h.client, AGG)
+        assert items["/System/NrOfBatteries"]["Value"] == Variant("i", 2)
+        assert items["/System/BatteriesParallel"]["Value"] == Variant("i", 2)
+        assert items["/System/BatteriesSeries"]["Value"] == Variant("i", 1)
+        assert "/NumberOfBmses" not in items
+        highest = max([(await aggregate_values(h.client, p.service_name))["/History/MaximumCellVoltage"]
+                       for p in h.bank.packs])
+        # the highest cell of the bank's history, read a moment before the packs were read
+        assert highest - 0.01 <= values["/History/MaximumCellVoltage"] <= highest
+        assert items["/History/MaximumCellVoltage"]["Value"].signature == "d"
+        assert items["/History/ChargedEnergy"]["Text"].value.endswith("kWh")

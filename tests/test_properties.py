@@ -9,6 +9,7 @@ counting only while the bank current in that direction is at least freshness.idl
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -214,6 +215,10 @@ def test_limits_never_exceed_any_online_packs_share(history: dict[str, Any]) -> 
         assert dcl == 0.0
 
 
+def bank_only(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {path: value for path, value in values.items() if not path.startswith("/Packs/")}
+
+
 @SETTINGS
 @given(histories(), st.floats(0, 499), st.floats(40, 60))
 def test_offline_packs_values_do_not_matter(history: dict[str, Any], new_limit: float,
@@ -242,7 +247,8 @@ def test_offline_packs_values_do_not_matter(history: dict[str, Any], new_limit: 
         override[pack_id] = changes
     _, changed = play(history, override)
     assert [p.online for p in changed.packs] == [p.online for p in result.packs]
-    assert changed.values == result.values
+    # /Packs/<n>/ shows each pack's own readings on purpose; the bank's values must not move
+    assert bank_only(changed.values) == bank_only(result.values)
 
 
 @SETTINGS

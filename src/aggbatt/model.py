@@ -124,6 +124,14 @@ ALARM_PATHS = tuple(f"/Alarms/{name}" for name in ALARM_NAMES)
 BMS_CABLE = "/Alarms/BmsCable"
 INTERNAL_FAILURE = "/Alarms/InternalFailure"
 
+# Lifetime counters and extremes of each pack; the bank's value is their sum, min or max.
+HISTORY_SUM = ("/History/ChargedEnergy", "/History/DischargedEnergy", "/History/TotalAhDrawn")
+HISTORY_MIN = ("/History/MinimumVoltage", "/History/MinimumCellVoltage",
+               "/History/MinimumTemperature")
+HISTORY_MAX = ("/History/MaximumVoltage", "/History/MaximumCellVoltage",
+               "/History/MaximumTemperature", "/History/TimeSinceLastFullCharge")
+HISTORY_PATHS = HISTORY_SUM + HISTORY_MIN + HISTORY_MAX
+
 CELL_PREFIX = "/Voltages/Cell"
 MAX_CELLS = 32  # serialbattery publishes /Voltages/Cell1..32 at most
 CELL_PATHS = tuple(f"{CELL_PREFIX}{n}" for n in range(1, MAX_CELLS + 1))
@@ -225,6 +233,16 @@ RULES: dict[str, Rule] = {
     VOLTAGES_SUM: _PACK_V,
     BALANCING: _COUNT,
     **{path: Rule(Kind.INTEGER, 0, 2) for path in ALARM_PATHS},
+    "/History/ChargedEnergy": Rule(Kind.NUMBER, 0.0, 1e7),  # kWh
+    "/History/DischargedEnergy": Rule(Kind.NUMBER, 0.0, 1e7),
+    "/History/TotalAhDrawn": Rule(Kind.NUMBER, -1e9, 0.0),  # Ah drawn, counted negative
+    "/History/MinimumVoltage": _PACK_V,
+    "/History/MaximumVoltage": _PACK_V,
+    "/History/MinimumCellVoltage": _CELL_V,
+    "/History/MaximumCellVoltage": _CELL_V,
+    "/History/MinimumTemperature": _TEMP,
+    "/History/MaximumTemperature": _TEMP,
+    "/History/TimeSinceLastFullCharge": Rule(Kind.NUMBER, 0.0, 1e10),  # s
 }
 
 _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL_PATHS}}
@@ -377,6 +395,7 @@ class PackSnapshot:
     voltages_sum: float | None = None
     balancing: int | None = None
     alarms: Mapping[str, int] = field(default_factory=dict)  # alarm path -> level 0/1/2
+    history: Mapping[str, float] = field(default_factory=dict)  # /History/* path -> value
     cell_voltages: Mapping[int, float] = field(default_factory=dict)  # cell number -> V
 
     @classmethod
@@ -403,6 +422,7 @@ class PackSnapshot:
             max_temperature_cell_id=get(MAX_TEMPERATURE_CELL_ID),
             voltages_sum=get(VOLTAGES_SUM), balancing=get(BALANCING),
             alarms={path: values[path] for path in ALARM_PATHS if path in values},
+            history={path: values[path] for path in HISTORY_PATHS if path in values},
             cell_voltages={n: values[path] for n, path in enumerate(CELL_PATHS, 1) if path in values},
         )
 
