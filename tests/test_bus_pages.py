@@ -3,6 +3,7 @@ one GetItems, then ItemsChanged / PropertiesChanged signals."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from dbus_fast.signature import Variant
 
 from aggbatt.sim.pack import PackParams
 from tests.busclient import SignalRecorder, aggregate_values, get_items, wait_for_values
-from tests.daemonharness import running
+from tests.daemonharness import fast_config, running
 
 pytestmark = pytest.mark.bus
 
@@ -80,3 +81,14 @@ async def test_the_stock_system_and_history_sub_pages_are_filled(bus_address, tm
         assert highest - 0.01 <= values["/History/MaximumCellVoltage"] <= highest
         assert items["/History/MaximumCellVoltage"]["Value"].signature == "d"
         assert items["/History/ChargedEnergy"]["Text"].value.endswith("kWh")
+
+
+async def test_own_charge_control_shows_its_balancing_record_and_feed_in_guard(bus_address, tmp_path):
+    config = fast_config(charge={"strategy": "own"}, feedin={"guard": True})
+    async with running(bus_address, tmp_path, packs(), config=config) as h:
+        values = await wait_for_values(h.client, lambda v: v.get("/Aggbatt/FeedInGuard") is not None)
+        assert values["/Aggbatt/ChargeStrategy"] == "own"
+        assert values["/Aggbatt/Balancing/Phase"] in ("idle", "raising", "holding")
+        assert values["/Aggbatt/Balancing/Last"] == "never"          # a fresh state dir
+        assert values["/Aggbatt/Balancing/NextDue"] == date.today().isoformat()  # never: due now
+        assert values["/Aggbatt/FeedInGuard"] == "idle"
