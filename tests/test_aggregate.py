@@ -172,32 +172,29 @@ def test_stock_system_page_counts_every_known_pack_in_parallel() -> None:
 
 def test_history_sums_counters_and_takes_extremes_over_the_packs_that_report_them() -> None:
     a = pack("A", history={"/History/ChargedEnergy": 120.5, "/History/DischargedEnergy": 100.25,
-                           "/History/TotalAhDrawn": -2000.0, "/History/MinimumCellVoltage": 2.95,
+                           "/History/MinimumCellVoltage": 2.95,
                            "/History/MaximumCellVoltage": 3.61, "/History/MinimumVoltage": 49.1,
                            "/History/MaximumVoltage": 57.0, "/History/MinimumTemperature": 4.0,
-                           "/History/MaximumTemperature": 35.0,
-                           "/History/TimeSinceLastFullCharge": 3600.0})
+                           "/History/MaximumTemperature": 35.0})
     b = pack("B", history={"/History/ChargedEnergy": 30.0, "/History/DischargedEnergy": 20.0,
-                           "/History/TotalAhDrawn": -500.0, "/History/MinimumCellVoltage": 3.01,
+                           "/History/MinimumCellVoltage": 3.01,
                            "/History/MaximumCellVoltage": 3.65, "/History/MinimumVoltage": 48.7,
-                           "/History/MaximumVoltage": 56.2, "/History/TimeSinceLastFullCharge": 86400.4})
+                           "/History/MaximumVoltage": 56.2})
     values = aggregate([a, b, pack("C")], 0)
     assert values["/History/ChargedEnergy"] == pytest.approx(150.5)     # 120.5 + 30.0
     assert values["/History/DischargedEnergy"] == pytest.approx(120.25)
-    assert values["/History/TotalAhDrawn"] == pytest.approx(-2500.0)
     assert values["/History/MinimumCellVoltage"] == 2.95
     assert values["/History/MaximumCellVoltage"] == 3.65
     assert values["/History/MinimumVoltage"] == 48.7
     assert values["/History/MaximumVoltage"] == 57.0
     assert values["/History/MinimumTemperature"] == 4.0                 # B has no sensor history
     assert values["/History/MaximumTemperature"] == 35.0
-    assert values["/History/TimeSinceLastFullCharge"] == 86400          # the bank was full a day ago
     assert aggregate([pack("C")], 0)["/History/ChargedEnergy"] is None
 
 
 def test_history_is_read_from_the_pack_and_garbage_is_left_out() -> None:
-    checked = validate({"/History/ChargedEnergy": 12.5, "/History/TotalAhDrawn": 40.0,
-                        "/History/MaximumCellVoltage": 3.6})
+    checked = validate({"/History/ChargedEnergy": 12.5, "/History/DischargedEnergy": -3.0,
+                        "/History/MaximumCellVoltage": 3.6, "/History/ChargeCycles": 4.0})
     snap = PackSnapshot.build("A", "A", "com.victronenergy.battery.a", checked.values)
     assert snap.history == {"/History/ChargedEnergy": 12.5, "/History/MaximumCellVoltage": 3.6}
-    assert "/History/TotalAhDrawn" in checked.problems          # drawn Ah is counted negative
+    assert "/History/DischargedEnergy" in checked.problems       # energy counters are never negative

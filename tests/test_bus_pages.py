@@ -92,3 +92,11 @@ async def test_own_charge_control_shows_its_balancing_record_and_feed_in_guard(b
         assert values["/Aggbatt/Balancing/Last"] == "never"          # a fresh state dir
         assert values["/Aggbatt/Balancing/NextDue"] == date.today().isoformat()  # never: due now
         assert values["/Aggbatt/FeedInGuard"] == "idle"
+
+
+async def test_without_history_the_packs_history_is_not_read(bus_address, tmp_path):
+    config = fast_config(discovery={"history": False})
+    async with running(bus_address, tmp_path, packs(), config=config, bank_current=30.0) as h:
+        values = await wait_for_values(h.client, lambda v: v.get("/System/NrOfModulesOnline") == 2)
+        assert values["/System/NrOfBatteries"] == 2
+        assert all(v is None for p, v in values.items() if p.startswith("/History/"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 from aggbatt.engine import Engine, PackStatus, ServiceReading
-from aggbatt.pages import MAX_PACKS, PACK_LEAVES, PackPages, info_values
+from aggbatt.pages import MAX_PACKS, PACK_LEAVES, READING_INTERVAL, PackPages, info_values
 from aggbatt.paths import spec_for
 from tests.daemonharness import fast_config
 
@@ -23,7 +23,7 @@ def test_each_pack_gets_a_slot_with_its_state_readings_limits_and_blocking():
         status(0),
         status(1, state="offline", online=False, reason="no valid /Dc/0/Voltage", age=12.6, voltage=None,
                ccl=0.0, blocking_charge="CCL 0"),
-    ])
+    ], 0.0)
     assert values["/Packs/Count"] == 2
     assert values["/Packs/0/Name"] == "Pack 0"
     assert values["/Packs/0/State"] == "online"
@@ -43,25 +43,43 @@ def test_each_pack_gets_a_slot_with_its_state_readings_limits_and_blocking():
 
 def test_a_missing_pack_has_no_blocking_verdict():
     values = PackPages().values([status(0, service=None, state="offline", online=False,
-                                        reason="service gone", age=None, voltage=None)])
+                                        reason="service gone", age=None, voltage=None)], 0.0)
     assert values["/Packs/0/BlockingCharge"] is None
     assert values["/Packs/0/BlockingReason"] is None
     assert values["/Packs/0/DataAge"] is None
 
 
+def test_moving_readings_are_refreshed_every_few_seconds_but_state_and_limits_at_once():
+    pages = PackPages()
+    pages.values([status(0, voltage=53.20, current=4.0, age=0.2)], 10.0)
+    soon = pages.values([status(0, voltage=53.23, current=4.3, age=1.1, ccl=80.0)], 11.0)
+    assert soon["/Packs/0/Dc/0/Voltage"] == 53.20            # held: a person reads this page
+    assert soon["/Packs/0/Dc/0/Current"] == 4.0
+    assert soon["/Packs/0/DataAge"] == 0
+    assert soon["/Packs/0/Info/MaxChargeCurrent"] == 80.0    # a limit goes out at once
+    later = pages.values([status(0, voltage=53.25, current=4.5, age=0.4)], 10.0 + READING_INTERVAL)
+    assert later["/Packs/0/Dc/0/Voltage"] == 53.25
+    offline = pages.values([status(0, state="offline", online=False, reason="service gone",
+                                   service=None, voltage=None, current=None, age=None)],
+                           11.0 + READING_INTERVAL)
+    assert offline["/Packs/0/Dc/0/Voltage"] is None           # a new state shows its readings at once
+    other = pages.values([status(7, voltage=51.0)], 12.0 + READING_INTERVAL)
+    assert other["/Packs/0/Dc/0/Voltage"] == 51.0             # another pack in the slot: its own
+
+
 def test_slots_are_bounded_and_a_slot_once_used_turns_invalid_instead_of_freezing():
     pages = PackPages()
-    many = pages.values([status(n) for n in range(MAX_PACKS + 3)])
+    many = pages.values([status(n) for n in range(MAX_PACKS + 3)], 0.0)
     assert many["/Packs/Count"] == MAX_PACKS
     assert f"/Packs/{MAX_PACKS}/Name" not in many
-    fewer = pages.values([status(0)])
+    fewer = pages.values([status(0)], 1.0)
     assert fewer["/Packs/Count"] == 1
     assert all(fewer[f"/Packs/{MAX_PACKS - 1}/{leaf}"] is None for leaf in PACK_LEAVES)
     assert fewer["/Packs/1/Name"] is None
 
 
 def test_every_page_path_has_a_declared_type():
-    paths = PackPages().values([status(0)])
+    paths = PackPages().values([status(0)], 0.0)
     paths.update(info_values(current_source="bms_sum", soc_strategy="bms_average",
                              charge_strategy="passthrough", balancing=None, next_due=None,
                              feedin_guard=None))

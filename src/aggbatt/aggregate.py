@@ -31,10 +31,10 @@ so every pack sees the bank voltage:
 - /Balancing: max (1 while any pack balances).
 - /System/NrOfBatteries and /System/BatteriesParallel: the known packs (online and offline), all in
   parallel, so /System/BatteriesSeries is 1. These fill the stock page's System sub-page.
-- /History/*: only where the bank's value follows from the packs' values: the energy and Ah
-  counters are summed, the lowest and highest voltages and temperatures are the extremes, and the
-  time since the last full charge is the longest one (the bank was full when every pack was).
-  Per-pack counters such as cycles or deepest discharge have no bank meaning and are left out.
+- /History/*: only where the bank's value follows from the packs' values: the charged and
+  discharged energy are summed, the lowest and highest voltages and temperatures are the
+  extremes. Per-pack counters such as cycles or deepest discharge have no bank meaning and are
+  left out (and so are the fast-moving ones, see model.HISTORY_PATHS).
 Per-pack cell voltages (optional) go to /Voltages/<pack id>_Cell<n> with the id reduced to the
 characters a D-Bus object path allows.
 """
@@ -61,7 +61,6 @@ TEMPERATURE_MODES = ("max", "mean", "min")
 NR_OF_BATTERIES = "/System/NrOfBatteries"
 BATTERIES_PARALLEL = "/System/BatteriesParallel"
 BATTERIES_SERIES = "/System/BatteriesSeries"
-TIME_SINCE_FULL = "/History/TimeSinceLastFullCharge"
 # Paths for the stock battery page's System and History sub-pages.
 STOCK_PAGE_PATHS = (NR_OF_BATTERIES, BATTERIES_PARALLEL, BATTERIES_SERIES, *HISTORY_PATHS)
 
@@ -135,14 +134,12 @@ def alarms(packs: Sequence[PackSnapshot], n_offline: int, expected_packs: int) -
     return out
 
 
-def history(packs: Sequence[PackSnapshot]) -> dict[str, float | int | None]:
-    out: dict[str, float | int | None] = {}
+def history(packs: Sequence[PackSnapshot]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
     for paths, combine in ((HISTORY_SUM, sum), (HISTORY_MIN, min), (HISTORY_MAX, max)):
         for path in paths:
             found = _present(p.history.get(path) for p in packs)
             out[path] = combine(found) if found else None
-    since = out[TIME_SINCE_FULL]
-    out[TIME_SINCE_FULL] = None if since is None else round(since)
     return out
 
 

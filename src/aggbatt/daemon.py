@@ -169,7 +169,7 @@ class Daemon:
 
     def _monitored(self) -> dict[str, Any]:
         """Service classes and paths to follow: packs, plus the Victron devices of VictronDevices."""
-        battery = pack_paths(self.config.discovery.cell_voltages)
+        battery = pack_paths(self.config.discovery.cell_voltages, self.config.discovery.history)
         if not isinstance(self.engine.strategies.current, VictronDevices):
             return {"battery": battery}
         classes: dict[str, Any] = {c: frozenset(p) for c, p in SERVICE_PATHS.items()}

@@ -177,7 +177,7 @@ class Engine:
             self._failing = False
             events.append("ticks work again: limits computed normally")
         statuses = self._statuses(now, present, trackers)
-        values.update(self._pages.values(statuses))
+        values.update(self._pages.values(statuses, now))
         return TickResult(values, events, frozenset(self._known), statuses)
 
     def _identify(self, services: Sequence[ServiceReading], events: list[str]) -> dict[str, _Seen]:
@@ -320,7 +320,7 @@ class Engine:
         })
         for path in self._cell_paths:
             values[path] = None
-        values.update(self._pages.values(()))
+        values.update(self._pages.cleared())
         events: list[str] = []
         if not self._failing:
             self._failing = True

@@ -124,12 +124,14 @@ ALARM_PATHS = tuple(f"/Alarms/{name}" for name in ALARM_NAMES)
 BMS_CABLE = "/Alarms/BmsCable"
 INTERNAL_FAILURE = "/Alarms/InternalFailure"
 
-# Lifetime counters and extremes of each pack; the bank's value is their sum, min or max.
-HISTORY_SUM = ("/History/ChargedEnergy", "/History/DischargedEnergy", "/History/TotalAhDrawn")
+# Lifetime counters and extremes of each pack; the bank's value is their sum, min or max. Counters
+# that move every second under load (TotalAhDrawn, TimeSinceLastFullCharge) are not read: each
+# would add a signal per pack per second in and one per second out, for a page a person reads.
+HISTORY_SUM = ("/History/ChargedEnergy", "/History/DischargedEnergy")
 HISTORY_MIN = ("/History/MinimumVoltage", "/History/MinimumCellVoltage",
                "/History/MinimumTemperature")
 HISTORY_MAX = ("/History/MaximumVoltage", "/History/MaximumCellVoltage",
-               "/History/MaximumTemperature", "/History/TimeSinceLastFullCharge")
+               "/History/MaximumTemperature")
 HISTORY_PATHS = HISTORY_SUM + HISTORY_MIN + HISTORY_MAX
 
 CELL_PREFIX = "/Voltages/Cell"
@@ -235,14 +237,12 @@ RULES: dict[str, Rule] = {
     **{path: Rule(Kind.INTEGER, 0, 2) for path in ALARM_PATHS},
     "/History/ChargedEnergy": Rule(Kind.NUMBER, 0.0, 1e7),  # kWh
     "/History/DischargedEnergy": Rule(Kind.NUMBER, 0.0, 1e7),
-    "/History/TotalAhDrawn": Rule(Kind.NUMBER, -1e9, 0.0),  # Ah drawn, counted negative
     "/History/MinimumVoltage": _PACK_V,
     "/History/MaximumVoltage": _PACK_V,
     "/History/MinimumCellVoltage": _CELL_V,
     "/History/MaximumCellVoltage": _CELL_V,
     "/History/MinimumTemperature": _TEMP,
     "/History/MaximumTemperature": _TEMP,
-    "/History/TimeSinceLastFullCharge": Rule(Kind.NUMBER, 0.0, 1e10),  # s
 }
 
 _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL_PATHS}}
@@ -250,7 +250,8 @@ _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL
 # Every pack path the engine reads; the monitor subscribes to these only (see `pack_paths`).
 # /Dc/0/Power is not among them: serialbattery publishes exactly V x I, which the engine computes
 # itself (PackSnapshot.power), and it would be one more change per pack per second to process.
-PACK_PATHS: frozenset[str] = frozenset(RULES)
+# /History/* is read only when asked for: it needs a match rule of its own per pack.
+PACK_PATHS: frozenset[str] = frozenset(RULES) - frozenset(HISTORY_PATHS)
 
 # A change of one of these must trigger an immediate (debounced) tick.
 SAFETY_PATHS: frozenset[str] = frozenset({
@@ -263,9 +264,11 @@ SAFETY_PATHS: frozenset[str] = frozenset({
 _LINK_PATHS = (VOLTAGE, CURRENT)
 
 
-def pack_paths(cell_voltages: bool) -> frozenset[str]:
-    """The pack paths to subscribe to; per-cell voltages only when they are published."""
-    return PACK_PATHS | frozenset(CELL_PATHS) if cell_voltages else PACK_PATHS
+def pack_paths(cell_voltages: bool, history: bool = False) -> frozenset[str]:
+    """The pack paths to subscribe to; per-cell voltages only when they are published, /History
+    only when the bank's history is."""
+    paths = PACK_PATHS | frozenset(HISTORY_PATHS) if history else PACK_PATHS
+    return paths | frozenset(CELL_PATHS) if cell_voltages else paths
 
 
 def needs_urgent_tick(changed: Mapping[str, Any]) -> bool:

@@ -11,6 +11,11 @@ MAX_PACKS slots: a bank never has that many packs in parallel, and a consumer mu
 are bounded. A slot that was used once stays on the bus: when its pack is forgotten the slot's values
 turn invalid instead of freezing at the pack's last readings.
 
+Readings that move every second (data age, V, A, SoC) are refreshed at most every
+READING_INTERVAL seconds per pack, and at once when the pack's state changes: each changed path
+is one signal per consumer, and 1 Hz readings of every pack would multiply the aggregate's traffic
+for a page that a person reads. State, reason, limits and blocking go out the tick they change.
+
 Bank decisions (/Aggbatt/...): the current source in use, the SoC and charge strategies, the
 balancing record (own charge only) and the feed-in guard's state. Invalid where they do not apply.
 """
@@ -18,10 +23,13 @@ balancing record (own charge only) and the feed-in guard's state. Invalid where 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Protocol
 
 MAX_PACKS = 32
+READING_INTERVAL = 5.0  # s
+READING_LEAVES = ("DataAge", "Dc/0/Voltage", "Dc/0/Current", "Soc")
 PACKS_COUNT = "/Packs/Count"
 
 # Leaves under /Packs/<n>/; the types are declared in aggbatt.paths.
@@ -85,21 +93,48 @@ def _slot_values(slot: int, pack: PackView) -> dict[str, Any]:
     return {pack_path(slot, leaf): value for leaf, value in zip(PACK_LEAVES, values)}
 
 
+@dataclass
+class _Held:
+    """The readings last sent for one slot, and for which pack in which state."""
+
+    pack: str
+    state: str
+    since: float
+    readings: dict[str, Any]
+
+
 class PackPages:
-    """Builds the /Packs subtree and remembers how many slots were ever published."""
+    """Builds the /Packs subtree; remembers how many slots were ever published and, per slot, the
+    readings last sent (module header)."""
 
     def __init__(self) -> None:
         self._slots = 0
+        self._held: dict[int, _Held] = {}
 
-    def values(self, packs: Sequence[PackView]) -> dict[str, Any]:
+    def values(self, packs: Sequence[PackView], now: float) -> dict[str, Any]:
+        """`now`: monotonic seconds."""
         shown = packs[:MAX_PACKS]
         out: dict[str, Any] = {PACKS_COUNT: len(shown)}
         for slot, pack in enumerate(shown):
-            out.update(_slot_values(slot, pack))
+            values = _slot_values(slot, pack)
+            held = self._held.get(slot)
+            if (held is not None and held.pack == pack.id and held.state == pack.state
+                    and now - held.since < READING_INTERVAL):
+                values.update(held.readings)
+            else:
+                readings = {pack_path(slot, leaf): values[pack_path(slot, leaf)]
+                            for leaf in READING_LEAVES}
+                self._held[slot] = _Held(pack.id, pack.state, now, readings)
+            out.update(values)
         for slot in range(len(shown), self._slots):
             out.update({pack_path(slot, leaf): None for leaf in PACK_LEAVES})
+            self._held.pop(slot, None)
         self._slots = max(self._slots, len(shown))
         return out
+
+    def cleared(self) -> dict[str, Any]:
+        """No pack known (the tick failed): every slot ever published turns invalid."""
+        return self.values((), 0.0)
 
 
 def info_values(*, current_source: str | None, soc_strategy: str, charge_strategy: str,
