@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from dbus_fast.aio import MessageBus
 
@@ -38,14 +39,20 @@ class Harness:
 @asynccontextmanager
 async def running(bus_address: str, tmp_path: Path, packs: list[PackParams] | None = None, *,
                   config: Config | None = None, with_settings: bool = True,
-                  publish_interval: float = 0.1, bank_current: float = 0.0) -> AsyncIterator[Harness]:
-    """Bank publishing every `publish_interval` s (faster than real time: keeps tests short)."""
+                  publish_interval: float = 0.1, bank_current: float = 0.0,
+                  settings_initial: Mapping[str, Any] | None = None,
+                  prepare: Callable[[SimBank], None] | None = None) -> AsyncIterator[Harness]:
+    """Bank publishing every `publish_interval` s (faster than real time: keeps tests short);
+    `settings_initial`: settings localsettings holds before the daemon starts; `prepare` sets
+    faults on the bank before it goes on the bus."""
     settings = None
     if with_settings:
         settings = SimSettings(await MessageBus(bus_address=bus_address).connect(),
-                               str(tmp_path / "settings.json"))
+                               str(tmp_path / "settings.json"), initial=settings_initial or {})
         await settings.start()
     bank = SimBank(packs, bank_current=bank_current)
+    if prepare is not None:
+        prepare(bank)
     await bank.start(bus_address)
     bank.step(0.0)
     bank.publish()

@@ -259,6 +259,31 @@ async def test_unwanted_paths_are_filtered_by_the_bus_daemon(connect):
     assert greedy.signals_received == 5 * 16 + 1
 
 
+async def test_what_is_kept_of_a_service_listing_too_many_paths_is_capped(connect, caplog):
+    caplog.set_level(logging.INFO, LOGGER)
+    svc = await publish_battery(connect, "crowded", cells=30)
+    listed = len(list(svc.paths()))
+    wanting, greedy = Events(), Events()
+    monitor = await start_monitor(connect, wanting, max_paths=20)
+    everything = await start_monitor(connect, greedy, classes={"battery": None}, max_paths=20)
+
+    # The wanted paths are read whatever the service lists.
+    assert monitor.services[battery_name("crowded")].values == {
+        "/Dc/0/Voltage": 52.0, "/Dc/0/Current": 1.5, "/Soc": 80.0}
+    # A class followed in full keeps max_paths of them; new paths from signals are ignored too.
+    kept = everything.services[battery_name("crowded")].values
+    assert len(kept) == 20
+    svc.add_path("/Extra/New", 1, kind=int)
+    svc["/Soc"] = 79.0
+    svc.publish()
+    await greedy.until(lambda: greedy.changed)
+    assert greedy.changed == [(battery_name("crowded"), {"/Soc": 79.0})]
+    assert len(kept) == 20 and "/Extra/New" not in kept
+    lines = warnings_about(caplog, battery_name("crowded"))
+    assert len(lines) == 2  # once per monitor
+    assert all(f"lists {listed} paths" in line for line in lines)
+
+
 # ----- vanish and reappear -----------------------------------------------------------------------
 
 
@@ -319,14 +344,20 @@ async def test_close_removes_every_match_rule(connect):
 
 
 @pytest.mark.parametrize("kind", ["wrong signature", "error reply"])
-async def test_get_items_garbage_is_not_added(connect, caplog, kind):
+async def test_get_items_garbage_is_retried_with_back_off_until_it_answers(connect, caplog, kind):
     caplog.set_level(logging.INFO, LOGGER)
     calls = []
+    called = asyncio.Event()
+    broken = True
 
     def answer(msg: Message, bus: MessageBus):
         if msg.member != "GetItems":
             return None
         calls.append(msg)
+        called.set()
+        if not broken:
+            return Message.new_method_return(msg, "a{sa{sv}}", [
+                {"/DeviceInstance": {"Value": Variant("i", 7)}, "/Soc": {"Value": Variant("d", 40.0)}}])
         if kind == "wrong signature":
             return Message.new_method_return(msg, "s", ["garbage"])
         return Message.new_error(msg, "com.example.Error.Broken", "broken on purpose")
@@ -334,16 +365,53 @@ async def test_get_items_garbage_is_not_added(connect, caplog, kind):
     await raw_service(connect, battery_name("garbage"), answer)
     await publish_battery(connect, "good")
     events = Events()
-    monitor = await start_monitor(connect, events)
+    monitor = await start_monitor(connect, events, retry_delay=0.05, retry_max=0.2)
 
     assert list(monitor.services) == [battery_name("good")]
     assert [s.name for s in events.added] == [battery_name("good")]
-    assert len(calls) == 2  # one retry
     lines = warnings_about(caplog, battery_name("garbage"))
     assert len(lines) == 1
     assert ("signature 's'" if kind == "wrong signature" else "com.example.Error.Broken") in lines[0]
-    # The rules of the failed service were removed again.
+    # While it fails it holds no match rules.
     assert await match_rules(monitor.bus) == 1 + 1 + len(BATTERY_PATHS)
+    await until(called, lambda: len(calls) >= 4, 3.0)
+    [waiting] = monitor.unanswered()
+    assert waiting.name == battery_name("garbage") and waiting.attempts >= 3
+    assert len(warnings_about(caplog, battery_name("garbage"))) == 1
+
+    broken = False
+    await events.until(lambda: len(events.added) == 2)
+    assert monitor.services[battery_name("garbage")].values == {"/Soc": 40.0}
+    assert monitor.unanswered() == []
+    assert len(warnings_about(caplog, battery_name("garbage"))) == 1
+    assert any("answers now" in r.getMessage() for r in caplog.records
+               if battery_name("garbage") in r.getMessage())
+    # Once it answers, no more scans are made.
+    made = len(calls)
+    await asyncio.sleep(0.3)
+    assert len(calls) == made
+
+
+async def test_a_service_that_leaves_while_retried_is_no_longer_retried(connect, caplog):
+    caplog.set_level(logging.INFO, LOGGER)
+    broken = await raw_service(connect, battery_name("flaky"), lambda msg, bus: (
+        Message.new_error(msg, "com.example.Error.Busy", "busy") if msg.member == "GetItems" else None))
+    events = Events()
+    monitor = await start_monitor(connect, events, retry_delay=0.05, retry_max=0.05)
+    assert [u.name for u in monitor.unanswered()] == [battery_name("flaky")]
+
+    broken.disconnect()
+    await broken.wait_for_disconnect()
+    for _ in range(50):
+        if not monitor.unanswered():
+            break
+        await asyncio.sleep(0.02)
+    assert monitor.unanswered() == []
+    # The same name from a new driver that answers is followed at once.
+    await publish_battery(connect, "flaky")
+    await events.until(lambda: events.added)
+    assert monitor.services[battery_name("flaky")].values["/Soc"] == 80.0
+    assert any("left the bus before its scan succeeded" in r.getMessage() for r in caplog.records)
 
 
 async def test_get_items_that_never_answers_is_skipped_after_the_timeout(connect, caplog):

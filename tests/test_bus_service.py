@@ -99,7 +99,9 @@ async def test_set_value_codes(connect):
     svc = await make_service(connect)
     client = await connect()
     assert await set_value(client, NAME, "/Dc/0/Voltage", Variant("d", 1.0)) == 1
-    assert await set_value(client, NAME, "/CustomName", Variant("i", 3)) == 0  # coerced to "3"
+    assert await set_value(client, NAME, "/CustomName", Variant("s", "3")) == 0
+    assert await set_value(client, NAME, "/CustomName", Variant("i", 4)) == 1  # text only
+    assert await set_value(client, NAME, "/CustomName", Variant("as", ["4"])) == 1
     assert svc["/CustomName"] == "3"
     assert await set_value(client, NAME, "/CustomName", Variant("s", "forbidden")) == 2
     assert svc["/CustomName"] == "3"

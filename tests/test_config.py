@@ -5,6 +5,8 @@ Expected values come from the task brief and spec/field-survey.md section 3.6, n
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +25,7 @@ except ModuleNotFoundError:
     import tomli as tomllib
 
 from aggbatt import cli
+from aggbatt.reload import read_config
 from aggbatt.config import (
     Config,
     ConfigError,
@@ -455,6 +458,70 @@ def test_tomli_fallback_is_used_without_tomllib() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "fallback ok" in result.stdout
+
+
+# --- files that are not configs: bounded, never a traceback ----------------------------------------
+
+MALFORMED = {
+    "integer with too many digits": "[service]\ndevice_instance = " + "9" * 5000 + "\n",
+    "arrays nested past the parser's stack": "[discovery]\ninclude = " + "[" * 3000 + "]" * 3000 + "\n",
+    "arrays nested past the nesting bound": "[discovery]\ninclude = " + "[" * 40 + "]" * 40 + "\n",
+    "inline tables nested deeply": "x = " + "{a = " * 40 + "1" + "}" * 40 + "\n",
+    "larger than the size bound": "# padding\n" * 200_000,
+}
+
+
+@pytest.mark.parametrize("text", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_malformed_file_is_reported_and_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
+    path = write(tmp_path, text)
+    assert cli.main(["check-config", path]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: 1 configuration error" in err
+    assert "Traceback" not in err
+
+
+def test_huge_device_instance_is_refused() -> None:
+    for value in ("99999999999999999999", "65536", "-1"):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(f"[service]\ndevice_instance = {value}\n")
+        assert caught.value.errors[0].key == "service.device_instance"
+    assert parse_config("[service]\ndevice_instance = 65535\n").service.device_instance == 65535
+
+
+def test_service_name_longer_than_dbus_allows_is_refused() -> None:
+    # The daemon could never claim it: check-config must say so, not the start.
+    with pytest.raises(ConfigError) as caught:
+        parse_config('[service]\nname = "com.victronenergy.battery.' + "a" * 250 + '"\n')
+    assert caught.value.errors[0].key == "service.name"
+
+
+@pytest.mark.parametrize("kind", ["char device", "fifo", "directory"])
+def test_check_config_of_something_not_a_file_exits_2_without_reading(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    # /dev/zero never ends and a FIFO without a writer blocks: both must be refused unread.
+    if kind == "char device":
+        path = "/dev/zero"
+    elif kind == "fifo":
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path)
+    else:
+        path = str(tmp_path)
+    assert cli.main(["check-config", path]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_reload_of_a_malformed_file_logs_one_line_and_keeps_running(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="aggbatt")
+    for name, text in MALFORMED.items():
+        path = write(tmp_path, text)
+        caplog.clear()
+        assert read_config(path) is None, name
+        records = [r for r in caplog.records if r.name.startswith("aggbatt")]
+        assert len(records) == 1, (name, [r.getMessage()[:200] for r in records])
+        assert records[0].exc_info is None
+        assert "keeping the running configuration" in records[0].getMessage()
 
 
 # --- invalid input never crashes -------------------------------------------------------------------

@@ -269,11 +269,59 @@ def test_restore_keeps_the_soc_when_fewer_packs_are_online_at_start() -> None:
     assert counter.charge == pytest.approx(300.0)
 
 
-def test_record_without_capacity_is_clamped() -> None:
-    counter = CoulombCounter(CoulombParams())
+def test_record_without_capacity_waits_for_the_whole_bank() -> None:
+    """A converted record holds the bank's Ah: 560 of 4 x 280 Ah is 50 %, never the 100 % of
+    the first pack alone, whatever order and pace the packs come online in."""
+    counter = CoulombCounter(CoulombParams(restore_settle=30.0))
+    counter.load({"version": 1, "charge_ah": 560.0, "saved_at": iso(WALL)}, None, WALL)
+    arrivals = {0: 280.0, 12: 560.0, 25: 840.0, 40: 1120.0}
+    capacity, published, saves = 0.0, [], []
+    for t in range(0, 120):
+        capacity = arrivals.get(t, capacity)
+        step = counter.update(float(t), CounterInputs(current=0.0, capacity=capacity,
+                                                      bms_soc=90.0))
+        published.append(step.values["/Soc"])
+        saves += [step.save] if step.save else []
+    assert set(published[:70]) == {None}                    # 30 s after the last pack arrived
+    assert published[70:] == [pytest.approx(50.0)] * 50
+    assert [(s.charge_ah, s.capacity_ah) for s in saves] == [(560.0, 1120.0)]
+
+
+def test_record_without_capacity_waits_for_known_packs_but_not_forever() -> None:
+    counter = CoulombCounter(CoulombParams(restore_settle=30.0, restore_max_wait=300.0))
+    counter.load({"version": 1, "charge_ah": 200.0, "saved_at": iso(WALL)}, None, WALL)
+    for t in range(0, 300, 10):                             # one known pack stays offline
+        step = counter.update(float(t), CounterInputs(current=0.0, capacity=280.0,
+                                                      packs_offline=1))
+        assert step.values["/Soc"] is None
+    step = counter.update(300.0, CounterInputs(current=0.0, capacity=280.0, packs_offline=1))
+    assert step.values["/Soc"] == pytest.approx(100 * 200 / 280)
+
+
+def test_record_without_capacity_waits_for_the_expected_packs() -> None:
+    config = config_from_dict({"soc": {"strategy": "coulomb_counter"},
+                               "discovery": {"expected_packs": 2}})
+    strategy = CoulombSoc.from_config(config)
+    strategy.counter.load({"version": 1, "charge_ah": 250.0, "saved_at": iso(WALL)}, None, WALL)
+    packs = (_snapshot("a", 90.0, 280.0, 3.3, 3.3), _snapshot("b", 90.0, 280.0, 3.3, 3.3))
+    published = []
+    for t in range(0, 200, 5):                              # the second pack is slow to start
+        online = packs if t >= 100 else packs[:1]
+        ctx = TickContext(now=float(t), config=config, online=online, offline=(), services=())
+        published.append(strategy.estimate(ctx, CurrentResult(0.0, None, "bms_sum")).soc)
+    assert published[:26] == [None] * 26                    # until 30 s after the second
+    assert published[26:] == [pytest.approx(100 * 250 / 560)] * 14
+
+
+def test_record_without_capacity_that_exceeds_the_bank_is_not_used() -> None:
+    counter = CoulombCounter(CoulombParams(restore_settle=30.0))
     counter.load({"version": 1, "charge_ah": 500.0, "saved_at": iso(WALL)}, None, WALL)
-    counter.update(0.0, CounterInputs(current=0.0, capacity=280.0))
-    assert counter.charge == 280.0
+    for t in (0.0, 10.0, 29.0):
+        assert counter.update(t, CounterInputs(current=0.0, capacity=280.0,
+                                               bms_soc=40.0)).values["/Soc"] is None
+    step = counter.update(30.0, CounterInputs(current=0.0, capacity=280.0, bms_soc=40.0))
+    assert step.values["/Soc"] == pytest.approx(40.0)
+    assert any("exceeds the 280.0 Ah" in e for e in step.events), step.events
 
 
 @pytest.mark.parametrize("content, why", [
@@ -316,7 +364,8 @@ def test_state_from_the_future_or_too_old_is_not_used(saved_at: float, why: str)
 def test_small_clock_skew_and_naive_or_z_times_are_accepted() -> None:
     for stamp in (iso(WALL + 3000), "2025-06-15T15:06:40", "2025-06-15T15:06:40Z"):
         counter = CoulombCounter(CoulombParams(max_state_age=7 * 86400, future_skew=3600))
-        counter.load({"version": 1, "charge_ah": 10.0, "saved_at": stamp}, None, WALL)
+        counter.load({"version": 1, "charge_ah": 10.0, "capacity_ah": 280.0, "saved_at": stamp},
+                     None, WALL)
         counter.update(0.0, CounterInputs(current=0.0, capacity=280.0, bms_soc=70.0))
         assert counter.charge == 10.0, stamp
 

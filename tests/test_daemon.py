@@ -154,6 +154,25 @@ async def test_second_instance_is_refused_with_a_clear_message(bus_address, tmp_
         await second.close()
 
 
+async def test_a_second_instance_writes_no_state_file(bus_address, tmp_path):
+    """It shares the state dir of the running instance, whose files are not its to write."""
+    config = fast_config(soc={"strategy": "coulomb_counter"}, charge={"strategy": "own"})
+    async with running(bus_address, tmp_path, packs(280, 280), config=config) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+        state = tmp_path / "state"
+        for _ in range(200):  # the running instance saves the SoC it initialised
+            if (state / "soc.json").exists():
+                break
+            await asyncio.sleep(0.02)
+        before = {p.name: p.stat().st_ino for p in state.iterdir()}
+        assert {"packs.json", "soc.json"} <= before.keys()
+        second = Daemon(config, bus_address, state)
+        with pytest.raises(ServiceNameTaken):
+            await second.start()
+        await second.close()
+        assert {p.name: p.stat().st_ino for p in state.iterdir()} == before
+
+
 async def test_exception_in_tick_publishes_fail_safe_limits(bus_address, tmp_path, monkeypatch):
     async with running(bus_address, tmp_path, packs(280, 280)) as h:
         await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0)

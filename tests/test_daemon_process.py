@@ -56,3 +56,37 @@ def test_an_invalid_config_pauses_before_exiting_under_supervise(tmp_path):
     assert time.monotonic() - started >= 1.5
     assert "freshness.stale_afterr" in done.stderr
     assert "did you mean" in done.stderr
+
+
+def test_an_unreadable_state_file_is_ignored_instead_of_a_crash_loop(tmp_path):
+    """A state file the JSON parser cannot take used to end every start with exit 1."""
+    (tmp_path / "packs.json").write_text('{"version": 1, "known": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    bus = start_private_bus()
+    proc = subprocess.Popen([*CLI, "run", "--bus", bus.address, "--state-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = _wait_for_line(proc, "published com.victronenergy.battery.aggregate", 15)
+        assert "packs.json is not valid JSON" in out and "ignored" in out
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        bus.close()
+
+
+def test_a_second_instance_exits_without_touching_the_state_files(tmp_path):
+    bus = start_private_bus()
+    args = [*CLI, "run", "--bus", bus.address, "--state-dir", str(tmp_path)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(first, "published com.victronenergy.battery.aggregate", 15)
+        before = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
+        assert "packs.json" in before
+        second = subprocess.run(args, capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert "another instance" in second.stderr + second.stdout
+        assert {p.name: p.stat().st_ino for p in tmp_path.iterdir()} == before
+    finally:
+        first.terminate()
+        first.wait(timeout=10)
+        bus.close()

@@ -312,6 +312,64 @@ def test_on_pack_lost_block_charge() -> None:
     assert result.values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)
 
 
+def test_renaming_a_pack_without_serial_leaves_no_ghost() -> None:
+    bank = charging_bank()
+    bank.update("ttyUSB0", 0.0, serial="", name="Left")
+    engine = Engine(cfg(freshness={"on_pack_lost": "block_charge"}))
+    assert tick(engine, bank, 0.0).known_packs == frozenset({"Left", "B"})
+    bank.update("ttyUSB0", 1.0, name="Right")                    # the user renames it in the GUI
+    results = run(engine, bank, 1.0, 10.0, moving=("ttyUSB0", "ttyUSB1"))
+    assert all(r.values["/System/NrOfModulesOffline"] == 0 for r in results)
+    assert all(r.values["/Info/MaxChargeCurrent"] == pytest.approx(200.0) for r in results)
+    last = results[-1]
+    assert last.known_packs == frozenset({"Right", "B"})
+    assert status(last, "Right").online and status(last, "Right").service == SB + "ttyUSB0"
+    assert last.values["/Alarms/BmsCable"] == 0
+    # after a restart the persisted ids name the pack as it is now: still no ghost
+    restarted = Engine(cfg(freshness={"on_pack_lost": "block_charge"}),
+                       known_packs=last.known_packs)
+    result = tick(restarted, bank, 11.0)
+    assert result.values["/System/NrOfModulesOffline"] == 0
+    assert result.values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)
+
+
+def test_a_serial_that_changes_every_tick_stays_one_pack() -> None:
+    bank = charging_bank()
+    engine = Engine(default_config())
+    tick(engine, bank, 0.0)
+    events: list[str] = []
+    for n in range(1, 26):
+        bank.update("ttyUSB0", float(n), serial=f"A{n}", voltage=53.0 + n / 100)
+        bank.update("ttyUSB1", float(n), voltage=53.0 + n / 100)
+        result = tick(engine, bank, float(n))
+        events += result.events
+        assert result.known_packs == frozenset({"A", "B"})
+        assert result.values["/System/NrOfModulesOffline"] == 0
+        assert result.values["/Alarms/BmsCable"] == 0
+    assert len([e for e in events if "reports another id" in e]) == 1
+
+
+def test_known_packs_are_bounded_and_the_longest_missing_go_first() -> None:
+    from aggbatt.packs import MAX_KNOWN_PACKS
+
+    bank = charging_bank()
+    stale = [f"OLD{n:03d}" for n in range(MAX_KNOWN_PACKS + 10)]
+    engine = Engine(default_config(), known_packs=stale)
+    result = tick(engine, bank, 0.0)
+    assert len(result.known_packs) == MAX_KNOWN_PACKS and {"A", "B"} <= result.known_packs
+    assert len([e for e in result.events if "known packs: forgot 12 missing" in e]) == 1
+    service = SB + "ttyUSB0"
+    for n in range(1, 30):                     # a driver that returns under a new serial each time
+        values = bank.services.pop(service)[0]
+        values["/Serial"] = f"A{n}"
+        service = SB + f"ttyACM{n}"
+        bank.services[service] = [values, float(n), float(n)]
+        result = tick(engine, bank, float(n))
+        assert len(result.known_packs) == MAX_KNOWN_PACKS
+        assert {f"A{n}", f"A{n - 1}" if n > 1 else "A", "B"} <= result.known_packs  # recent stay
+    assert result.values["/System/NrOfModulesOffline"] >= MAX_KNOWN_PACKS - 2  # still count
+
+
 def test_a_blocking_pack_blocks_the_bank_and_logs_once() -> None:
     bank = charging_bank()
     engine = Engine(default_config())

@@ -18,7 +18,9 @@ from aggbatt.config import load_config
 from aggbatt.migrate import REFERENCE_DEFAULTS, MigrationError, date_of_day, migrate
 from aggbatt.persist import read_json
 from aggbatt.strategies.balancing import BalancingRecord
-from aggbatt.strategies.coulomb import CoulombParams, parse_record
+from aggbatt.model import PackSnapshot
+from aggbatt.strategies import CurrentResult, TickContext
+from aggbatt.strategies.coulomb import CoulombParams, CoulombSoc, parse_record
 
 REF = Path(__file__).parent / "fixtures" / "reference"
 TODAY = date(2026, 11, 25)
@@ -223,3 +225,40 @@ def test_day_of_year_to_date(day: int, today: date, expected: date) -> None:
 def test_day_of_year_out_of_range(day: int) -> None:
     with pytest.raises(ValueError):
         date_of_day(day, TODAY)
+
+
+def _soc_as_packs_come_online(config_toml: Path, state: Path, wall: float) -> list[float | None]:
+    """The own SoC the daemon publishes from the converted files while four 280 Ah packs whose
+    BMS says 90 % come online one by one, ten seconds apart."""
+    strategy = CoulombSoc.from_config(load_config(config_toml))
+    read = read_json(state / "soc.json", 1)
+    strategy.counter.load(read.data, read.problem, wall)
+    packs = [PackSnapshot(id=f"P{i}", name=f"P{i}", service=f"com.victronenergy.battery.p{i}",
+                          voltage=53.0, current=0.0, soc=90.0, installed_capacity=280.0)
+             for i in range(4)]
+    published = []
+    for t in range(120):
+        ctx = TickContext(now=float(t), config=None, online=packs[:1 + t // 10], offline=(),
+                          services=())
+        published.append(strategy.estimate(ctx, CurrentResult(0.0, 0.0, "bms_sum")).soc)
+    return published
+
+
+@pytest.mark.parametrize("capacity", [["1120"], ["280,280,280,280"], []])
+def test_migrated_soc_stays_as_packs_come_online_one_by_one(tmp_path: Path, capacity) -> None:
+    ref = tmp_path / "dab"
+    ref.mkdir()
+    (ref / "config.ini").write_text("OWN_SOC = True\n")
+    (ref / "storedvalue_charge").write_text("560\n")         # half of 4 x 280 Ah
+    state = tmp_path / "state"
+    args = ["migrate-ini", str(ref / "config.ini"), "--out", str(tmp_path / "c.toml"),
+            "--state-dir", str(state)]
+    assert main(args + (["--capacity", *capacity] if capacity else [])) == 0
+    published = _soc_as_packs_come_online(tmp_path / "c.toml", state,
+                                          (ref / "storedvalue_charge").stat().st_mtime + 60)
+    if capacity:                                              # known from the first pack on
+        assert published == [pytest.approx(50.0)] * len(published)
+    else:                                                     # nothing until the bank is there
+        known = [soc for soc in published if soc is not None]
+        assert published[0] is None and published[-1] is not None
+        assert known == pytest.approx([50.0] * len(known))

@@ -132,3 +132,67 @@ def test_garbage_readings_never_raise() -> None:
     ]
     packs, events = directory.identify(weird)
     assert packs == [] and events == []
+
+
+def test_a_renamed_pack_without_serial_keeps_its_service_and_follows_the_new_name() -> None:
+    directory = PackDirectory(RULES)            # rename_after: readmit_after 5 s
+    left = reading(SB + "ttyUSB0", Serial="", CustomName="Left")
+    right = reading(SB + "ttyUSB0", Serial="", CustomName="Right")
+    packs, _ = directory.identify([left], 0.0, ())
+    assert [p.id for p in packs] == ["Left"]
+    packs, events = directory.identify([right], 1.0, {"Left"})
+    assert [(p.id, p.renamed_from) for p in packs] == [("Left", None)] and events == []
+    packs, events = directory.identify([right], 6.0, {"Left"})      # held for 5 s
+    assert [(p.id, p.renamed_from) for p in packs] == [("Right", "Left")]
+    assert events == [f"Left: {SB}ttyUSB0 now reports the id 'Right'; "
+                      "the pack is known by it from now on"]
+    packs, events = directory.identify([right], 7.0, {"Right"})
+    assert [(p.id, p.renamed_from) for p in packs] == [("Right", None)] and events == []
+
+
+def test_a_serial_that_changes_on_every_read_is_not_followed_and_is_told_once() -> None:
+    directory = PackDirectory(RULES)
+    all_events = []
+    for t in range(25):
+        packs, events = directory.identify([reading(SB + "ttyUSB0", Serial=f"S{t}")], float(t),
+                                           {"S0"})
+        assert [p.id for p in packs] == ["S0"]
+        all_events += events
+    assert len(all_events) == 1 and "it stays 'S0' until one id holds" in all_events[0]
+
+
+def test_a_rename_never_takes_the_id_of_another_known_pack() -> None:
+    directory = PackDirectory(RULES)
+    other = reading(SB + "ttyUSB1", Serial="", CustomName="Right")
+    directory.identify([reading(SB + "ttyUSB0", Serial="", CustomName="Left"), other], 0.0)
+    both = [reading(SB + "ttyUSB0", Serial="", CustomName="Right"), other]
+    told = []
+    for t in (1.0, 7.0, 8.0):                   # on the bus
+        packs, events = directory.identify(both, t, {"Left", "Right"})
+        assert sorted(p.id for p in packs) == ["Left", "Right"]
+        told += events
+    missing = [reading(SB + "ttyUSB0", Serial="", CustomName="Right")]
+    for t in (9.0, 20.0):                       # known and missing: it may be back any time
+        packs, events = directory.identify(missing, t, {"Left", "Right"})
+        assert [p.id for p in packs] == ["Left"]
+        told += events
+    assert told == [f"Left: {SB}ttyUSB0 now reports 'Right', the id of another known pack; "
+                    "it stays 'Left'"]
+
+
+def test_a_serial_read_late_takes_over_the_known_pack_it_names() -> None:
+    directory = PackDirectory(RULES)
+    directory.identify([reading(SB + "ttyUSB0", Serial="")], 0.0, {"SER-1"})
+    late = [reading(SB + "ttyUSB0", Serial="SER-1")]
+    directory.identify(late, 1.0, {SB + "ttyUSB0", "SER-1"})
+    packs, _ = directory.identify(late, 6.0, {SB + "ttyUSB0", "SER-1"})
+    assert [(p.id, p.renamed_from) for p in packs] == [("SER-1", SB + "ttyUSB0")]
+
+
+def test_a_service_that_comes_back_is_identified_afresh() -> None:
+    directory = PackDirectory(RULES)
+    directory.identify([reading(SB + "ttyUSB0", Serial="", CustomName="Left")], 0.0)
+    again = ServiceReading(SB + "ttyUSB0", dict(reading(SB + "ttyUSB0", Serial="",
+                                                        CustomName="Right").values), 3.0, 3.0)
+    packs, _ = directory.identify([again], 3.0, {"Left"})
+    assert [(p.id, p.renamed_from) for p in packs] == [("Right", None)]

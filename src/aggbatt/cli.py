@@ -205,6 +205,10 @@ def _add_migrate_ini(subparsers: Any) -> None:
     parser.add_argument("--state-dir", metavar="DIR", help="aggbatt state directory to fill")
     parser.add_argument("--reference-dir", metavar="DIR",
                         help="where the storedvalue_* files are (default: beside CONFIG_INI)")
+    parser.add_argument("--capacity", metavar="AH[,AH...]", type=_capacities,
+                        help="the bank's installed capacity (or each pack's, separated by "
+                        "commas): stored with the converted charge so the own SoC is right "
+                        "from the first pack online; without it aggbatt waits for every pack")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing --out and existing state files")
     parser.set_defaults(handler=_migrate_ini)
@@ -219,7 +223,8 @@ def _migrate_ini(args: argparse.Namespace) -> int:
         result = migrate(Path(args.ini), Path(args.out),
                          state_dir=Path(args.state_dir) if args.state_dir else None,
                          reference_dir=Path(args.reference_dir) if args.reference_dir else None,
-                         force=args.force)
+                         force=args.force,
+                         capacity=sum(args.capacity) if args.capacity else None)
     except MigrationError as exc:
         print(f"migrate-ini: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -317,7 +322,9 @@ def _add_forget_packs(subparsers: Any) -> None:
         help="forget known packs that are not on the bus (removed for good)",
         description="aggbatt remembers every pack it has seen, so one missing after a reboot "
         "counts offline and raises /Alarms/BmsCable. After removing a pack for good, run this "
-        "once while the remaining packs are connected.",
+        "once while the remaining packs are connected. Packs on the bus, even quiet ones, are "
+        "never forgotten; while a battery service on the bus cannot be read nothing is. Only "
+        "root and the user aggbatt runs as may ask.",
     )
     _add_bus(parser)
     parser.add_argument("--service", default="com.victronenergy.battery.aggregate", metavar="NAME",

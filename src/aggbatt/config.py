@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union, get_args, get_origin
@@ -56,6 +57,15 @@ CellVoltage = Annotated[float, Field(ge=CELL_VOLTAGE_RANGE[0], le=CELL_VOLTAGE_R
 Factor = Annotated[float, Field(ge=0.0, le=1.0)]
 Text = Annotated[str, Field(min_length=1)]
 ShuntRef = Union[Annotated[int, Field(ge=0)], Text]
+
+# A real config is a few kB with tables two levels deep; anything far beyond is not a config and
+# must not cost memory, time or the stack of whoever reads it (check-config, start, SIGHUP).
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_NESTING = 16
+# VRM instances are small numbers, but drivers use bases such as 512 or 1024 to keep out of each
+# other's way, so the bound is generous; a value far outside cannot be a real one, and one that
+# does not fit the D-Bus int32 of /DeviceInstance would make the whole service unreadable.
+DEVICE_INSTANCE_RANGE = (0, 65535)
 
 DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "default.toml")
 DEFAULT_SOURCE = "default.toml"
@@ -150,13 +160,15 @@ class _Table(BaseModel):
 class ServiceConfig(_Table):
     name: str = Field(
         pattern=r"^com\.victronenergy\.battery(\.[A-Za-z_][A-Za-z0-9_-]*)+$",
-        description='a D-Bus service name starting with "com.victronenergy.battery."',
+        max_length=255,  # the D-Bus limit of a bus name
+        description='a D-Bus service name starting with "com.victronenergy.battery." '
+                    "(at most 255 characters)",
     )
     unique_id: str = Field(
         pattern=r"^[A-Za-z0-9_]+$",
         description="letters, digits and underscores (it becomes part of a settings path)",
     )
-    device_instance: int = _integer(ge=0)
+    device_instance: int = _integer(ge=DEVICE_INSTANCE_RANGE[0], le=DEVICE_INSTANCE_RANGE[1])
     product_name: str = Field(min_length=1, description="non-empty text")
     tick_interval: float = _number("s", ge=0.1, le=10)
     debounce: float = _number("s", ge=0, le=0.5)
@@ -456,17 +468,37 @@ def load_config(path: Union[str, os.PathLike[str], None]) -> Config:
     if path is None:
         return default_config()
     source = os.fsdecode(path)
-    try:
-        with open(source, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue("", source, f"cannot read the file: {exc.strerror or exc}")], source) from None
+    raw = _read_bounded(source)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ConfigError([ConfigIssue("", None, "the file is not UTF-8 text", line)], source) from None
     return parse_config(text, source)
+
+
+def _read_bounded(source: str) -> bytes:
+    """The file's bytes; a device, FIFO or directory is refused without reading from it (a FIFO
+    opened non-blocking cannot hang us), and so is a file above MAX_CONFIG_BYTES."""
+    def refuse(why: str) -> ConfigError:
+        return ConfigError([ConfigIssue("", source, why)], source)
+
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise refuse(f"cannot read the file: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise refuse("not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise refuse(f"cannot read the file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise refuse(f"the file is larger than {MAX_CONFIG_BYTES:,} bytes; a config is a few kB")
+    return raw
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:
@@ -482,8 +514,13 @@ _SYNTAX_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
 def _parse_toml(text: str, source: str) -> dict[str, Any]:
+    def refuse(message: str, line: Optional[int] = None) -> ConfigError:
+        return ConfigError([ConfigIssue("", None, message, line)], source)
+
+    if len(text) > MAX_CONFIG_BYTES:
+        raise refuse(f"the text is larger than {MAX_CONFIG_BYTES:,} characters; a config is a few kB")
     try:
-        return tomllib.loads(text)
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         position = _SYNTAX_POSITION.search(message)
@@ -491,7 +528,29 @@ def _parse_toml(text: str, source: str) -> dict[str, Any]:
         if position:
             message = f"{message[: position.start()]} (column {position.group(2)})"
             line = int(position.group(1))
-        raise ConfigError([ConfigIssue("", None, f"TOML syntax error: {message}", line)], source) from None
+        raise refuse(f"TOML syntax error: {message}", line) from None
+    except RecursionError:
+        raise refuse(f"arrays or tables nested too deeply (at most {MAX_CONFIG_NESTING} levels)") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise refuse(f"TOML value not readable: {str(exc).split(';')[0]}") from None
+    if _depth(document) > MAX_CONFIG_NESTING:
+        raise refuse(f"arrays or tables nested too deeply (at most {MAX_CONFIG_NESTING} levels)")
+    return document
+
+
+def _depth(document: Any) -> int:
+    """How deeply lists and tables nest, without recursion (the parser accepts a few hundred)."""
+    deepest = 0
+    pending = [(document, 1)]
+    while pending:
+        node, level = pending.pop()
+        deepest = max(deepest, level)
+        if level > MAX_CONFIG_NESTING:
+            break
+        children = node.values() if isinstance(node, Mapping) else node
+        pending.extend((child, level + 1) for child in children
+                       if isinstance(child, (Mapping, list)))
+    return deepest
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

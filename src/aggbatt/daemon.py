@@ -13,6 +13,10 @@ Theory of operation:
   DVCC applying stale limits forever: systemcalc has no timeout, contract 4.6).
 - The bus name is claimed after the first tick, so the first GetItems a consumer makes already
   holds a computed aggregate, and with DO_NOT_QUEUE so a second instance exits with a message.
+  That first tick waits at most START_SCAN_WAIT for the packs' scans: a pack that does not answer
+  must not keep the aggregate off the bus (and the watchdog off) for two call timeouts. Such a
+  pack joins when it answers; until then a known pack counts as not online.
+  State files are written only once the name is ours: a second instance writes none.
 - Run-time changes: SIGHUP re-reads the config file (rules and what it resets: aggbatt.reload),
   /LogLevel sets the log level, and `service.select_as_battery` makes the aggregate Venus' battery
   monitor and BMS once the name is ours, in the background (aggbatt.selection).
@@ -40,9 +44,14 @@ from aggbatt import __version__
 from aggbatt.bus.connection import open_bus
 from aggbatt.bus.monitor import Monitor, RemoteService
 from aggbatt.bus.service import BusItemService
-from aggbatt.bus.settings import SettingsClient, SettingSpec, SettingsUnavailable
+from aggbatt.bus.settings import (
+    SettingsClient,
+    SettingSpec,
+    SettingsUnavailable,
+    UnusableDeviceInstance,
+)
 from aggbatt.charge_io import OwnChargeIO
-from aggbatt.config import Config, ConfigError
+from aggbatt.config import DEVICE_INSTANCE_RANGE, Config, ConfigError
 from aggbatt.engine import (
     Engine,
     ServiceReading,
@@ -62,7 +71,7 @@ from aggbatt.reload import (
     set_log_level,
 )
 from aggbatt.selection import apply_config_switch, selection_status
-from aggbatt.status import STATUS_INTERFACE
+from aggbatt.status import ACCESS_DENIED, FORGET_REFUSED, STATUS_INTERFACE
 from aggbatt.strategies.coulomb import (
     MIN_SOC_SETTING,
     SETTINGS_SERVICE,
@@ -80,7 +89,13 @@ from aggbatt.strategies.victron_current import SERVICE_PATHS, VictronDevices
 log = logging.getLogger("aggbatt")
 
 PACKS_FILE = "packs.json"
+START_SCAN_WAIT = 1.5
 STATE_VERSION = 1
+BUS_DAEMON = "org.freedesktop.DBus"
+BATTERY_PREFIX = "com.victronenergy.battery."
+# Ample for any name a person gives a bank; the bound keeps any client on the bus from storing
+# megabytes in localsettings.
+CUSTOM_NAME_MAX = 64
 
 
 class Daemon:
@@ -111,12 +126,20 @@ class Daemon:
         self._heartbeat = clock()
         self._logged_errors: set[str] = set()
         self._last: TickResult | None = None
+        self._saved_known: frozenset[str] | None = None  # as in packs.json after our last write
+        self._known_failing = False
         self.ticks = 0
         self.exit_code = 0
         self._watches: list[asyncio.Task[None]] = []
         self._closing = False
         self._selection: asyncio.Task[None] | None = None
         self._level_before: int | None = None  # the aggbatt logger's level, restored by close()
+        self._refused_uids: set[int | None] = set()  # callers of ForgetMissingPacks told off once
+        self._name_to_save: str | None = None  # the latest /CustomName not yet sent to settings
+        self._name_writer: asyncio.Task[None] | None = None
+        self._name_save_failed = False
+        self._name_refused = 0
+        self._name_refused_logged_at: float | None = None
 
     # ----- start-up ------------------------------------------------------------------------
 
@@ -160,9 +183,12 @@ class Daemon:
             on_removed=self._service_added,
             on_changed=self._values_changed,
         )
-        await self.monitor.start()
+        await self.monitor.start(settle=START_SCAN_WAIT)
         self.tick()
         await svc.register()
+        self._save_known_packs()  # what the first tick decided, now that the state is ours
+        if self._counter is not None:
+            self._save_soc(self._counter.take_save())
         self._select_battery()
         log.info("published %s as DeviceInstance %d with %d pack(s) found", cfg.name, instance,
                  sum(1 for p in (self._last.packs if self._last else ()) if p.online))
@@ -211,32 +237,70 @@ class Daemon:
         cfg = self.config.service
         assert self.settings is not None
         try:
-            instance = await self.settings.claim_device_instance(
-                cfg.unique_id, "battery", cfg.device_instance)
+            low, high = DEVICE_INSTANCE_RANGE
+            try:
+                instance = await self.settings.claim_device_instance(
+                    cfg.unique_id, "battery", cfg.device_instance, instances=range(low, high + 1))
+            except UnusableDeviceInstance as exc:
+                log.warning("%s; publishing DeviceInstance %d from the config", exc,
+                            cfg.device_instance)
+                instance = cfg.device_instance
             stored = await self.settings.add_settings(
                 [SettingSpec(f"/Settings/Devices/{cfg.unique_id}/CustomName", "")])
-            name = stored.get(f"/Settings/Devices/{cfg.unique_id}/CustomName") or ""
-            return instance, str(name)
+            name = stored.get(f"/Settings/Devices/{cfg.unique_id}/CustomName")
+            if not isinstance(name, str):
+                name = ""
+            if len(name) > CUSTOM_NAME_MAX:
+                log.warning("the stored /CustomName has %d characters: publishing its first %d",
+                            len(name), CUSTOM_NAME_MAX)
+                name = name[:CUSTOM_NAME_MAX]
+            return instance, name
         except SettingsUnavailable as exc:
             log.warning("%s; publishing with DeviceInstance %d from the config, a new "
                         "/CustomName is kept in memory only", exc, cfg.device_instance)
             return cfg.device_instance, ""
 
     def _custom_name_changed(self, path: str, value: Any) -> bool:
+        """Any client may write /CustomName: take bounded text only, and keep at most one
+        localsettings write in flight, so a flood (or a hung localsettings) costs neither memory
+        nor log lines; the latest name is the one saved."""
+        if not isinstance(value, str) or len(value) > CUSTOM_NAME_MAX:
+            self._name_refused += 1
+            now = self.clock()
+            if self._name_refused_logged_at is None or now - self._name_refused_logged_at >= 60:
+                self._name_refused_logged_at = now
+                more = (f" ({self._name_refused - 1} more since the last report)"
+                        if self._name_refused > 1 else "")
+                log.warning("%s: refused a write that is not text of at most %d characters%s",
+                            path, CUSTOM_NAME_MAX, more)
+                self._name_refused = 0
+            return False
         if self.settings is not None:
-            key = f"/Settings/Devices/{self.config.service.unique_id}/CustomName"
-            asyncio.get_running_loop().create_task(self._save_setting(key, value))
+            self._name_to_save = value
+            if self._name_writer is None or self._name_writer.done():
+                self._name_writer = asyncio.get_running_loop().create_task(self._save_name())
         return True
 
-    async def _save_setting(self, path: str, value: Any) -> None:
+    async def _save_name(self) -> None:
         assert self.settings is not None
-        try:
-            code = await self.settings.set(path, value)
-        except SettingsUnavailable as exc:
-            log.warning("could not save %s: %s", path, exc)
-            return
-        if code != 0:
-            log.warning("settings refused %s = %r (code %d)", path, value, code)
+        key = f"/Settings/Devices/{self.config.service.unique_id}/CustomName"
+        while self._name_to_save is not None:
+            value, self._name_to_save = self._name_to_save, None
+            try:
+                code = await self.settings.set(key, value)
+                problem = None if code == 0 else f"localsettings refused it (code {code})"
+            except SettingsUnavailable as exc:
+                problem = str(exc)
+            if problem is None:
+                if self._name_save_failed:
+                    log.info("localsettings answers again: saved /CustomName %r to %s", value,
+                             key)
+                self._name_save_failed = False
+            elif not self._name_save_failed:
+                self._name_save_failed = True
+                log.warning("could not save /CustomName %r to %s: %s; it is published anyway, "
+                            "and the next name is saved once localsettings answers", value, key,
+                            problem)
 
     # ----- ticks ---------------------------------------------------------------------------
 
@@ -280,10 +344,10 @@ class Daemon:
         self.ticks += 1
         try:
             self._apply(result)
-            if self._counter is not None:
+            if self._counter is not None and self._owns_name():
                 self._save_soc(self._counter.take_save())
             if self._own is not None:
-                self._own.after_tick(now, self.service is not None and self.service.registered)
+                self._own.after_tick(now, self._owns_name())
         except Exception as exc:  # noqa: BLE001 - publishing or saving must not end the loop either
             self._log_once(exc, "publishing or saving after a tick failed; the next tick retries")
 
@@ -307,11 +371,10 @@ class Daemon:
             else:
                 add_spec_path(svc, path, value)
         svc.publish()
-        previous, self._last = self._last, result
+        self._last = result
         for event in result.events:
             log.info("%s", event)
-        if previous is None or result.known_packs != previous.known_packs:
-            self._save_known_packs(result.known_packs)
+        self._save_known_packs()
 
     async def run_forever(self) -> None:
         interval = self.config.service.tick_interval
@@ -337,14 +400,13 @@ class Daemon:
         if self._urgent is not None:
             self._urgent.cancel()
             self._urgent = None
-        if self._last is not None:
-            self._save_known_packs(self._last.known_packs)
-        if self._counter is not None and self.service is not None and self.service.registered:
-            # Only the instance that owns the bus name may write: a second copy that failed to
-            # register must not overwrite the running one's charge.
+        self._save_known_packs()
+        if self._counter is not None and self._owns_name():
             self._save_soc(self._counter.counter.shutdown())
         if self._own is not None:
-            await self._own.close(self.service is not None and self.service.registered)
+            await self._own.close(self._owns_name())
+        if self._name_writer is not None:
+            self._name_writer.cancel()
         if self._selection is not None and not self._selection.done():
             await asyncio.wait([self._selection], timeout=2.0)
             self._selection.cancel()
@@ -439,7 +501,8 @@ class Daemon:
     def _load_known_packs(self) -> list[str]:
         read = read_json(self.state_dir / PACKS_FILE, STATE_VERSION)
         if read.data is None:
-            log.info("no known packs yet (%s)", read.problem)
+            log.log(logging.INFO if read.absent else logging.WARNING,
+                    "no known packs yet (%s)", read.problem)
             return []
         known = read.data.get("known")
         if not isinstance(known, list) or not all(isinstance(k, str) for k in known):
@@ -456,12 +519,27 @@ class Daemon:
         except OSError as exc:
             log.error("cannot save the own SoC to %s: %s", self.state_dir / SOC_FILE, exc)
 
-    def _save_known_packs(self, known: frozenset[str]) -> None:
+    def _owns_name(self) -> bool:
+        """Only the instance that owns the bus name writes state: a second copy that failed to
+        register must not overwrite what the running one saved."""
+        return self.service is not None and self.service.registered
+
+    def _save_known_packs(self) -> None:
+        """Write the known packs when they differ from what was last written successfully."""
+        if self._last is None or not self._owns_name():
+            return
+        known = self._last.known_packs
+        if known == self._saved_known:
+            return
         try:
             write_json_atomic(self.state_dir / PACKS_FILE,
                               {"version": STATE_VERSION, "known": sorted(known)})
+            self._saved_known = known
+            self._known_failing = False
         except OSError as exc:
-            log.error("cannot save known packs to %s: %s", self.state_dir, exc)
+            if not self._known_failing:  # retried at every tick: one line, not one per tick
+                log.error("cannot save known packs to %s: %s", self.state_dir, exc)
+            self._known_failing = True
 
     # ----- status --------------------------------------------------------------------------
 
@@ -480,6 +558,7 @@ class Daemon:
                 "charge": self.config.charge.strategy,
             },
             "current_source": self._current_status(),
+            "not_answering": [asdict(u) for u in self.monitor.unanswered()] if self.monitor else [],
             "selection": selection_status(self.state_dir, self.config.service.select_as_battery),
             **({"own_charge": self._own.status()} if self._own is not None else {}),
         }
@@ -502,18 +581,73 @@ class Daemon:
             return current.status()
         return {"source": self.config.current.source}
 
-    def _status_call(self, msg: Message) -> Message | None:
+    def _status_call(self, msg: Message) -> Message | bool | None:
         if msg.message_type is not MessageType.METHOD_CALL or msg.interface != STATUS_INTERFACE:
             return None
         if msg.member == "GetStatus":
             return Message.new_method_return(msg, "s", [json.dumps(self.status(), default=str)])
-        if msg.member == "ForgetMissingPacks":
+        if msg.member == "ForgetMissingPacks" and self.service is not None:
+            bus = self.service.bus
+            task = asyncio.get_running_loop().create_task(self._forget_missing(msg))
+            task.add_done_callback(
+                lambda done: None if done.cancelled() else bus.send(done.result()))
+            return True
+        return None
+
+    async def _forget_missing(self, msg: Message) -> Message:
+        """ForgetMissingPacks. Forgetting a pack lifts what it held (on_pack_lost, its offline
+        count), so only root and the user aggbatt runs as may ask (the CLI over SSH, not any
+        process on the bus), and only packs that are surely gone are forgotten: a battery service
+        on the bus that we could not read yet may be one of them, so then nothing is."""
+        try:
+            uid = await self._caller_uid(msg.sender)
+            if uid not in (0, os.getuid()):
+                if uid not in self._refused_uids:
+                    self._refused_uids.add(uid)
+                    log.warning("ForgetMissingPacks refused: %s runs as uid %s, not root or "
+                                "aggbatt's user", msg.sender, "unknown" if uid is None else uid)
+                return Message.new_error(msg, ACCESS_DENIED,
+                                         "only root or the user aggbatt runs as may forget packs")
+            unread = await self._unread_batteries()
+            if unread:
+                return Message.new_error(
+                    msg, FORGET_REFUSED,
+                    f"{', '.join(unread)} is on the bus but could not be read yet, so it may be "
+                    "one of the missing packs: nothing forgotten; try again once it answers")
+            self.tick()  # the packs on the bus right now, not at the last tick
             forgotten = self.engine.forget_missing()
             if forgotten:
                 log.info("forgot packs no longer on the bus: %s", ", ".join(forgotten))
                 self.tick()
             return Message.new_method_return(msg, "as", [forgotten])
-        return None
+        except Exception as exc:  # noqa: BLE001 - the caller gets an answer, the daemon runs on
+            self._log_once(exc, "ForgetMissingPacks failed")
+            return Message.new_error(msg, FORGET_REFUSED, f"nothing forgotten: {exc}")
+
+    async def _caller_uid(self, sender: str | None) -> int | None:
+        """The caller's Unix user as the bus daemon saw it connect; None when it cannot say
+        (an anonymous or a TCP connection)."""
+        assert self.service is not None
+        reply = await asyncio.wait_for(self.service.bus.call(Message(
+            destination=BUS_DAEMON, path="/org/freedesktop/DBus", interface=BUS_DAEMON,
+            member="GetConnectionUnixUser", signature="s", body=[sender or ""])), 2.0)
+        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+            return None
+        return int(reply.body[0])
+
+    async def _unread_batteries(self) -> list[str]:
+        """Battery services on the bus that the monitor holds no values of (its scan failed or
+        is still running), besides our own."""
+        assert self.monitor is not None and self.service is not None
+        reply = await asyncio.wait_for(self.service.bus.call(Message(
+            destination=BUS_DAEMON, path="/org/freedesktop/DBus", interface=BUS_DAEMON,
+            member="ListNames")), 2.0)
+        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+            raise RuntimeError("the bus daemon did not list the services on the bus")
+        followed = self.monitor.services
+        return sorted(n for n in reply.body[0]
+                      if n.startswith(BATTERY_PREFIX) and n != self.config.service.name
+                      and not (n in followed and followed[n].values))
 
 
 async def run(config: Config, bus_address: str | None, state_dir: Path,

@@ -51,7 +51,7 @@ from aggbatt.model import (
     PackTracker, ServiceReading, Validated, data_age, fault_of, needs_urgent_tick, pack_paths,
     revalidate, stale_limit, validate,
 )
-from aggbatt.packs import PackDirectory, PackRules
+from aggbatt.packs import MAX_KNOWN_PACKS, PackDirectory, PackRules
 from aggbatt.pages import PackPages
 from aggbatt.strategies import OfflinePack, Strategies, TickContext, build_strategies
 from aggbatt.strategies.charge import apply_envelope
@@ -123,6 +123,7 @@ class Engine:
         self._present_ids: frozenset[str] = frozenset()
         self._names: dict[str, str] = {}
         self._seen_ids: set[str] = set()
+        self._last_seen: dict[str, float] = {}  # pack id -> last tick it was on the bus
         self._reported: set[tuple[str, str]] = set()
         self._sources: dict[str, str] = {}
         self._cell_paths: set[str] = set()
@@ -137,7 +138,7 @@ class Engine:
         """`now`: monotonic seconds; `wall`: wall-clock time for calendar rules (own charge)."""
         cfg = self.config
         events: list[str] = []
-        present = self._identify(services, events)
+        present = self._identify(now, services, events)
         self._present_ids = frozenset(present)
         self._forget_disallowed(events)
         trackers = self._judge(now, present, events)
@@ -180,9 +181,13 @@ class Engine:
         values.update(self._pages.values(statuses, now))
         return TickResult(values, events, frozenset(self._known), statuses)
 
-    def _identify(self, services: Sequence[ServiceReading], events: list[str]) -> dict[str, _Seen]:
-        packs, dup_events = self._directory.identify(services)
+    def _identify(self, now: float, services: Sequence[ServiceReading],
+                  events: list[str]) -> dict[str, _Seen]:
+        packs, dup_events = self._directory.identify(services, now, self._known)
         events.extend(dup_events)
+        for pack in packs:
+            if pack.renamed_from is not None:
+                self._rename(pack.renamed_from, pack.id)
         present: dict[str, _Seen] = {}
         cells = bool(self.config.discovery.cell_voltages)
         parsed: dict[str, tuple[Any, Validated]] = {}
@@ -200,16 +205,53 @@ class Engine:
             present[pack.id] = _Seen(snapshot, pack.reading)
             self._known.add(pack.id)
             self._names[pack.id] = pack.name
+            self._last_seen[pack.id] = now
         self._parsed = parsed
+        self._bound_known(present, events)
         return present
+
+    def _bound_known(self, present: Mapping[str, _Seen], events: list[str]) -> None:
+        """Keep at most MAX_KNOWN_PACKS known packs: past that, the packs missing longest go.
+        A driver that comes back under a new serial again and again would otherwise add a pack
+        that counts offline every time, and make the state file grow without end."""
+        excess = len(self._known) - MAX_KNOWN_PACKS
+        if excess <= 0:
+            return
+        missing = sorted((i for i in self._known if i not in present),
+                         key=lambda i: (self._last_seen.get(i, float("-inf")), i))[:excess]
+        for pack_id in missing:
+            self._drop_known(pack_id)
+        if missing:
+            events.append(f"more than {MAX_KNOWN_PACKS} known packs: forgot {len(missing)} "
+                          f"missing the longest ({', '.join(missing[:5])}"
+                          f"{', ...' if len(missing) > 5 else ''})")
+
+    def _drop_known(self, pack_id: str) -> None:
+        self._known.discard(pack_id)
+        self._trackers.pop(pack_id, None)
+        self._last_seen.pop(pack_id, None)
+        self._seen_ids.discard(pack_id)
+
+    def _rename(self, old: str, new: str) -> None:
+        """The same service now has another id: one pack, so its state moves with it and the old
+        id leaves the known packs instead of counting offline forever."""
+        self._known.discard(old)
+        self._last_seen.pop(old, None)
+        tracker = self._trackers.pop(old, None)
+        if tracker is not None:
+            tracker.id = new
+            self._trackers[new] = tracker
+        if old in self._seen_ids:
+            self._seen_ids.discard(old)
+            self._seen_ids.add(new)
+        self._names.pop(old, None)
 
     def forget_missing(self) -> list[str]:
         """Forget the known packs not on the bus at the last tick (a pack removed for good would
         otherwise count offline and hold /Alarms/BmsCable at 1 forever); returns their names."""
         gone = sorted(self._known - self._present_ids)
         for pack_id in gone:
-            self._known.discard(pack_id)
-            self._trackers.pop(pack_id, None)
+            self._drop_known(pack_id)
         return [self._names.get(pack_id, pack_id) for pack_id in gone]
 
     def _forget_disallowed(self, events: list[str]) -> None:

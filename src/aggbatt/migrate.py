@@ -13,7 +13,9 @@ Rules:
   rejects is dropped and reported with the validator's message, so the output always loads.
 - State: ``storedvalue_charge`` (own charge in Ah, ``-1`` = "start from the BMS SoCs") becomes
   ``soc.json``, stamped with the file's modification time, because that is when the reference
-  counted it; ``storedvalue_last_balancing`` (day of the year, 0 = never) becomes
+  counted it. The reference saved no capacity: the one the user gives is stored with the charge
+  (so the SoC is known from the first pack online), else the counter waits for the whole bank;
+  ``storedvalue_last_balancing`` (day of the year, 0 = never) becomes
   ``balancing.json`` with the most recent date of that day of the year that is not in the future.
 - Nothing existing is overwritten without ``force``.
 """
@@ -597,14 +599,15 @@ def _write_state(path: Path, data: dict[str, Any], force: bool) -> Optional[str]
 
 
 def convert_state(reference_dir: Path, state_dir: Path, today: date, force: bool = False,
-                  max_state_age: Optional[float] = None) -> list[str]:
+                  max_state_age: Optional[float] = None,
+                  capacity: Optional[float] = None) -> list[str]:
     """Convert the reference's state files; returns one line per file for the user."""
     report: list[str] = []
     charge_file = _first_existing(reference_dir, CHARGE_FILES)
     if charge_file is None:
         report.append(f"no {CHARGE_FILES[0]} in {reference_dir}: the counter starts from the BMS SoCs")
     else:
-        report.append(_convert_charge(charge_file, state_dir, force, max_state_age))
+        report.append(_convert_charge(charge_file, state_dir, force, max_state_age, capacity))
     balancing_file = _first_existing(reference_dir, BALANCING_FILES)
     if balancing_file is None:
         report.append(f"no {BALANCING_FILES[0]} in {reference_dir}: balancing is due at once")
@@ -613,7 +616,8 @@ def convert_state(reference_dir: Path, state_dir: Path, today: date, force: bool
     return report
 
 
-def _convert_charge(path: Path, state_dir: Path, force: bool, max_state_age: Optional[float]) -> str:
+def _convert_charge(path: Path, state_dir: Path, force: bool, max_state_age: Optional[float],
+                    capacity: Optional[float]) -> str:
     raw = path.read_text(encoding="utf-8", errors="replace").strip()
     try:
         charge = _float(raw)
@@ -624,12 +628,23 @@ def _convert_charge(path: Path, state_dir: Path, force: bool, max_state_age: Opt
                 f"saved charge: nothing written")
     mtime = path.stat().st_mtime
     saved = datetime.fromtimestamp(mtime, timezone.utc)
+    if capacity is not None and charge > capacity:
+        return (f"{path.name} = {charge:.3f} Ah is more than the {capacity:g} Ah of --capacity: "
+                "not converted, the counter starts from the BMS SoCs")
     target = state_dir / SOC_FILE
-    problem = _write_state(target, {"version": SOC_VERSION, "charge_ah": round(charge, 4),
-                                    "saved_at": saved.isoformat(timespec="seconds")}, force)
+    record: dict[str, Any] = {"version": SOC_VERSION, "charge_ah": round(charge, 4),
+                              "saved_at": saved.isoformat(timespec="seconds")}
+    if capacity is not None:
+        record["capacity_ah"] = round(capacity, 4)
+    problem = _write_state(target, record, force)
     if problem:
         return f"{path.name}: {problem}"
     line = f"{path.name} = {charge:.3f} Ah (saved {saved.isoformat(timespec='seconds')}) -> {target}"
+    if capacity is not None:
+        line += f", {100 * charge / capacity:.1f} % of {capacity:g} Ah"
+    else:
+        line += ("; no --capacity: the own SoC stays invalid after the start until every pack "
+                 "is online")
     age = datetime.now(timezone.utc).timestamp() - mtime
     if max_state_age is not None and age > max_state_age:
         line += (f"; it is {age / 86400:.1f} days old, more than soc.max_state_age allows, so aggbatt "
@@ -664,7 +679,7 @@ class Result:
 
 def migrate(ini: Path, out: Path, state_dir: Optional[Path] = None,
             reference_dir: Optional[Path] = None, force: bool = False,
-            today: Optional[date] = None) -> Result:
+            today: Optional[date] = None, capacity: Optional[float] = None) -> Result:
     today = today or date.today()
     if out.exists() and not force:
         raise MigrationError(f"{out} exists: choose another --out or add --force to replace it")
@@ -683,7 +698,7 @@ def migrate(ini: Path, out: Path, state_dir: Optional[Path] = None,
         from aggbatt.config import parse_config
 
         age = parse_config(toml_text).soc.max_state_age
-        lines = convert_state(reference_dir or ini.parent, state_dir, today, force, age)
+        lines = convert_state(reference_dir or ini.parent, state_dir, today, force, age, capacity)
     return Result(m, out, lines)
 
 

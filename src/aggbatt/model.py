@@ -162,7 +162,9 @@ class Rule:
             return None, None
         kind = self.kind
         if kind is Kind.TEXT:
-            return (raw, None) if isinstance(raw, str) else (None, f"{_show(raw)} is not text")
+            if isinstance(raw, str):
+                return raw[:PACK_TEXT_MAX], None
+            return None, f"{_show(raw)} is not text"
         if type(raw) is float or type(raw) is int:  # the usual case, checked first for speed
             number = float(raw)
         elif isinstance(raw, bool):
@@ -200,6 +202,9 @@ _AH = Rule(Kind.NUMBER, 0.0, 100_000.0)
 _FLAG = Rule(Kind.FLAG, 0, 1)
 _COUNT = Rule(Kind.INTEGER, 0, 1000)
 _TEXT = Rule(Kind.TEXT)
+# Pack texts (ids, names, cell ids, charge modes) are a few words; what is beyond this is cut on
+# input, so no pack can make the aggregate republish, persist or log kilobytes of text.
+PACK_TEXT_MAX = 64
 
 RULES: dict[str, Rule] = {
     PRODUCT_NAME: _TEXT,

@@ -137,6 +137,10 @@ def read_config(path: str) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as exc:
+        if len(exc.errors) == 1:
+            issue = exc.errors[0].describe(exc.source).replace("\n    ", ": ")
+            log.error("config reload: %s; keeping the running configuration", issue)
+            return None
         for issue in exc.errors:
             log.error("config reload: %s", issue.describe(exc.source).replace("\n    ", ": "))
         log.error("config reload: %d error(s) in %s; keeping the running configuration",

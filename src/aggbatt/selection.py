@@ -88,9 +88,16 @@ def read_selection(state_dir: Path) -> tuple[SavedSelection | None, str | None]:
         return None, read.problem
     by, settings = read.data.get("by"), read.data.get("settings")
     if by not in (BY_CONFIG, BY_COMMAND) or not isinstance(settings, dict) or not all(
-            isinstance(e, dict) and "previous" in e and "written" in e for e in settings.values()):
+            path in (BATTERY_SERVICE, BMS_INSTANCE) and isinstance(e, dict)
+            and _setting_value(e.get("previous")) and _setting_value(e.get("written"))
+            for path, e in settings.items()):
         return None, f"{state_dir / SELECTION_FILE} does not hold a selection record"
     return SavedSelection(by, {p: dict(e) for p, e in settings.items()}), None
+
+
+def _setting_value(value: Any) -> bool:
+    """A value the two settings can hold; anything else could not be written back."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -29,6 +29,9 @@ from aggbatt.bus.connection import BusUnavailable, open_bus
 from aggbatt.bus.values import unwrap
 
 STATUS_INTERFACE = "io.github.aggbatt.Status"
+# The daemon's answers to a ForgetMissingPacks it does not carry out; the text says why.
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+FORGET_REFUSED = "io.github.aggbatt.Error.NothingForgotten"
 DEFAULT_SERVICE = "com.victronenergy.battery.aggregate"
 SYSTEM_SERVICE = "com.victronenergy.system"
 BUSITEM = "com.victronenergy.BusItem"
@@ -41,7 +44,7 @@ _SYSTEM_PATHS = ("/ActiveBatteryService", "/ActiveBmsService", "/ActiveBmsInstan
 MULTIPLE_BATTERIES = "Dvcc/Alarms/MultipleBatteries"
 # Keys the text printer lays out itself; any other key is printed generically.
 _KNOWN = frozenset({"service", "version", "ticks", "aggregate", "packs", "config", "current_source",
-                    "selection", "system", "warnings", "notes"})
+                    "selection", "system", "warnings", "not_answering", "notes"})
 
 FIX_SELECTION = (
     "to fix: run 'aggbatt-ctl enable' (or 'aggbatt select-battery on'), or set "
@@ -76,6 +79,8 @@ async def _ask_daemon(bus: MessageBus, service: str, member: str, timeout: float
         if reply.error_name in _ABSENT:
             raise StatusError(f"aggbatt is not running: {service} is not on the bus. Start it "
                               "with 'aggbatt-ctl start' and see 'aggbatt-ctl logs' if it stops")
+        if reply.error_name in (ACCESS_DENIED, FORGET_REFUSED) and reply.body:
+            raise StatusError(str(reply.body[0]))
         raise StatusError(f"{service} does not answer {member} ({reply.error_name}): it is not "
                           "aggbatt, or an aggbatt too old for this command")
     return reply
@@ -173,6 +178,10 @@ def warnings(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
         names = ", ".join(f"{p.get('name', p.get('id', '?'))} ({p.get('reason') or p.get('state')})"
                           for p in offline)
         found.append(f"{len(offline)} of {len(packs)} pack(s) not online: {names}")
+    silent = _unanswered(status)
+    if silent:
+        found.append(f"{len(silent)} service(s) on the bus not answering, retried: "
+                     + ", ".join(_plain(u.get("name")) for u in silent))
     failure = agg.get("/Alarms/InternalFailure")
     if isinstance(failure, (int, float)) and failure:
         found.append("internal failure: aggbatt publishes fail-safe limits; see its log")
@@ -219,6 +228,10 @@ def _plain(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _unanswered(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [u for u in _list(report.get("not_answering")) if isinstance(u, Mapping)]
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -279,6 +292,9 @@ def render_text(report: Mapping[str, Any]) -> str:
         lines += _table(rows)
     else:
         lines.append("  none found")
+    for u in _unanswered(report):
+        lines.append(f"  not answering: {_plain(u.get('name'))} for {_age(u.get('age'))},"
+                     f" {_plain(u.get('attempts'))} attempt(s), retrying ({_plain(u.get('error'))})")
     lines += ["", "Battery selection:"]
     system = report.get("system") if isinstance(report.get("system"), Mapping) else {}
     if system.get("present"):

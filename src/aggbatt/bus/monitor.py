@@ -19,6 +19,11 @@ Rules (victron-dbus-contract.md sections 2 and 6.2):
   ~240 RemoveMatch (close() with 16 packs) did fill it.
 - Malformed input (wrong signatures, garbage GetItems, no /DeviceInstance) never raises: the
   service or signal is ignored and logged once.
+- What is kept of a service is bounded, whatever it sends. A scan or ItemsChanged is read by
+  looking up the wanted paths in it, so its cost follows what we read, not what it lists. At most
+  `max_paths` paths are kept per service (values of a class followed in full, and the listed paths
+  the match-rule plan weighs); a service that lists more is logged once, its extra paths ignored,
+  and its wanted paths get one rule each, since its namespaces cannot be judged.
 
 Theory of operation. Owner changes of one well-known name are handled strictly in order by one
 worker task per name, so a quick vanish + return cannot race (contract 2.5). Signals are applied
@@ -31,10 +36,22 @@ already dispatched, so the reply may be older than what the cache holds (contrac
 | NameOwnerChanged: new owner B     | subscribe, scan B        | B is A: ignore; else drop A, scan B |
 | ListNames + GetNameOwner: owner B | subscribe, scan B (1)    | ignore (NameOwnerChanged decides)   |
 | NameOwnerChanged: owner A gone    | nothing                  | drop A: rules, values, on_removed   |
-| scan of B fails                   | -                        | retry once (2), then drop B quietly |
+| scan of B fails                   | -                        | drop B, rescan B later (2)          |
+| rescan of B is due                | rescan B if B still owns | ignore                              |
 
 (1) unless a NameOwnerChanged for the name arrived since ListNames: then the listing is outdated.
-(2) unless another event for the name waits; a failed service never fires on_added/on_removed.
+(2) A service whose scan fails (an error, no answer, no valid /DeviceInstance) may only be busy:
+    a driver that takes ~11 s to answer at boot, or a BMS that answers once its serial link is
+    up, would otherwise stay unfollowed for as long as it is on the bus. So it is rescanned after
+    `retry_delay`, doubling up to `retry_max`, until it answers or its owner changes; one warning
+    when it fails (none when an owner change already waits: most likely it left), one line when
+    it answers. Rescans go through the name's worker like owner changes, so a service has at
+    most one call outstanding and a rescan never races a vanish. Until it answers it never fires
+    on_added/on_removed and holds no match rules; `unanswered()` lists it.
+
+`start(settle=...)` waits at most `settle` seconds for the services listed at start-up: one
+service that never answers must not hold up the caller for two call timeouts. Scans that take
+longer go on in the background and fire on_added when they succeed.
 
 Match-rule plan. dbus-daemon caps the match rules of one connection (max_match_rules_per_connection,
 512 in its stock config); one rule per wanted path costs a serialbattery pack ~51, so 16 packs
@@ -72,8 +89,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from dbus_fast import Message, MessageFlag, MessageType
@@ -96,6 +114,9 @@ NO_INSTANCE_CLASSES = frozenset({"settings"})
 NAMESPACE_MIN_WANTED = 3
 NAMESPACE_MAX_RATIO = 3
 BURST = 32
+# Paths kept per service. A serialbattery pack with 32 cells and every optional path lists ~300;
+# a service listing hundreds of thousands would otherwise cost hundreds of MB.
+MAX_PATHS = 10_000
 
 _SIGNAL = MessageType.SIGNAL
 _ERROR = MessageType.ERROR
@@ -128,6 +149,29 @@ class RemoteService:
         return default if value is None else value
 
 
+@dataclass(frozen=True)
+class Unanswered:
+    """A service on the bus whose scan failed and is being retried."""
+
+    name: str
+    owner: str
+    error: str
+    attempts: int
+    # Seconds since its first failed scan.
+    age: float
+
+
+@dataclass(eq=False)
+class _Retry:
+    owner: str
+    error: str
+    since: float
+    delay: float
+    attempts: int = 1
+    timer: asyncio.TimerHandle | None = None
+    warned: bool = False
+
+
 @dataclass(eq=False)
 class _Tracked:
     """Monitor-private bookkeeping of one unique owner."""
@@ -136,6 +180,8 @@ class _Tracked:
     paths: frozenset[str] | None
     # Every path the scan listed, wanted or not: the base of the match-rule plan.
     known: frozenset[str] = frozenset()
+    # It listed more than max_paths: `known` is empty and the plan uses single-path rules.
+    crowded: bool = False
     rules: set[str] = field(default_factory=set)
     ready: bool = False
     # Paths a signal updated while a scan was in flight; None when no scan is in flight.
@@ -245,7 +291,9 @@ class Monitor:
         on_removed: Callable[[RemoteService], None] | None = None,
         on_changed: Callable[[RemoteService, Mapping[str, Any]], None] | None = None,
         call_timeout: float = 5.0,
-        retry_delay: float = 0.5,
+        retry_delay: float = 1.0,
+        retry_max: float = 30.0,
+        max_paths: int = MAX_PATHS,
     ) -> None:
         self.bus = bus
         self._classes = {cls: _frozen(paths) for cls, paths in classes.items()}
@@ -256,6 +304,8 @@ class Monitor:
         self._on_changed = on_changed
         self.call_timeout = call_timeout
         self.retry_delay = retry_delay
+        self.retry_max = retry_max
+        self.max_paths = max_paths
         self.services: dict[str, RemoteService] = {}
         # BusItem signals that reached the handler: shows what the match rules let through.
         self.signals_received = 0
@@ -269,6 +319,8 @@ class Monitor:
         self._queues: dict[str, deque[Callable[[], Awaitable[None]]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._logged: set[tuple[str, str]] = set()
+        # Services whose scan failed, by well-known name (module docstring, note (2)).
+        self._retries: dict[str, _Retry] = {}
         # NameOwnerChanged signals seen per name: a listing they overtook is outdated.
         self._owner_events: dict[str, int] = {}
         self._started = False
@@ -276,17 +328,24 @@ class Monitor:
 
     # ----- public ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Subscribe to owner changes, list the names on the bus and scan every wanted service."""
+    async def start(self, settle: float | None = None) -> None:
+        """Subscribe to owner changes, list the names on the bus and scan every wanted service;
+        wait at most `settle` seconds for those scans (None: until all are done)."""
         if self._started:
             raise RuntimeError("Monitor.start() called twice")
         self._started = True
         self.bus.add_message_handler(self._on_message)
         await self._dbus("AddMatch", "s", [NAME_OWNER_RULE])
-        await self._scan_listed(None)
+        await self._scan_listed(None, settle)
 
     def of_class(self, service_class: str) -> list[RemoteService]:
         return [s for s in self.services.values() if s.service_class == service_class]
+
+    def unanswered(self) -> list[Unanswered]:
+        """Services on the bus that are not followed because their scan fails (retried)."""
+        now = self._clock()
+        return [Unanswered(name, r.owner, r.error, r.attempts, now - r.since)
+                for name, r in sorted(self._retries.items())]
 
     async def set_paths(self, service_class: str, paths: Collection[str] | None) -> None:
         """Change which paths of a class are followed; a new class is discovered at once."""
@@ -311,6 +370,8 @@ class Monitor:
             return
         self._closed = True
         self.bus.remove_message_handler(self._on_message)
+        for name in list(self._retries):
+            self._stop_retrying(name)
         workers = list(self._workers.values())
         for task in workers:
             task.cancel()
@@ -362,11 +423,8 @@ class Monitor:
         if msg.signature != "a{sa{sv}}":
             self._complain(tracked, "ItemsChanged", f"signature {msg.signature!r}")
             return
-        paths = tracked.paths
         changes: dict[str, Any] = {}
-        for path, entry in msg.body[0].items():
-            if paths is not None and path not in paths:
-                continue
+        for path, entry in self._wanted_entries(tracked, msg.body[0]):
             variant = entry.get("Value")
             if variant is not None:
                 changes[path] = unwrap(variant)
@@ -383,7 +441,11 @@ class Monitor:
         now = self._clock()
         changed: dict[str, Any] = {}
         for path, value in changes.items():
-            if path in values and _same(values[path], value):
+            if path in values:
+                if _same(values[path], value):
+                    continue
+            elif len(values) >= self.max_paths:
+                self._too_many(service.name, len(values) + 1)
                 continue
             values[path] = value
             service.changed_at[path] = now
@@ -449,12 +511,22 @@ class Monitor:
     def _job_paths(self, name: str, owner: str) -> Callable[[], Awaitable[None]]:
         return lambda: self._resubscribe(name, owner)
 
+    def _job_retry(self, name: str, owner: str) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            retry = self._retries.get(name)
+            if retry is None or retry.owner != owner or owner in self._by_owner:
+                return
+            retry.timer = None
+            await self._add(name, owner, listed=False)
+
+        return job
+
     def _events_waiting(self, name: str) -> bool:
         return bool(self._queues.get(name))
 
     # ----- adding, scanning, removing ----------------------------------------------------------
 
-    async def _scan_listed(self, only_class: str | None) -> None:
+    async def _scan_listed(self, only_class: str | None, settle: float | None = None) -> None:
         events_before = dict(self._owner_events)
         reply = await self._dbus("ListNames")
         names = [
@@ -470,7 +542,9 @@ class Monitor:
             for n, o in zip(names, owners)
             if isinstance(o, Message) and self._owner_events.get(n) == events_before.get(n)
         }
-        await asyncio.gather(*workers, return_exceptions=True)
+        if workers:
+            # Workers log their own failures; asyncio.wait neither raises nor cancels them.
+            await asyncio.wait(workers, timeout=settle)
 
     async def _add(self, name: str, owner: str, listed: bool) -> None:
         present = self._by_owner.get(owner)
@@ -494,22 +568,19 @@ class Monitor:
         error = await self._converge(tracked, _rules(owner, None))
         if error is None:
             error = await self._scan(tracked)
-            if error is not None and not self._events_waiting(name):
-                await asyncio.sleep(self.retry_delay)
-                if self._by_owner.get(owner) is tracked and not self._events_waiting(name):
-                    error = await self._scan(tracked)
             if error is None and tracked.paths is not None:
                 await self._subscribe(tracked)
         if self._by_owner.get(owner) is not tracked:
             return
         if error is not None:
             self._drop(tracked)
-            if self._events_waiting(name):
-                log.info("%s (%s) went away during its scan", name, owner)
-            else:
-                self._log_once(name, error, logging.WARNING, "ignoring %s (%s): %s",
-                               name, owner, error)
+            self._retry_later(name, owner, error)
             return
+        retry = self._retries.get(name)
+        if retry is not None:
+            self._stop_retrying(name)
+            log.info("%s (%s) answers now, after %d failed scan(s) in %.0f s", name, owner,
+                     retry.attempts, self._clock() - retry.since)
         tracked.ready = True
         tracked.seen = None
         self.services[name] = tracked.service
@@ -529,12 +600,17 @@ class Monitor:
         instance = _device_instance(items.get("/DeviceInstance"))
         if instance is None and service.service_class not in NO_INSTANCE_CLASSES:
             return "no valid /DeviceInstance (a service must publish it before claiming its name)"
-        paths = tracked.paths
         seen = tracked.seen or set()
         now = self._clock()
-        tracked.known = frozenset(items)
-        for path, entry in items.items():
-            if (paths is not None and path not in paths) or path in seen:
+        tracked.crowded = len(items) > self.max_paths
+        if tracked.crowded:
+            self._too_many(service.name, len(items))
+        tracked.known = frozenset() if tracked.crowded else frozenset(items)
+        entries = self._wanted_entries(tracked, items)
+        if tracked.paths is None:
+            entries = islice(entries, self.max_paths)
+        for path, entry in entries:
+            if path in seen:
                 continue
             variant = entry.get("Value")
             if variant is not None:
@@ -576,15 +652,39 @@ class Monitor:
             return
         fresh = {
             path: unwrap(entry["Value"])
-            for path, entry in reply.body[0].items()
-            if (paths is None or path in paths)
-            and path not in old
-            and path not in seen
-            and "Value" in entry
+            for path, entry in self._wanted_entries(tracked, reply.body[0])
+            if path not in old and path not in seen and "Value" in entry
         }
         self._apply(tracked, fresh)
 
+    def _retry_later(self, name: str, owner: str, error: str) -> None:
+        retry = self._retries.get(name)
+        if retry is None or retry.owner != owner:
+            self._stop_retrying(name)
+            retry = self._retries[name] = _Retry(owner, error, self._clock(), self.retry_delay)
+        else:
+            retry.attempts += 1
+            retry.error = error
+            retry.delay = min(retry.delay * 2, self.retry_max)
+        # A failure with an owner change already queued is most likely the service leaving:
+        # that event ends the retry, and the warning would only be noise.
+        if not retry.warned and not self._events_waiting(name):
+            retry.warned = True
+            log.warning("cannot follow %s (%s): %s; retrying after %g s, doubling up to %g s, "
+                        "until it answers", name, owner, error, retry.delay, self.retry_max)
+        retry.timer = asyncio.get_running_loop().call_later(
+            retry.delay, self._enqueue, name, self._job_retry(name, owner))
+
+    def _stop_retrying(self, name: str) -> None:
+        retry = self._retries.pop(name, None)
+        if retry is not None and retry.timer is not None:
+            retry.timer.cancel()
+
     def _forget(self, name: str, owner: str) -> None:
+        retry = self._retries.get(name)
+        if retry is not None and retry.owner == owner:
+            self._stop_retrying(name)
+            log.info("%s (%s) left the bus before its scan succeeded", name, owner)
         tracked = self._by_owner.get(owner)
         if tracked is None:
             return
@@ -613,7 +713,12 @@ class Monitor:
         """Move the service to the rules its wanted and known paths call for."""
         owner = tracked.service.owner
         paths = tracked.paths
-        plan = None if paths is None else plan_rules(paths, tracked.known)
+        if paths is None:
+            plan = None
+        elif tracked.crowded:
+            plan = RulePlan(frozenset(), paths)
+        else:
+            plan = plan_rules(paths, tracked.known)
         async with self._switching:
             before = set(tracked.rules)
             error = await self._converge(tracked, _rules(owner, plan))
@@ -716,6 +821,24 @@ class Monitor:
             callback(service)
         except Exception:
             log.exception("callback for %s failed", service.name)
+
+    def _wanted_entries(self, tracked: _Tracked,
+                        items: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+        """The entries of a GetItems reply or ItemsChanged for the wanted paths, looked up so a
+        huge message costs no more than a small one; every entry for a class followed in full
+        (what is stored of it is capped where it is stored)."""
+        paths = tracked.paths
+        if paths is None:
+            return iter(items.items())
+        if len(items) <= len(paths):
+            return ((p, e) for p, e in items.items() if p in paths)
+        return ((p, items[p]) for p in paths if p in items)
+
+    def _too_many(self, name: str, count: int) -> None:
+        self._log_once(name, "too many paths", logging.WARNING,
+                       "%s lists %d paths, more than the %d kept per service: only the ones "
+                       "aggbatt reads are kept, the rest is ignored (logged once)",
+                       name, count, self.max_paths)
 
     def _complain(self, tracked: _Tracked, member: str, what: str) -> None:
         if member not in tracked.complaints:

@@ -14,6 +14,11 @@ Theory of operation (victron-dbus-contract.md sections 1 and 6.1):
   without it (aiovelib 0f44690).
 - The bus name is requested only by `register()`, after all paths exist, with DO_NOT_QUEUE so a
   second instance fails loudly instead of waiting silently in the queue.
+- A value the wire cannot carry (an integer beyond 64 bits, text with NUL or unpaired surrogates)
+  is stored as invalid, with one warning per path: one bad value must never make GetItems, and so
+  the whole service, unreadable.
+- Text values are cut to PUBLISHED_TEXT_MAX characters: whatever a caller or a client passes,
+  the service never republishes more.
 """
 
 from __future__ import annotations
@@ -49,6 +54,13 @@ SET_OK = 0
 SET_NOT_WRITEABLE = 1
 SET_REJECTED = 2
 
+PUBLISHED_TEXT_MAX = 256
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+# D-Bus allows 32 nested containers; a published value needs a handful.
+_MAX_VALUE_NESTING = 8
+
 log = logging.getLogger(__name__)
 
 
@@ -81,6 +93,7 @@ class BusItemService:
         self._items: dict[str, _Item] = {}
         self._dirty: dict[str, None] = {}
         self._nodes: set[str] = {"/"}
+        self._unsendable_logged: set[str] = set()
         self.registered = False
         bus.add_message_handler(self._handle)
 
@@ -100,7 +113,7 @@ class BusItemService:
         if not path.startswith("/") or path == "/" or path.endswith("/"):
             raise ValueError(f"not a BusItem path: {path!r}")
         item = _Item(None, kind, decimals, text, writeable, on_change)
-        item.value = self._coerce(item, value)
+        item.value = self._sendable(path, self._coerce(item, value))
         self._items[path] = item
         parts = path.split("/")
         for depth in range(2, len(parts)):
@@ -124,7 +137,7 @@ class BusItemService:
 
     def __setitem__(self, path: str, value: Any) -> None:
         item = self._items[path]
-        new = self._coerce(item, value)
+        new = self._sendable(path, self._coerce(item, value))
         if new != item.value or type(new) is not type(item.value):
             item.value = new
             self._dirty[path] = None
@@ -168,6 +181,8 @@ class BusItemService:
     @staticmethod
     def _coerce(item: _Item, value: Any) -> Any:
         """Give every value of a path the same wire type (aiovelib d8e309c)."""
+        if isinstance(value, str) and len(value) > PUBLISHED_TEXT_MAX:
+            value = value[:PUBLISHED_TEXT_MAX]
         if value is None or item.kind is None:
             return value
         if item.kind is float:
@@ -186,8 +201,19 @@ class BusItemService:
                 raise TypeError(f"expected an integer, got {value!r}")
             return int(value)
         if item.kind is str:
-            return str(value)
+            return str(value)[:PUBLISHED_TEXT_MAX]
         return value
+
+    def _sendable(self, path: str, value: Any) -> Any:
+        """`value`, or None (invalid) when D-Bus cannot carry it; see the module docstring."""
+        if _fits_wire(value, 0):
+            return value
+        if path not in self._unsendable_logged:
+            self._unsendable_logged.add(path)
+            shown = repr(value)
+            log.warning("%s: %s cannot be sent on D-Bus; publishing it as invalid", path,
+                        shown if len(shown) <= 80 else shown[:77] + "...")
+        return None
 
     def text_of(self, path: str) -> str:
         return self._text(self._items[path])
@@ -205,6 +231,10 @@ class BusItemService:
 
     def _entry(self, item: _Item) -> dict[str, Variant]:
         return {"Value": wrap(item.value), "Text": Variant("s", self._text(item))}
+
+    def items(self) -> dict[str, dict[str, Variant]]:
+        """What GetItems answers: every path with its Value and Text."""
+        return {p: self._entry(it) for p, it in self._items.items()}
 
     def _subtree(self, node: str) -> dict[str, _Item]:
         prefix = "/" if node == "/" else node + "/"
@@ -231,8 +261,7 @@ class BusItemService:
                 return Message.new_method_return(msg, "i", [self._remote_set(path, item, msg.body[0])])
             return None
         if path == "/" and member == "GetItems":
-            body = {p: self._entry(it) for p, it in self._items.items()}
-            return Message.new_method_return(msg, "a{sa{sv}}", [body])
+            return Message.new_method_return(msg, "a{sa{sv}}", [self.items()])
         if path in self._nodes:
             sub = self._subtree(path)
             if member == "GetValue":
@@ -246,8 +275,12 @@ class BusItemService:
     def _remote_set(self, path: str, item: _Item, variant: Variant) -> int:
         if not item.writeable:
             return SET_NOT_WRITEABLE
+        raw = unwrap(variant)
+        # A text path takes text only: str() would turn a number or an array into a name.
+        if item.kind is str and not isinstance(raw, str):
+            return SET_NOT_WRITEABLE
         try:
-            value = self._coerce(item, unwrap(variant))
+            value = self._coerce(item, raw)
         except (TypeError, ValueError):
             return SET_NOT_WRITEABLE
         if value == item.value and type(value) is type(item.value):
@@ -290,6 +323,33 @@ class BusItemService:
             + f"</interface>{nodes}</node>"
         )
         return Message.new_method_return(msg, "s", [xml])
+
+
+def _fits_wire(value: Any, depth: int) -> bool:
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return True
+    if isinstance(value, int):
+        return _INT64_MIN <= value <= _INT64_MAX
+    if isinstance(value, str):
+        return _fits_text(value)
+    if depth >= _MAX_VALUE_NESTING:
+        return False
+    if isinstance(value, dict):
+        return all(_fits_text(str(k)) and _fits_wire(v, depth + 1)
+                   for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_fits_wire(v, depth + 1) for v in value)
+    return isinstance(value, Variant)
+
+
+def _fits_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _signal(path: str, member: str, signature: str, body: Any) -> Message:

@@ -59,12 +59,17 @@ ADD_SETTING_ERRORS = {
 }
 
 _PATH_ELEMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*\Z")
+_INSTANCE_NUMBER = re.compile(r"-?[0-9]{1,12}\Z")
 
 log = logging.getLogger(__name__)
 
 
 class SettingsUnavailable(RuntimeError):
     """The settings service is absent, hung or answered nonsense; the message says what to do."""
+
+
+class UnusableDeviceInstance(SettingsUnavailable):
+    """Localsettings answers, but the stored class and instance cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -188,19 +193,26 @@ class SettingsClient:
         return result
 
     async def claim_device_instance(self, unique_id: str, device_class: str = "battery",
-                                    preferred: int = 100) -> int:
-        """Claim `<device_class>:<n>`; return n as localsettings granted it (it may bump it)."""
+                                    preferred: int = 100, *,
+                                    instances: range = range(0, 2**31)) -> int:
+        """Claim `<device_class>:<n>`; return n as localsettings granted it (it may bump it).
+        Raise UnusableDeviceInstance when the stored value is not `<device_class>:<n>` with n
+        in `instances` (the default: what fits the int32 of /DeviceInstance)."""
         for part in (unique_id, device_class):
             if not _PATH_ELEMENT.match(part):
                 raise ValueError(f"{part!r} is not usable in a settings path (letters, digits, _)")
         path = f"/Settings/Devices/{unique_id}/ClassAndVrmInstance"
         value = (await self.add_settings([SettingSpec(path, f"{device_class}:{preferred}")]))[path]
         claimed_class, _, instance = value.partition(":") if isinstance(value, str) else ("", "", "")
-        if claimed_class != device_class or not instance.lstrip("-").isdigit():
-            raise SettingsUnavailable(
-                f"{path} holds {value!r}, expected '{device_class}:<number>': "
+        # Digits only, and few of them: int() of thousands of digits raises, and of "²" too.
+        number = int(instance) if _INSTANCE_NUMBER.match(instance) else None
+        if claimed_class != device_class or number is None or number not in instances:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise UnusableDeviceInstance(
+                f"{path} holds {shown}, expected '{device_class}:<number>' with the number in "
+                f"{instances.start}..{instances.stop - 1}: "
                 f"set it to '{device_class}:{preferred}' in the GUI or with SetValue")
-        return int(instance)
+        return number
 
     # ----- reading and writing -----------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 Each device owns one dbus-fast connection and claims its well-known name only after every path
 exists (contract 1.1, 0.2-0.3). Faults are flags that `publish()` honours, so they can be switched
 at any time, in any order: frozen (on the bus, silent), vanished (connection closed), invalidated
-paths, raw overrides (published bypassing the path's type).
+paths, raw overrides (published bypassing the path's type). Two more shape what GetItems sees: a
+driver that answers it with an error or late (busy at boot, or wedged for good), and one that lists
+a huge number of extra paths (a driver publishing whole configuration trees).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import math
 import platform
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from dbus_fast import Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from aggbatt.bus.connection import open_bus
@@ -36,6 +38,10 @@ _NAME_RELEASE_TIMEOUT = 2.0
 
 _instances = itertools.count(100)
 
+GetItemsFault = Literal["error", "hang"]
+# Where extra paths go: a namespace the aggregate reads from, so they also weigh on its match rules.
+EXTRA_PREFIX = "/Info/Config/Extra"
+
 
 @dataclass(frozen=True)
 class PathSpec:
@@ -53,6 +59,12 @@ def _raw(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return Variant("d", value)
     return value
+
+
+def _full_text(value: Any) -> Any:
+    """Override text as a ready Variant: the publisher cuts plain text, and a hostile device
+    must be able to send all of it."""
+    return Variant("s", value) if isinstance(value, str) else value
 
 
 class SimDevice:
@@ -75,6 +87,9 @@ class SimDevice:
         self._invalid: set[str] = set()
         self._overrides: dict[str, Any] = {}
         self._spec_by_path: dict[str, PathSpec] = {}
+        self._get_items_fault: GetItemsFault | None = None
+        self._held_calls: list[Message] = []
+        self._extra_paths = 0
 
     # ----- to be provided by each device ------------------------------------------------------
 
@@ -101,10 +116,13 @@ class SimDevice:
             return
         self._address = bus_address
         bus = await open_bus(bus_address)
+        # Ahead of the service's own handler, so a GetItems fault wins over the normal answer.
+        bus.add_message_handler(self._get_items)
         svc = BusItemService(bus, self.service_name, signals=self.signals)
         values = self.current_values()
         for spec in self._paths().values():
             self._add(svc, spec, values.get(spec.path))
+        self._add_extra(svc, 0)
         try:
             await self._claim(svc)
         except BaseException:
@@ -115,6 +133,7 @@ class SimDevice:
     async def stop(self) -> None:
         """Close the connection; the name disappears from the bus."""
         bus, self._bus, self._svc, self.unique_name = self._bus, None, None, None
+        self._held_calls.clear()
         if bus is None:
             return
         bus.disconnect()
@@ -151,7 +170,7 @@ class SimDevice:
 
     def _add(self, svc: BusItemService, spec: PathSpec, value: Any) -> None:
         if spec.path in self._overrides:
-            svc.add_path(spec.path, value)
+            svc.add_path(spec.path, _full_text(value))
         else:
             svc.add_path(spec.path, value, kind=spec.kind, decimals=spec.decimals, text=spec.text,
                          writeable=spec.writeable, on_change=self._remote_write)
@@ -180,7 +199,10 @@ class SimDevice:
         svc = self._svc
         if svc is None or self._frozen:
             return 0
-        svc.update(self.current_values())
+        values = self.current_values()
+        for path in self._overrides:
+            values[path] = _full_text(values[path])
+        svc.update(values)
         return svc.publish()
 
     # ----- faults -------------------------------------------------------------------------------
@@ -209,6 +231,43 @@ class SimDevice:
         if svc is not None:
             svc.remove_path(path)
             self._add(svc, spec, self.current_values().get(path))
+
+    def fail_get_items(self, fault: GetItemsFault | None) -> None:
+        """Answer GetItems with an error ("error"), or hold it ("hang") until called with None;
+        every other call is answered as usual.
+
+        Held calls are answered when the fault ends, as a driver whose main loop was blocked
+        works through its queue: a caller that gave up meanwhile just drops the late reply.
+        """
+        self._get_items_fault = fault
+        if fault is None:
+            held, self._held_calls = self._held_calls, []
+            if self._svc is not None and self._bus is not None:
+                for msg in held:
+                    self._bus.send(Message.new_method_return(msg, "a{sa{sv}}", [self._svc.items()]))
+
+    def add_extra_paths(self, count: int) -> None:
+        """Publish `count` more constant paths under EXTRA_PREFIX (they never change, so they
+        cost signals nothing, only GetItems replies)."""
+        before, self._extra_paths = self._extra_paths, self._extra_paths + count
+        if self._svc is not None:
+            self._add_extra(self._svc, before)
+
+    def _add_extra(self, svc: BusItemService, start: int) -> None:
+        for n in range(start, self._extra_paths):
+            svc.add_path(f"{EXTRA_PREFIX}{n}", n, kind=int)
+
+    def _get_items(self, msg: Message) -> Message | bool | None:
+        fault = self._get_items_fault
+        if fault is None or msg.message_type is not MessageType.METHOD_CALL:
+            return None
+        if msg.path != "/" or msg.member != "GetItems":
+            return None
+        if fault == "error":
+            return Message.new_error(msg, "org.freedesktop.DBus.Error.Failed",
+                                     "simulated: GetItems failed")
+        self._held_calls.append(msg)
+        return True
 
     def has_path(self, path: str) -> bool:
         return path in self._paths()

@@ -17,6 +17,8 @@ Behaves like localsettings where aggbatt depends on it (victron-dbus-contract.md
   fsync) and loaded by `start()`, so a restarted simulator finds its values again.
 - `delay` holds back every reply by that many seconds (a busy GX); in that mode calls this
   simulator does not implement (e.g. Introspect) are answered with UnknownMethod.
+- `freeze()` holds every call unanswered until `thaw()` answers them in the order they came (a
+  hung localsettings that recovers). `calls` counts the calls received per (member, path).
 
 Not simulated: RemoveSettings, GetMin/GetMax/GetDefault/GetAttributes, Min/Max/Default in
 GetItems, the 2 s write delay and the XML file.
@@ -30,6 +32,7 @@ import logging
 import math
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
@@ -106,6 +109,8 @@ class SimSettings:
             self.values[path] = value
         self._svc: BusItemService | None = None
         self._closed = False
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self._held: list[Message] | None = None
 
     async def start(self) -> None:
         self._load()
@@ -144,10 +149,23 @@ class SimSettings:
             return None
         if msg.destination not in (SETTINGS_SERVICE, self.bus.unique_name):
             return None
+        self.calls[(msg.member or "", msg.path or "")] += 1
+        if self._held is not None:
+            self._held.append(msg)
+            return True
         if self.delay > 0:
             asyncio.get_running_loop().call_later(self.delay, self._answer_late, msg)
             return True
         return self._answer(msg)
+
+    def freeze(self) -> None:
+        if self._held is None:
+            self._held = []
+
+    def thaw(self) -> None:
+        held, self._held = self._held or [], None
+        for msg in held:
+            self._answer_late(msg)
 
     def _answer_late(self, msg: Message) -> None:
         if self._closed or not self.bus.connected or msg.flags & MessageFlag.NO_REPLY_EXPECTED:

@@ -25,6 +25,14 @@ Rules:
   capacity differs from the saved one. Otherwise Q starts from the capacity-weighted BMS SoC of the
   online packs. Until either is possible (no pack online yet) nothing is published: never an
   invented 0 %.
+- A record without a capacity (converted from dbus-aggregate-batteries, which saved only the Ah)
+  holds the charge of the whole bank, so it has no SoC until the whole bank is there: restoring it
+  against the first pack online would clamp it to that pack (100 %) and keep that wrong SoC as the
+  others arrive. It waits until no known pack is offline, at least `discovery.expected_packs` are
+  online and the online capacity has not changed for `restore_settle` seconds (packs still
+  appearing one by one), or at most `restore_max_wait` seconds; then it is restored when it fits
+  the installed capacity, else Q starts from the BMS SoC. Either way a full record is saved at
+  once.
 - Saving: a `SaveDecision` is returned right after initialising from the BMS SoC and after a
   reset (rare, and worth keeping across a crash), and otherwise at most once per `save_interval`
   when Q moved by at least `save_precision` x C since the last save; `shutdown()` gives the final
@@ -82,6 +90,8 @@ class CoulombParams:
     max_gap: float = 5.0
     future_skew: float = 3600.0  # a GX without RTC may boot with the clock of its last save
     idle_current: float = TTG_MIN_CURRENT  # below this discharge current /TimeToGo is invalid
+    restore_settle: float = 30.0  # a record without capacity: s without a pack arriving
+    restore_max_wait: float = 300.0  # ... and at most this long waiting for offline known packs
 
     @classmethod
     def from_config(cls, soc: Any, tick_interval: float = 1.0) -> CoulombParams:
@@ -110,6 +120,7 @@ class CounterInputs:
     max_cell_voltage: float | None = None
     min_cell_voltage: float | None = None
     min_soc_limit: float | None = None     # ESS /Settings/CGwacs/BatteryLife/MinimumSocLimit, %
+    packs_offline: int = 0                 # known packs that are not online
 
 
 @dataclass(frozen=True)
@@ -213,6 +224,8 @@ class CoulombCounter:
         self._empty_latched = False
         self._saved_charge: float | None = None
         self._saved_t: float | None = None
+        self._bank: tuple[float, float] | None = None  # (capacity, since) while a record waits
+        self._bank_wait_since: float | None = None
 
     def load(self, data: Mapping[str, Any] | None, problem: str | None, wall: float) -> None:
         """The state file as read (persist.read_json) and the wall time now (epoch seconds)."""
@@ -231,7 +244,8 @@ class CoulombCounter:
         capacity = capacity if capacity is not None and capacity > 0 else None
         forced: str | None = None
         if self.charge is None:
-            forced = self._initialise(now, capacity, _number(inputs.bms_soc), events)
+            forced = self._initialise(now, capacity, _number(inputs.bms_soc), events,
+                                      inputs.packs_offline)
             if self.charge is None:
                 return CounterStep(dict.fromkeys(OUTPUT_PATHS), events)
         else:
@@ -249,11 +263,26 @@ class CoulombCounter:
     # ----- steps ---------------------------------------------------------------------------
 
     def _initialise(self, now: float, capacity: float | None, bms_soc: float | None,
-                    events: list[str]) -> str | None:
+                    events: list[str], packs_offline: int = 0) -> str | None:
         if capacity is None:
             self._wait(events, "no pack online yet")
             return None
         parsed = self._stored
+        if isinstance(parsed, tuple) and parsed[1] is None:
+            charge, _, age = parsed
+            if not self._bank_complete(now, capacity, packs_offline):
+                self._wait(events, f"the saved charge {charge:.2f} Ah has no capacity: waiting "
+                                   "until every pack is online")
+                return None
+            if charge <= capacity:
+                self.charge, self.capacity = charge, capacity
+                self._saved_charge, self._saved_t = charge, now
+                events.append(f"own SoC restored: {charge:.2f} Ah of {capacity:.1f} Ah installed "
+                              f"= {self.soc:.1f} % (state saved {age:.0f} s ago)")
+                return "restored with the capacity"
+            parsed = (f"the saved charge {charge:.2f} Ah exceeds the {capacity:.1f} Ah "
+                      "installed, so it is not this bank's")
+            self._stored = parsed
         if isinstance(parsed, tuple):
             charge, saved_capacity, age = parsed
             if saved_capacity is not None and abs(saved_capacity - capacity) > 1e-6:
@@ -275,6 +304,16 @@ class CoulombCounter:
         events.append(f"own SoC initialised from the BMS SoC {bms_soc:.1f} % = "
                       f"{self.charge:.2f} Ah of {capacity:.1f} Ah: {parsed}")
         return "initialised"
+
+    def _bank_complete(self, now: float, capacity: float, packs_offline: int) -> bool:
+        """Whether the packs have stopped arriving (module header, a record without capacity)."""
+        if self._bank is None or abs(self._bank[0] - capacity) > 1e-6:
+            self._bank = (capacity, now)
+        if self._bank_wait_since is None:
+            self._bank_wait_since = now
+        p = self.params
+        settled = now - self._bank[1] >= p.restore_settle and packs_offline == 0
+        return settled or now - self._bank_wait_since >= p.restore_max_wait
 
     def _wait(self, events: list[str], why: str) -> None:
         if not self._waiting_logged:
@@ -415,6 +454,7 @@ class CoulombSoc:
             max_cell_voltage=max(highs) if highs else None,
             min_cell_voltage=min(lows) if lows else None,
             min_soc_limit=min_soc_limit(ctx),
+            packs_offline=len(ctx.offline) + max(0, expected_packs(ctx) - len(online)),
         ))
         if step.save is not None:
             self._save = step.save
@@ -426,6 +466,11 @@ class CoulombSoc:
         """The save decision of the latest ticks, once; the daemon writes it."""
         save, self._save = self._save, None
         return save
+
+
+def expected_packs(ctx: TickContext) -> int:
+    """discovery.expected_packs (0 = no expectation); a context without a config expects none."""
+    return int(ctx.config.discovery.expected_packs) if ctx.config is not None else 0
 
 
 def min_soc_limit(ctx: TickContext) -> float | None:
