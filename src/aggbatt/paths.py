@@ -41,11 +41,12 @@ _A1 = PathSpec(float, 1, "A")
 _KWH = PathSpec(float, 2, "kWh")
 _INT_PREFIXES = ("/Alarms/", "/Io/", "/System/NrOf")
 
-# /Packs/<n>/<leaf> (aggbatt.pages): the same types as the aggregate's own paths of that meaning.
+# /Packs/<n>/<leaf> (aggbatt.pages): the types of the aggregate's own paths of that meaning; a
+# pack's current to 0.1 A, as its BMS's reading noise would otherwise be a change every refresh.
 PACK_SPECS: dict[str, PathSpec] = {
     "Id": _STR, "Name": _STR, "Service": _STR, "State": _STR, "Reason": _STR,
     "DataAge": PathSpec(int, None, "s"),
-    "Dc/0/Voltage": _V, "Dc/0/Current": _A, "Soc": _PCT,
+    "Dc/0/Voltage": _V, "Dc/0/Current": _A1, "Soc": _PCT,
     "Info/MaxChargeVoltage": _V, "Info/MaxChargeCurrent": _A1, "Info/MaxDischargeCurrent": _A1,
     "BlockingCharge": _INT, "BlockingDischarge": _INT, "BlockingReason": _STR,
 }
