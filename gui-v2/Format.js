@@ -35,10 +35,12 @@ function packSummary(state, voltage, current, soc) {
 	return [text(state), number(voltage, 2, "V"), number(current, 1, "A"), number(soc, 0, "%")].join("  ")
 }
 
-// Under a pack row: why it is not online, else its limits and what it blocks.
-function packCaption(reason, dataAge, cvl, ccl, dcl, blocking) {
+// Under a pack row: why it is not online and what its last fresh data still imposes on the bank,
+// else its limits and what it blocks.
+function packCaption(reason, dataAge, holds, cvl, ccl, dcl, blocking) {
 	if (valid(reason) && reason !== "") {
-		return reason + " (data " + age(dataAge) + " old)"
+		var why = reason + " (data " + age(dataAge) + " old)"
+		return valid(holds) && holds !== "" ? why + "; still counts: " + holds : why
 	}
 	var limits = "CVL " + number(cvl, 2, "V") + "  CCL " + number(ccl, 1, "A") + "  DCL " + number(dcl, 1, "A")
 	return valid(blocking) && blocking !== "" ? limits + "  blocks " + blocking : limits

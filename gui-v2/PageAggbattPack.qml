@@ -26,6 +26,13 @@ Page {
 				secondaryText: Format.text(dataItem.value)
 			}
 			ListText {
+				objectName: "holds"
+				text: "Still counts on the bank"
+				dataItem.uid: root.pack + "Holds"
+				preferredVisible: dataItem.valid && dataItem.value !== ""
+				secondaryText: Format.text(dataItem.value)
+			}
+			ListText {
 				objectName: "age"
 				text: "Data age"
 				dataItem.uid: root.pack + "DataAge"

@@ -26,8 +26,8 @@ DeviceListPluginPage {
 			objectName: "pack" + index
 			text: packName.valid ? packName.value : "#" + (index + 1)
 			secondaryText: Format.packSummary(packState.value, voltage.value, current.value, soc.value)
-			caption: Format.packCaption(reason.value, dataAge.value, cvl.value, ccl.value, dcl.value,
-					blocking.value)
+			caption: Format.packCaption(reason.value, dataAge.value, holds.value, cvl.value, ccl.value,
+					dcl.value, blocking.value)
 			onClicked: Global.pageManager.pushPage("qrc:/aggbatt/PageAggbattPack.qml",
 					{ "title": row.text, "device": root.device, "slot": row.index })
 
@@ -35,6 +35,7 @@ DeviceListPluginPage {
 			VeQuickItem { id: packState; uid: row.slot + "State" }
 			VeQuickItem { id: reason; uid: row.slot + "Reason" }
 			VeQuickItem { id: dataAge; uid: row.slot + "DataAge" }
+			VeQuickItem { id: holds; uid: row.slot + "Holds" }
 			VeQuickItem { id: voltage; uid: row.slot + "Dc/0/Voltage" }
 			VeQuickItem { id: current; uid: row.slot + "Dc/0/Current" }
 			VeQuickItem { id: soc; uid: row.slot + "Soc" }

@@ -127,6 +127,8 @@ def test_the_packs_page_shows_one_row_per_pack_with_state_values_and_limits(repo
     reason = report["published"]["/Packs/2/Reason"]
     assert rows["pack2"]["caption"].startswith(reason)
     assert "data 20 s old" in rows["pack2"]["caption"]
+    holds = report["published"]["/Packs/2/Holds"]
+    assert rows["pack2"]["caption"].endswith(f"; still counts: {holds}")
 
 
 def test_rows_follow_value_changes(report):

@@ -22,7 +22,7 @@ def test_each_pack_gets_a_slot_with_its_state_readings_limits_and_blocking():
     values = PackPages().values([
         status(0),
         status(1, state="offline", online=False, reason="no valid /Dc/0/Voltage", age=12.6, voltage=None,
-               ccl=0.0, blocking_charge="CCL 0"),
+               ccl=0.0, blocking_charge="CCL 0", holds="CCL 0, DCL 150 A, CVL 55.2 V"),
     ], 0.0)
     assert values["/Packs/Count"] == 2
     assert values["/Packs/0/Name"] == "Pack 0"
@@ -39,6 +39,8 @@ def test_each_pack_gets_a_slot_with_its_state_readings_limits_and_blocking():
     assert values["/Packs/1/BlockingCharge"] == 1
     assert values["/Packs/1/BlockingDischarge"] == 0
     assert values["/Packs/1/BlockingReason"] == "charge: CCL 0"
+    assert values["/Packs/1/Holds"] == "CCL 0, DCL 150 A, CVL 55.2 V"
+    assert values["/Packs/0/Holds"] is None
 
 
 def test_a_missing_pack_has_no_blocking_verdict():

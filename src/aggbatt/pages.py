@@ -36,7 +36,7 @@ PACKS_COUNT = "/Packs/Count"
 PACK_LEAVES = (
     "Id", "Name", "Service", "State", "Reason", "DataAge", "Dc/0/Voltage", "Dc/0/Current", "Soc",
     "Info/MaxChargeVoltage", "Info/MaxChargeCurrent", "Info/MaxDischargeCurrent",
-    "BlockingCharge", "BlockingDischarge", "BlockingReason",
+    "BlockingCharge", "BlockingDischarge", "BlockingReason", "Holds",
 )
 
 CURRENT_SOURCE = "/Aggbatt/CurrentSource"
@@ -67,6 +67,7 @@ class PackView(Protocol):
     dcl: float | None
     blocking_charge: str | None
     blocking_discharge: str | None
+    holds: str | None
 
 
 def pack_path(slot: int, leaf: str) -> str:
@@ -88,7 +89,7 @@ def _slot_values(slot: int, pack: PackView) -> dict[str, Any]:
         None if pack.age is None else round(pack.age), pack.voltage, pack.current, pack.soc,
         pack.cvl, pack.ccl, pack.dcl,
         _flag(pack.blocking_charge, known), _flag(pack.blocking_discharge, known),
-        "; ".join(reasons) if known else None,
+        "; ".join(reasons) if known else None, pack.holds,
     )
     return {pack_path(slot, leaf): value for leaf, value in zip(PACK_LEAVES, values)}
 

@@ -48,7 +48,7 @@ PACK_SPECS: dict[str, PathSpec] = {
     "DataAge": PathSpec(int, None, "s"),
     "Dc/0/Voltage": _V, "Dc/0/Current": _A1, "Soc": _PCT,
     "Info/MaxChargeVoltage": _V, "Info/MaxChargeCurrent": _A1, "Info/MaxDischargeCurrent": _A1,
-    "BlockingCharge": _INT, "BlockingDischarge": _INT, "BlockingReason": _STR,
+    "BlockingCharge": _INT, "BlockingDischarge": _INT, "BlockingReason": _STR, "Holds": _STR,
 }
 
 SPECS: dict[str, PathSpec] = {
