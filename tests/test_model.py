@@ -121,6 +121,10 @@ def test_pack_paths() -> None:
     assert pack_paths(False) == model.PACK_PATHS
     # pack power is V x I (what serialbattery publishes), so its signals are not subscribed to
     assert "/Dc/0/Power" not in pack_paths(True)
+    # /History needs a match rule of its own per pack: read only when the bank's is published
+    assert not any(p.startswith("/History/") for p in pack_paths(True))
+    assert "/History/ChargedEnergy" in pack_paths(False, history=True)
+    assert "/Voltages/Cell1" in pack_paths(True, history=True)
 
 
 def test_safety_paths_and_urgent_ticks() -> None:

@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ from aggbatt.engine import (
     needs_urgent_tick,
     pack_paths,
 )
+from aggbatt.pages import info_values
 from aggbatt.paths import PRODUCT_ID, add_spec_path
 from aggbatt.persist import read_json, write_json_atomic
 from aggbatt.reload import (
@@ -208,7 +210,7 @@ class Daemon:
 
     def _monitored(self) -> dict[str, Any]:
         """Service classes and paths to follow: packs, plus the Victron devices of VictronDevices."""
-        battery = pack_paths(self.config.discovery.cell_voltages)
+        battery = pack_paths(self.config.discovery.cell_voltages, self.config.discovery.history)
         if not isinstance(self.engine.strategies.current, VictronDevices):
             return {"battery": battery}
         classes: dict[str, Any] = {c: frozenset(p) for c, p in SERVICE_PATHS.items()}
@@ -408,7 +410,7 @@ class Daemon:
     def _apply(self, result: TickResult) -> None:
         assert self.service is not None
         svc = self.service
-        for path, value in result.values.items():
+        for path, value in {**result.values, **self._info_values()}.items():
             if path in svc:
                 try:
                     svc[path] = value
@@ -637,6 +639,17 @@ class Daemon:
             "selection": selection_status(self.state_dir, self.config.service.select_as_battery),
             **({"own_charge": self._own.status()} if self._own is not None else {}),
         }
+
+    def _info_values(self) -> dict[str, Any]:
+        """The bank's decisions for the GX page (aggbatt.pages), from what `status` reports."""
+        own = self._own.status() if self._own is not None else {}
+        due = (self._own.strategy.next_balancing(date.fromtimestamp(self.wall_clock()))
+               if self._own is not None else None)
+        return info_values(current_source=self._current_status().get("source"),
+                           soc_strategy=self.config.soc.strategy,
+                           charge_strategy=self.config.charge.strategy,
+                           balancing=own.get("balancing"), next_due=due,
+                           feedin_guard=own.get("feedin_guard"))
 
     def _current_status(self) -> dict[str, Any]:
         """Which current source is in use, why not the configured one, shunts not found."""

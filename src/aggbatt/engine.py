@@ -53,7 +53,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from aggbatt.aggregate import MODULES_OFFLINE, VOLTAGES_DIFF, aggregate, cell_voltage_values
+from aggbatt.aggregate import (
+    MODULES_OFFLINE, STOCK_PAGE_PATHS, VOLTAGES_DIFF, aggregate, cell_voltage_values,
+)
 from aggbatt.model import (
     ALARM_PATHS, ALLOW_BALANCE, ALLOW_CHARGE, ALLOW_DISCHARGE, BALANCING, BATTERY_LOW_VOLTAGE,
     BLOCKING_CHARGE, BLOCKING_DISCHARGE, CAPACITY, CCL, CELLS_PER_BATTERY, CHARGE_MODE,
@@ -65,6 +67,7 @@ from aggbatt.model import (
     needs_urgent_tick, pack_paths, revalidate, stale_verdict, validate,
 )
 from aggbatt.packs import MAX_KNOWN_PACKS, PackDirectory, PackRules
+from aggbatt.pages import PackPages
 from aggbatt.strategies import OfflinePack, Strategies, TickContext, build_strategies
 from aggbatt.strategies.charge import ShareMemory, apply_envelope, measurable_current
 from aggbatt.strategies.victron_current import block_limits
@@ -86,7 +89,7 @@ DYNAMIC_PATHS: tuple[str, ...] = (
     MIN_CELL_VOLTAGE, MAX_CELL_VOLTAGE, MIN_VOLTAGE_CELL_ID, MAX_VOLTAGE_CELL_ID,
     MIN_CELL_TEMPERATURE, MAX_CELL_TEMPERATURE, MIN_TEMPERATURE_CELL_ID, MAX_TEMPERATURE_CELL_ID,
     CELLS_PER_BATTERY, MODULES_ONLINE, MODULES_OFFLINE, BLOCKING_CHARGE, BLOCKING_DISCHARGE,
-    VOLTAGES_SUM, VOLTAGES_DIFF, *ALARM_PATHS,
+    VOLTAGES_SUM, VOLTAGES_DIFF, *ALARM_PATHS, *STOCK_PAGE_PATHS,
 )
 
 
@@ -105,6 +108,8 @@ class PackStatus:
     cvl: float | None = None
     ccl: float | None = None
     dcl: float | None = None
+    blocking_charge: str | None = None  # why the pack forbids charging, None when it does not
+    blocking_discharge: str | None = None
     holds: str | None = None  # what its last fresh data still imposes while it is not online
 
 
@@ -243,6 +248,7 @@ class Engine:
             restored = _restored(pack_id, directions) if pack_id in self._known else None
             if restored is not None:
                 self._fresh[pack_id] = restored
+        self._pages = PackPages()
 
     # ---- the tick -------------------------------------------------------------------------
 
@@ -295,8 +301,9 @@ class Engine:
             self._failing = False
             events.append("ticks work again: limits computed normally")
         self._last_good = {CVL: limits.cvl, CCL: limits.ccl, DCL: limits.dcl}
-        return TickResult(values, events, frozenset(self._known),
-                          self._statuses(now, present, trackers), self._blocks())
+        statuses = self._statuses(now, present, trackers)
+        values.update(self._pages.values(statuses, now))
+        return TickResult(values, events, frozenset(self._known), statuses, self._blocks())
 
     def _identify(self, now: float, services: Sequence[ServiceReading],
                   events: list[str]) -> dict[str, _Seen]:
@@ -482,6 +489,8 @@ class Engine:
                 voltage=snap.voltage if snap else None, current=snap.current if snap else None,
                 soc=snap.soc if snap else None, cvl=snap.cvl if snap else None,
                 ccl=snap.ccl if snap else None, dcl=snap.dcl if snap else None,
+                blocking_charge=snap.charge_block() if snap else None,
+                blocking_discharge=snap.discharge_block() if snap else None,
                 holds=self._holding.get(pack_id),
             ))
         return out
@@ -548,6 +557,7 @@ class Engine:
         })
         for path in self._cell_paths:
             values[path] = None
+        values.update(self._pages.cleared())
         events: list[str] = []
         if not self._failing:
             self._failing = True

@@ -135,6 +135,16 @@ ALARM_PATHS = tuple(f"/Alarms/{name}" for name in ALARM_NAMES)
 BMS_CABLE = "/Alarms/BmsCable"
 INTERNAL_FAILURE = "/Alarms/InternalFailure"
 
+# Lifetime counters and extremes of each pack; the bank's value is their sum, min or max. Counters
+# that move every second under load (TotalAhDrawn, TimeSinceLastFullCharge) are not read: each
+# would add a signal per pack per second in and one per second out, for a page a person reads.
+HISTORY_SUM = ("/History/ChargedEnergy", "/History/DischargedEnergy")
+HISTORY_MIN = ("/History/MinimumVoltage", "/History/MinimumCellVoltage",
+               "/History/MinimumTemperature")
+HISTORY_MAX = ("/History/MaximumVoltage", "/History/MaximumCellVoltage",
+               "/History/MaximumTemperature")
+HISTORY_PATHS = HISTORY_SUM + HISTORY_MIN + HISTORY_MAX
+
 CELL_PREFIX = "/Voltages/Cell"
 MAX_CELLS = 32  # serialbattery publishes /Voltages/Cell1..32 at most
 CELL_PATHS = tuple(f"{CELL_PREFIX}{n}" for n in range(1, MAX_CELLS + 1))
@@ -241,6 +251,14 @@ RULES: dict[str, Rule] = {
     VOLTAGES_SUM: _PACK_V,
     BALANCING: _COUNT,
     **{path: Rule(Kind.INTEGER, 0, 2) for path in ALARM_PATHS},
+    "/History/ChargedEnergy": Rule(Kind.NUMBER, 0.0, 1e7),  # kWh
+    "/History/DischargedEnergy": Rule(Kind.NUMBER, 0.0, 1e7),
+    "/History/MinimumVoltage": _PACK_V,
+    "/History/MaximumVoltage": _PACK_V,
+    "/History/MinimumCellVoltage": _CELL_V,
+    "/History/MaximumCellVoltage": _CELL_V,
+    "/History/MinimumTemperature": _TEMP,
+    "/History/MaximumTemperature": _TEMP,
 }
 
 _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL_PATHS}}
@@ -248,7 +266,8 @@ _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL
 # Every pack path the engine reads; the monitor subscribes to these only (see `pack_paths`).
 # /Dc/0/Power is not among them: serialbattery publishes exactly V x I, which the engine computes
 # itself (PackSnapshot.power), and it would be one more change per pack per second to process.
-PACK_PATHS: frozenset[str] = frozenset(RULES)
+# /History/* is read only when asked for: it needs a match rule of its own per pack.
+PACK_PATHS: frozenset[str] = frozenset(RULES) - frozenset(HISTORY_PATHS)
 
 # A change of one of these must trigger an immediate (debounced) tick.
 SAFETY_PATHS: frozenset[str] = frozenset({
@@ -261,9 +280,11 @@ SAFETY_PATHS: frozenset[str] = frozenset({
 _LINK_PATHS = (VOLTAGE, CURRENT)
 
 
-def pack_paths(cell_voltages: bool) -> frozenset[str]:
-    """The pack paths to subscribe to; per-cell voltages only when they are published."""
-    return PACK_PATHS | frozenset(CELL_PATHS) if cell_voltages else PACK_PATHS
+def pack_paths(cell_voltages: bool, history: bool = False) -> frozenset[str]:
+    """The pack paths to subscribe to; per-cell voltages only when they are published, /History
+    only when the bank's history is."""
+    paths = PACK_PATHS | frozenset(HISTORY_PATHS) if history else PACK_PATHS
+    return paths | frozenset(CELL_PATHS) if cell_voltages else paths
 
 
 def needs_urgent_tick(changed: Mapping[str, Any]) -> bool:
@@ -393,6 +414,7 @@ class PackSnapshot:
     voltages_sum: float | None = None
     balancing: int | None = None
     alarms: Mapping[str, int] = field(default_factory=dict)  # alarm path -> level 0/1/2
+    history: Mapping[str, float] = field(default_factory=dict)  # /History/* path -> value
     cell_voltages: Mapping[int, float] = field(default_factory=dict)  # cell number -> V
 
     @classmethod
@@ -419,6 +441,7 @@ class PackSnapshot:
             max_temperature_cell_id=get(MAX_TEMPERATURE_CELL_ID),
             voltages_sum=get(VOLTAGES_SUM), balancing=get(BALANCING),
             alarms={path: values[path] for path in ALARM_PATHS if path in values},
+            history={path: values[path] for path in HISTORY_PATHS if path in values},
             cell_voltages={n: values[path] for n, path in enumerate(CELL_PATHS, 1) if path in values},
         )
 

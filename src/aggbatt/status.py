@@ -39,10 +39,12 @@ CALL_TIMEOUT = 3.0
 
 _ABSENT = frozenset({"org.freedesktop.DBus.Error.ServiceUnknown",
                      "org.freedesktop.DBus.Error.NameHasNoOwner"})
-_SYSTEM_PATHS = ("/ActiveBatteryService", "/ActiveBmsService", "/ActiveBmsInstance")
+_SYSTEM_PATHS = ("/ActiveBatteryService", "/ActiveBmsService", "/ActiveBmsInstance",
+                 "/Dvcc/Alarms/MultipleBatteries")
+MULTIPLE_BATTERIES = "Dvcc/Alarms/MultipleBatteries"
 # Keys the text printer lays out itself; any other key is printed generically.
 _KNOWN = frozenset({"service", "version", "ticks", "aggregate", "packs", "config", "current_source",
-                    "selection", "system", "warnings", "not_answering"})
+                    "selection", "system", "warnings", "not_answering", "notes"})
 
 FIX_SELECTION = (
     "to fix: run 'aggbatt-ctl enable' (or 'aggbatt select-battery on'), or set "
@@ -129,6 +131,7 @@ async def gather(address: str | None, service: str = DEFAULT_SERVICE,
         bus.disconnect()
     status["system"] = system
     status["warnings"] = warnings(status, system)
+    status["notes"] = notes(status, system)
     return status
 
 
@@ -184,6 +187,17 @@ def warnings(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
     if isinstance(failure, (int, float)) and failure:
         found.append("internal failure: aggbatt publishes fail-safe limits; see its log")
     return found
+
+
+def notes(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
+    """Things Venus shows that look wrong but are expected with aggbatt."""
+    service = status.get("service") if isinstance(status.get("service"), str) else DEFAULT_SERVICE
+    if system.get(MULTIPLE_BATTERIES) == 1 and system.get("ActiveBmsService") == service:
+        return ["Venus reports /Dvcc/Alarms/MultipleBatteries = 1 (a 'multiple BMS' notification): "
+                "expected with aggbatt. The packs publish a charge voltage limit as well as the "
+                "aggregate, and Venus counts every battery that does; DVCC follows only the "
+                "selected BMS, which is the aggregate, so the notification can be acknowledged"]
+    return []
 
 
 # ----- printing -----------------------------------------------------------------------------
@@ -296,6 +310,9 @@ def render_text(report: Mapping[str, Any]) -> str:
         lines.append(f"  service.select_as_battery = {_plain(selection.get('select_as_battery'))}"
                      + (f"; saved to restore: {_plain(selection.get('previous'))}"
                         if selection.get("previous") else ""))
+    remarks = _list(report.get("notes"))
+    if remarks:
+        lines += ["", "Notes:"] + [f"  - {n}" for n in remarks]
     found = _list(report.get("warnings"))
     if found:
         lines += ["", "Warnings:"] + [f"  ! {w}" for w in found]
