@@ -1,4 +1,4 @@
-"""aggregate.py: bank values from online packs (field-survey 3.2, without the mistakes of 3.11)."""
+"""aggregate.py: bank values from online packs (reference §2, without the defects of §11)."""
 
 from __future__ import annotations
 

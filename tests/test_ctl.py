@@ -93,7 +93,7 @@ def test_lifecycle(gx: Gx, userland: str) -> None:
     localsettings = None
     if full:
         env = gx.env
-        # Venus picks a pack as battery monitor and BMS until the aggregate is selected (issue 7.7).
+        # Venus picks a pack as battery monitor and BMS until the aggregate is selected.
         localsettings = start_localsettings(gx.bus_address, settings_file)
     else:
         if shutil.which("busybox") is None:

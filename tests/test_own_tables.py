@@ -12,7 +12,7 @@ from aggbatt.strategies.current_tables import (
     CurrentTables, Latch, Limit, Table, TableInputs, TableParams,
 )
 
-# The reference's LFP preset (field-survey 3.6): 200 A x factors.
+# The reference's LFP preset (reference §6): 200 A x factors.
 LFP = TableParams(
     max_charge_current=200.0, max_discharge_current=200.0,
     charge=Table.of([2.90, 2.95, 3.30, 3.40, 3.45], [0.2, 1.0, 1.0, 0.1, 0.0]),

@@ -1,6 +1,6 @@
 """Hypothesis: safety invariants of the engine for any pack states.
 
-The oracle below is written from the rules (issue 4 item 3, ARCHITECTURE.md property 3, the ranges
+The oracle below is written from the rules (docs/safety.md §1, the ranges
 in model.py's header), not from the engine's code: a value counts only when it is a finite number
 in its documented range; a pack's share is max(capacity share, measured share), the measured share
 counting only while the bank current in that direction is at least freshness.idle_current (2 A).

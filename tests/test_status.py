@@ -32,7 +32,7 @@ def packs(*capacities: float) -> list[PackParams]:
 @asynccontextmanager
 async def systemcalc(bus_address: str, battery: str | None, bms: str | None,
                      multiple_batteries: int | None = None) -> AsyncIterator[None]:
-    """A com.victronenergy.system publishing only what status reads (contract 5.5)."""
+    """A com.victronenergy.system publishing only what status reads (victron-contract §5.5)."""
     bus = await MessageBus(bus_address=bus_address).connect()
     svc = BusItemService(bus, "com.victronenergy.system")
     svc.add_path("/ActiveBatteryService", battery, kind=str)

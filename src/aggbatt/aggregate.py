@@ -1,6 +1,6 @@
 """Online packs -> bank values. Pure functions; the packs are already validated and online.
 
-Formulas (field-survey 3.2, with the reference's mistakes of 3.11 avoided). Packs are in parallel,
+Formulas (docs/reference-aggregator.md §2, its defects of §11 avoided). Packs are in parallel,
 so every pack sees the bank voltage:
 
 - /Dc/0/Voltage: mean of the online packs (divided by the packs actually used, never by a

@@ -2,7 +2,7 @@
 
 Theory of operation:
 
-- Two connections. The aggregate service has its own (contract 6.1: consumers map one unique
+- Two connections. The aggregate service has its own (victron-contract §6.1: consumers map one unique
   sender to one service); the monitor and the settings client share the other.
 - The engine tick runs every `service.tick_interval` seconds and, debounced by `service.debounce`,
   as soon as a safety input changes (a pack's limits, AllowTo*, blocking, alarms, cell extremes)
@@ -10,7 +10,7 @@ Theory of operation:
 - A tick that raises publishes the engine's fail-safe limits and /Alarms/InternalFailure; each
   kind of exception is logged once. A watchdog thread exits the process when ticks stop for
   `safety.watchdog_timeout` seconds so the supervisor restarts it (a frozen daemon would leave
-  DVCC applying stale limits forever: systemcalc has no timeout, contract 4.6).
+  DVCC applying stale limits forever: systemcalc has no timeout, victron-contract §4.6).
 - The bus name is claimed after the first tick, so the first GetItems a consumer makes already
   holds a computed aggregate, and with DO_NOT_QUEUE so a second instance exits with a message.
   That first tick waits at most START_SCAN_WAIT for the packs' scans: a pack that does not answer

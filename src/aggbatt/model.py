@@ -43,7 +43,7 @@ daemon publishes a valid aggregate at once; only a pack that has been offline in
 A pack is unhealthy (FAULT) when, checked in this order:
 1. its service is not on the bus (gone, or a known pack not seen yet),
 2. it reports its own link loss: /System/NrOfModulesOnline == 0 (serialbattery after 10 s of failed
-   polls; contract 4.1),
+   polls; victron-contract §4.1),
 3. /Dc/0/Voltage, /Dc/0/Current, /Info/MaxChargeVoltage, /Info/MaxChargeCurrent or
    /Info/MaxDischargeCurrent is missing (serialbattery's link loss makes V and I invalid but keeps
    the old limits, so both checks are needed),

@@ -1,4 +1,4 @@
-"""Wire types and text units of the aggregate battery's paths (contract 4.1 and 4.8).
+"""Wire types and text units of the aggregate battery's paths (victron-contract §4.1 and §4.8).
 
 Types are fixed per path so a consumer never sees a path switch between `i` and `d`, and doubles are
 rounded to the resolution serialbattery publishes so float noise is not sent as a change.
@@ -12,7 +12,7 @@ from aggbatt.bus.service import BusItemService, TextFormatter, unit_text
 from aggbatt.pages import INFO_PATHS, PACKS_COUNT
 
 # Not a known battery ProductId: systemcalc keys quirks (CVL rewrites, forced DVCC/SVS settings,
-# even switching the Multi off) on real PIDs (contract 3.3).
+# even switching the Multi off) on real PIDs (victron-contract §3.3).
 PRODUCT_ID = 0xBA48
 
 

@@ -2,7 +2,7 @@
 
 The daemon answers `GetStatus` (interface io.github.aggbatt.Status, any path) on the aggregate's
 own connection with one JSON object (Daemon.status). This module asks for it, asks
-com.victronenergy.system which battery monitor and BMS Venus really uses (contract 4.3, 4.4,
+com.victronenergy.system which battery monitor and BMS Venus really uses (victron-contract §4.3, §4.4,
 5.5), adds warnings, and prints text or JSON.
 
 Rules:

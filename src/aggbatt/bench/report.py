@@ -1,4 +1,4 @@
-"""Numbers -> statistics, the targets of issue 8 item 4, one table and the JSON file.
+"""Numbers -> statistics, the performance goals, one table and the JSON file.
 
 The targets are goals the benchmark reports as met or missed, never a pass/fail verdict: the issue
 sets them for the 16 x 24 bank; they are shown for every bank so trends are visible.
@@ -53,7 +53,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def targets(run: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 8 item 4 with this run's value and met/missed (None: not measured)."""
+    """Each performance goal with this run's value and met/missed (None: not measured)."""
     procs = run["processes"]
     daemon = procs["daemon"]
     imports = procs.get("import_floor", {})
@@ -100,7 +100,7 @@ COLUMNS = (
 
 
 def table(runs: Sequence[Mapping[str, Any]]) -> str:
-    """One row per bank and build; targets marked met/MISSED (set by issue 8 for 16x24)."""
+    """One row per bank and build; targets marked met/MISSED (set by the performance goals for 16x24)."""
     lines = ["  ".join(name.rjust(width) for name, width in COLUMNS)]
     for run in runs:
         p = run["processes"]
@@ -135,7 +135,7 @@ CCL0: from a pack publishing CCL 0 to a client seeing the aggregate's ItemsChang
 stale s: median from a frozen pack's last publish to the aggregate's NrOfModulesOffline rising.
 start s: from spawning `aggbatt run` to the first valid aggregate (limits valid, all packs online).
 +prof: the daemon ran under cProfile (--profile), which inflates its CPU figures.
-met/MISSED: issue 8 item 4 targets, set for the 16x24 bank; reported, not pass/fail."""
+met/MISSED: the performance goals, set for the 16x24 bank; reported, not pass/fail."""
 
 
 def default_path(directory: Path, stamp: str) -> Path:

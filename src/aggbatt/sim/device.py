@@ -1,7 +1,7 @@
 """The connection life cycle every simulated device shares, and how its paths are published.
 
 Each device owns one dbus-fast connection and claims its well-known name only after every path
-exists (contract 1.1, 0.2-0.3). Faults are flags that `publish()` honours, so they can be switched
+exists (victron-contract §1.1). Faults are flags that `publish()` honours, so they can be switched
 at any time, in any order: frozen (on the bus, silent), hung (silent and answering no call),
 vanished (connection closed), invalidated paths, raw overrides (published bypassing the path's
 type). Two more shape what GetItems sees: a driver that answers it with an error or late (busy at
@@ -307,7 +307,7 @@ class SimDevice:
 
 
 def mandatory_specs(firmware_kind: type = str) -> list[PathSpec]:
-    """The generic paths every device service carries (contract 3.1); serialbattery publishes
+    """The generic paths every device service carries (victron-contract §3.1); serialbattery publishes
     its firmware as a string, Victron products as an int."""
     return [
         PathSpec("/Mgmt/ProcessName", str),

@@ -5,9 +5,9 @@ Theory of operation:
 - Physics and publishing are separate. `step(dt, current)` advances the pack (SoC integrates the
   current, cells follow OCV + I*R + per-cell offsets, the BMS recomputes its limits); `publish()`
   writes the resulting values into the BusItem service, which sends one PropertiesChanged per
-  changed path, as serialbattery does through velib (contract 4.1).
+  changed path, as serialbattery does through velib (victron-contract §4.1).
 - Each device owns one dbus-fast connection and claims its well-known name only after every path
-  exists (contract 1.1, 0.2-0.3).
+  exists (victron-contract §1.1).
 - Faults are flags that `publish()` honours, so they can be switched at any time, in any order:
   frozen (on the bus, silent), vanished (connection closed), link lost (serialbattery's comm-loss
   values), invalidated paths, raw overrides (published bypassing the path's type), blocked

@@ -11,7 +11,7 @@ clock is `ctx.now` (and `ctx.wall` for calendar rules), and anything to persist 
 Whatever a ChargeStrategy returns, the engine passes its CCL/DCL through
 `strategies.charge.apply_envelope`, which caps them at the per-pack-share limit of the online packs,
 zeroes them when a pack blocks or `on_pack_lost` demands it, and invalidates them when no pack is
-online: no strategy can push a pack beyond its own limits (ARCHITECTURE.md property 3).
+online: no strategy can push a pack beyond its own limits (docs/safety.md §1).
 
 To add a strategy: implement the Protocol and register a factory in `build_strategies`.
 """

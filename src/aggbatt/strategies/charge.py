@@ -1,6 +1,6 @@
 """Charge limits: the per-pack-share cap, the safety envelope, and PassthroughCharge.
 
-Per-pack-share cap (field-survey 2.1 item 4, 3.11 item 7; issue 4 item 3)
+Per-pack-share cap (reference §12 item 4, §11 item 7; docs/safety.md §1)
 -------------------------------------------------------------------------
 In a parallel bank pack i carries a share s_i of the bank current. The bank limit L keeps every
 online pack within its own limit when s_i x L <= limit_i for all i, so
@@ -30,7 +30,7 @@ elsewhere) counts as unknown, i.e. 1.
 
 Safety envelope (applied by the engine to every charge strategy's result), per direction:
 1. no pack online -> CVL, CCL and DCL invalid, so Venus applies its own "BMS lost" handling
-   (contract 4.6) instead of stale limits;
+   (victron-contract §4.6) instead of stale limits;
 2. any pack blocking (CCL/DCL 0, AllowTo* 0, its blocking count > 0) -> 0 at once: an online
    pack, or one that is not online (stale, offline, readmitting) whose last fresh data or whose
    present data blocks (`TickContext.held`); such a pack's block holds until fresh data from it
@@ -44,7 +44,7 @@ Safety envelope (applied by the engine to every charge strategy's result), per d
 CVL is capped at the lowest last fresh CVL of the held packs, and under own charge control also at
 their cell count x charge.own.max_cell_voltage.
 An invalid CVL from a strategy while packs are online is replaced by the lowest pack CVL: an
-invalid CVL would deselect the BMS (contract 4.6) and leave the bank unlimited.
+invalid CVL would deselect the BMS (victron-contract §4.6) and leave the bank unlimited.
 
 PassthroughCharge: CCL/DCL = the envelope itself; CVL per `charge.passthrough.cvl_mode`: "min" =
 the lowest CVL of the online packs, "absorption_hold" = strategies.cvl_arbitration.AbsorptionHold

@@ -1,6 +1,6 @@
 """Own CCL/DCL: piecewise-linear tables over the extreme cell voltages, with a DCL cut-off latch.
 
-Rules (field-survey 3.6, with the defects of 3.11 items 8 and 15 addressed):
+Rules (docs/reference-aggregator.md §6, with the defects of §11 items 8 and 15 addressed):
 
 - CCL = max_charge_current x f_c(highest cell voltage of the bank); DCL = max_discharge_current x
   f_d(lowest cell voltage). f is linear between the knots and flat outside them (the first or last

@@ -1,11 +1,11 @@
 """Pass-through CVL arbitration: "min" and the stateful "absorption_hold".
 
 Why: with cvl_mode "min" a pack that reaches float first pulls the whole bank down to its float
-voltage, so the other packs never finish absorption, balancing or their SoC reset (field-survey
-2.5, 3.9; DAB issue 169). The reference's KEEP_MAX_CVL jumps to the maximum as soon as one pack
+voltage, so the other packs never finish absorption, balancing or their SoC reset (reference
+§12 item 5, §9). The reference's KEEP_MAX_CVL jumps to the maximum as soon as one pack
 floats, which also overrides a pack that lowers its CVL to protect a high cell (3.11 item 10).
 
-Rules of "absorption_hold" (field-survey section 4 item 5):
+Rules of "absorption_hold" (reference §13):
 
 - Each online pack is classed from its /Info/ChargeMode text: TRANSITION when it contains "float"
   and "transition" (serialbattery's "Float Transition": its CVL ramps down slowly from absorption

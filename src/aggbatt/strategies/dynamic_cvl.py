@@ -2,7 +2,7 @@
 
 Rules:
 
-- Error signal, per online pack i (the reference's penalty sum, field-survey 3.4):
+- Error signal, per online pack i (the reference's penalty sum, reference §4):
   OV_i = sum over its cells of max(0, U_k - max_cell_voltage). A pack that publishes only its
   highest cell gives OV_i = max(0, max cell - max_cell_voltage), a lower bound of the sum.
 - While any OV_i > 0 the pack asks for cap_i = S_i - gain x OV_i, with S_i the pack's own cell sum

@@ -1,6 +1,6 @@
 """OwnCharge: aggbatt decides CVL, CCL and DCL for the whole bank (charge.strategy = "own").
 
-Rules (issue 6, field-survey 3.3-3.6; the reference's defects of 3.11 items 1-5, 8, 15 addressed):
+Rules (docs/reference-aggregator.md §3-§6; the reference's defects of §11 items 1-5, 8, 15 addressed):
 
 - Per-cell settings become bank volts per pack: a pack with n cells gets n x the cell voltage, and
   the bank value is the minimum over the online packs, so packs with different cell counts in
