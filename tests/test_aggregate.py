@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from aggbatt.aggregate import aggregate, cell_path, cell_voltage_values, charge_mode_summary
-from aggbatt.model import PackSnapshot, validate
+from aggbatt.core.aggregate import aggregate, cell_path, cell_voltage_values, charge_mode_summary
+from aggbatt.core.model import PackSnapshot, validate
 
 
 def pack(pid: str, **fields: Any) -> PackSnapshot:

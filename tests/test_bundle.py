@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from aggbatt.config import default_config, parse_config
-from aggbatt.paths import PRODUCT_ID
+from aggbatt.daemon.paths import PRODUCT_ID
 from tests.gxhelpers import BUNDLE, REPO
 
 # ELF e_machine values: EM_ARM = 40, EM_AARCH64 = 183.

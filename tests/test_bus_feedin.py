@@ -19,7 +19,7 @@ from dbus_fast import Message
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import pack_params
 from aggbatt.sim.settings import SimSettings
-from aggbatt.strategies.feedin import FEEDIN_PATH
+from aggbatt.core.strategies.feedin import FEEDIN_PATH
 
 pytestmark = pytest.mark.bus
 

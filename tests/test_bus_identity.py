@@ -18,7 +18,7 @@ from dbus_fast.auth import AuthAnonymous
 
 from aggbatt.sim.pack import PackParams
 from aggbatt.sim.privatebus import start_private_bus
-from aggbatt.status import STATUS_INTERFACE, forget_missing
+from aggbatt.tools.status import STATUS_INTERFACE, forget_missing
 from tests.busclient import aggregate_values, set_value, wait_for_values
 from tests.daemonharness import fast_config, running
 

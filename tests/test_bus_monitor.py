@@ -628,7 +628,7 @@ def test_plan_covers_every_wanted_path_and_admits_at_most_two_unwanted_per_wante
 
 
 async def test_a_bank_of_sixteen_packs_fits_the_match_rule_limit(connect, bus_address, caplog):
-    from aggbatt.engine import PACK_PATHS
+    from aggbatt.core.engine import PACK_PATHS
 
     caplog.set_level(logging.INFO, LOGGER)
     packs = 16

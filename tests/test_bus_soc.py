@@ -25,11 +25,11 @@ import pytest
 from dbus_fast.aio import MessageBus
 
 from aggbatt.daemon import Daemon
-from aggbatt.persist import read_json
+from aggbatt.daemon.persist import read_json
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import PackParams
 from aggbatt.sim.victron import SimShunt
-from aggbatt.strategies.coulomb import MIN_SOC_SETTING, STATE_VERSION
+from aggbatt.core.strategies.coulomb import MIN_SOC_SETTING, STATE_VERSION
 from tests.busclient import near, wait_for_values
 from tests.daemonharness import Harness, fast_config, running
 from tests.test_bus_current import victron

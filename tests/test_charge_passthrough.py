@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from aggbatt.config import config_from_dict, default_config
-from aggbatt.model import PackSnapshot
-from aggbatt.strategies import ChargeLimits, CurrentResult, OfflinePack, TickContext
-from aggbatt.strategies.charge import (
+from aggbatt.core.model import PackSnapshot
+from aggbatt.core.strategies import ChargeLimits, CurrentResult, OfflinePack, TickContext
+from aggbatt.core.strategies.charge import (
     CHARGE, DISCHARGE, PassthroughCharge, apply_envelope, pack_shares, share_limit,
 )
 

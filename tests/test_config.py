@@ -25,7 +25,7 @@ except ModuleNotFoundError:
     import tomli as tomllib
 
 from aggbatt import cli
-from aggbatt.reload import read_config
+from aggbatt.daemon.reload import read_config
 from aggbatt.config import (
     Config,
     ConfigError,

@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
-from aggbatt.model import PackSnapshot, ServiceReading
-from aggbatt.persist import read_json, write_json_atomic
+from aggbatt.core.model import PackSnapshot, ServiceReading
+from aggbatt.daemon.persist import read_json, write_json_atomic
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import PackParams
-from aggbatt.strategies import CurrentResult, TickContext, build_strategies
-from aggbatt.strategies.coulomb import (
+from aggbatt.core.strategies import CurrentResult, TickContext, build_strategies
+from aggbatt.core.strategies.coulomb import (
     STATE_VERSION,
     CoulombCounter,
     CoulombParams,

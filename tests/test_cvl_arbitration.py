@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from aggbatt.model import PackSnapshot
-from aggbatt.strategies.cvl_arbitration import AbsorptionHold, PackClass, classify, min_cvl
+from aggbatt.core.model import PackSnapshot
+from aggbatt.core.strategies.cvl_arbitration import AbsorptionHold, PackClass, classify, min_cvl
 
 
 def pack(name: str, cvl: float | None, mode: str | None, cells: int = 8,

@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
-from aggbatt.engine import Engine
-from aggbatt.model import CVL, ServiceReading
+from aggbatt.core.engine import Engine
+from aggbatt.core.model import CVL, ServiceReading
 
 LONG = os.environ.get("AGGBATT_LONG_TESTS") == "1"
 EXAMPLES = 3000 if LONG else 150

@@ -248,7 +248,7 @@ async def test_a_block_survives_a_restart_while_its_pack_is_missing(bus_address,
 async def test_forget_packs_drops_a_pack_removed_for_good(bus_address, tmp_path):
     import io
 
-    from aggbatt.status import forget_missing
+    from aggbatt.tools.status import forget_missing
 
     async with running(bus_address, tmp_path, packs(280, 280)) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)

@@ -8,10 +8,10 @@ import logging
 import time
 from pathlib import Path
 
-from aggbatt import status
+from aggbatt.tools import status
 from aggbatt.bus.monitor import MAX_PATHS
 from aggbatt.daemon import PACKS_FILE, STATE_VERSION
-from aggbatt.persist import write_json_atomic
+from aggbatt.daemon.persist import write_json_atomic
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import PackParams
 from tests.busclient import wait_for_values

@@ -6,9 +6,9 @@ import io
 from typing import Any
 
 from aggbatt.config import default_config
-from aggbatt.demo import DemoOptions, bank_profile, demo_packs, run_demo
-from aggbatt.engine import Engine
-from aggbatt.model import PACK_PATHS, ServiceReading
+from aggbatt.tools.demo import DemoOptions, bank_profile, demo_packs, run_demo
+from aggbatt.core.engine import Engine
+from aggbatt.core.model import PACK_PATHS, ServiceReading
 from aggbatt.sim.bank import SimBank
 from tests.daemonharness import fast_config
 

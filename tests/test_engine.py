@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from aggbatt.config import config_from_dict, default_config
-from aggbatt.engine import DYNAMIC_PATHS, Engine, TickResult
-from aggbatt.model import PACK_PATHS, SAFETY_PATHS, ServiceReading
-from aggbatt.strategies import ChargeLimits, CurrentResult, Strategies, TickContext
-from aggbatt.strategies.current import BmsSum
-from aggbatt.strategies.soc import BmsAverage
+from aggbatt.core.engine import DYNAMIC_PATHS, Engine, TickResult
+from aggbatt.core.model import PACK_PATHS, SAFETY_PATHS, ServiceReading
+from aggbatt.core.strategies import ChargeLimits, CurrentResult, Strategies, TickContext
+from aggbatt.core.strategies.current import BmsSum
+from aggbatt.core.strategies.soc import BmsAverage
 
 SB = "com.victronenergy.battery."
 SHORT = {
@@ -599,7 +599,7 @@ def test_a_serial_that_changes_every_tick_stays_one_pack() -> None:
 
 
 def test_known_packs_are_bounded_and_the_longest_missing_go_first() -> None:
-    from aggbatt.packs import MAX_KNOWN_PACKS
+    from aggbatt.core.packs import MAX_KNOWN_PACKS
 
     bank = charging_bank()
     stale = [f"OLD{n:03d}" for n in range(MAX_KNOWN_PACKS + 10)]

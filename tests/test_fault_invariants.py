@@ -33,7 +33,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
-from aggbatt.strategies.charge import SHARE_HALF_LIFE
+from aggbatt.core.strategies.charge import SHARE_HALF_LIFE
 from tests.faultgen import (
     DIRECTIONS, PackSpec, SimPack, Step, Tick, banks, fault_settings, fault_steps, run,
 )

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggbatt.strategies.feedin import (
+from aggbatt.core.strategies.feedin import (
     FEEDIN_PATH, FeedinGuard, Mode, Note, Persist, Restored, WriteSetting, restore_mode,
     setting_value,
 )

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from aggbatt.engine import Engine, ServiceReading
-from aggbatt.pages import info_values
-from aggbatt.paths import PRODUCT_ID
+from aggbatt.core.engine import Engine, ServiceReading
+from aggbatt.core.pages import info_values
+from aggbatt.daemon.paths import PRODUCT_ID
 from tests.daemonharness import fast_config
 from tests.gxhelpers import REPO
 

@@ -15,12 +15,12 @@ import pytest
 
 from aggbatt.cli import main
 from aggbatt.config import load_config
-from aggbatt.migrate import REFERENCE_DEFAULTS, MigrationError, date_of_day, migrate
-from aggbatt.persist import read_json
-from aggbatt.strategies.balancing import BalancingRecord
-from aggbatt.model import PackSnapshot
-from aggbatt.strategies import CurrentResult, TickContext
-from aggbatt.strategies.coulomb import CoulombParams, CoulombSoc, parse_record
+from aggbatt.tools.migrate import REFERENCE_DEFAULTS, MigrationError, date_of_day, migrate
+from aggbatt.daemon.persist import read_json
+from aggbatt.core.strategies.balancing import BalancingRecord
+from aggbatt.core.model import PackSnapshot
+from aggbatt.core.strategies import CurrentResult, TickContext
+from aggbatt.core.strategies.coulomb import CoulombParams, CoulombSoc, parse_record
 
 REF = Path(__file__).parent / "fixtures" / "reference"
 TODAY = date(2026, 11, 25)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from aggbatt import model
-from aggbatt.model import (
+from aggbatt.core import model
+from aggbatt.core.model import (
     PackSnapshot, PackState, PackTracker, data_age, expected_current, fault_of, needs_urgent_tick,
     pack_paths, revalidate, stale_verdict, validate,
 )

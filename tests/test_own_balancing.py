@@ -7,8 +7,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from aggbatt.persist import read_json, write_json_atomic
-from aggbatt.strategies.balancing import (
+from aggbatt.daemon.persist import read_json, write_json_atomic
+from aggbatt.core.strategies.balancing import (
     Balancing, BalancingInputs, BalancingParams, BalancingRecord, Phase, utc,
 )
 

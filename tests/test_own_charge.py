@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
-from aggbatt.model import CHARGE_MODE, PackSnapshot
-from aggbatt.strategies import CurrentResult
-from aggbatt.strategies.charge import CHARGE, DISCHARGE, apply_envelope, bound
-from aggbatt.strategies.current_tables import Table
-from aggbatt.strategies.own_charge import OwnCharge
+from aggbatt.core.model import CHARGE_MODE, PackSnapshot
+from aggbatt.core.strategies import CurrentResult
+from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, apply_envelope, bound
+from aggbatt.core.strategies.current_tables import Table
+from aggbatt.core.strategies.own_charge import OwnCharge
 
 MONTHS = [3.30, 3.31, 3.32, 3.33, 3.34, 3.35, 3.36, 3.37, 3.38, 3.39, 3.40, 3.41]
 OWN: dict[str, Any] = {

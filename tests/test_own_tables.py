@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aggbatt.strategies.current_tables import (
+from aggbatt.core.strategies.current_tables import (
     CurrentTables, Latch, Limit, Table, TableInputs, TableParams,
 )
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import date
 
-from aggbatt.engine import Engine, PackStatus, ServiceReading
-from aggbatt.pages import MAX_PACKS, PACK_LEAVES, READING_INTERVAL, PackPages, info_values
-from aggbatt.paths import spec_for
+from aggbatt.core.engine import Engine, PackStatus, ServiceReading
+from aggbatt.core.pages import MAX_PACKS, PACK_LEAVES, READING_INTERVAL, PackPages, info_values
+from aggbatt.daemon.paths import spec_for
 from tests.daemonharness import fast_config
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from aggbatt.daemon import Daemon
-from aggbatt.persist import MAX_BYTES, StateRead, read_json, write_json_atomic
-from aggbatt.selection import read_selection
-from aggbatt.strategies.feedin import Mode
+from aggbatt.daemon.persist import MAX_BYTES, StateRead, read_json, write_json_atomic
+from aggbatt.daemon.selection import read_selection
+from aggbatt.core.strategies.feedin import Mode
 from tests.daemonharness import fast_config
 
 
@@ -43,7 +43,7 @@ def test_missing_truncated_garbage_and_wrong_version(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from aggbatt.persist import write_json_atomic
+from aggbatt.daemon.persist import write_json_atomic
 i = int(sys.argv[2])
 print("ready", flush=True)
 while True:

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
-from aggbatt.engine import Engine, TickResult
-from aggbatt.model import PACK_PATHS, PackSnapshot, ServiceReading, revalidate, validate
-from aggbatt.strategies.charge import CHARGE, DISCHARGE, share_limit
+from aggbatt.core.engine import Engine, TickResult
+from aggbatt.core.model import PACK_PATHS, PackSnapshot, ServiceReading, revalidate, validate
+from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, share_limit
 
 SB = "com.victronenergy.battery."
 POLICIES = ("degrade", "block_charge", "block")

@@ -17,14 +17,14 @@ from dbus_fast import Message, Variant
 from dbus_fast.aio import MessageBus
 
 from aggbatt.config import config_from_dict, default_config
-from aggbatt.reload import REBUILDS, plan_reload, rebuild_strategies
+from aggbatt.daemon.reload import REBUILDS, plan_reload, rebuild_strategies
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import PackParams
 from aggbatt.sim.settings import SimSettings
-from aggbatt.strategies import build_strategies
-from aggbatt.strategies.coulomb import CounterInputs
-from aggbatt.strategies.current_tables import Limit
-from aggbatt.strategies.own_charge import BALANCING_FILE
+from aggbatt.core.strategies import build_strategies
+from aggbatt.core.strategies.coulomb import CounterInputs
+from aggbatt.core.strategies.current_tables import Limit
+from aggbatt.core.strategies.own_charge import BALANCING_FILE
 from tests.busclient import get_value, set_value, wait_for_values
 from tests.daemonharness import fast_config, running
 

@@ -16,7 +16,7 @@ import pytest
 from dbus_fast.aio import MessageBus
 
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
-from aggbatt.selection import (
+from aggbatt.daemon.selection import (
     BATTERY_SERVICE, BMS_INSTANCE, SELECTION_FILE, SelectionError, command, restore, select,
 )
 from aggbatt.sim.pack import PackParams

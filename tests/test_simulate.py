@@ -11,7 +11,7 @@ import pytest
 
 from aggbatt.cli import main
 from aggbatt.config import config_from_dict
-from aggbatt.simulate import SimulateOptions, cv_current, simulate, solar_current
+from aggbatt.tools.simulate import SimulateOptions, cv_current, simulate, solar_current
 
 # A flat charge table lets the current through up to the top, so the high cell (80 mV above the
 # others) reaches max_cell_voltage and the dynamic CVL has to hold it there.

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from aggbatt.bus.service import BusItemService
 from aggbatt.sim.pack import PackParams
-from aggbatt.status import main, notes, render_text
+from aggbatt.tools.status import main, notes, render_text
 from tests.busclient import aggregate_values, wait_for_values
 from tests.daemonharness import running
 

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
-from aggbatt.engine import Engine
-from aggbatt.model import PackSnapshot, ServiceReading
-from aggbatt.strategies import TickContext
-from aggbatt.strategies.victron_current import VictronDevices, VictronParams
+from aggbatt.core.engine import Engine
+from aggbatt.core.model import PackSnapshot, ServiceReading
+from aggbatt.core.strategies import TickContext
+from aggbatt.core.strategies.victron_current import VictronDevices, VictronParams
 from tests.test_engine import Bank, run
 
 AGGREGATE = "com.victronenergy.battery.aggregate"

@@ -65,8 +65,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from aggbatt.strategies import CurrentResult, SocResult, TickContext
-from aggbatt.strategies.soc import TTG_MIN_CURRENT, BmsAverage
+from aggbatt.core.strategies import CurrentResult, SocResult, TickContext
+from aggbatt.core.strategies.soc import TTG_MIN_CURRENT, BmsAverage
 
 STATE_FILE = "soc.json"
 STATE_VERSION = 1

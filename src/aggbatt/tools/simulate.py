@@ -30,16 +30,16 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aggbatt.engine import CHARGE_LIMITATION, DISCHARGE_LIMITATION, Engine
-from aggbatt.model import (
+from aggbatt.core.engine import CHARGE_LIMITATION, DISCHARGE_LIMITATION, Engine
+from aggbatt.core.model import (
     CCL, CHARGE_MODE, CVL, DCL, MAX_CELL_VOLTAGE, MIN_CELL_VOLTAGE, SOC, VOLTAGE, ServiceReading,
 )
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.lfp import ocv as lfp_ocv
 from aggbatt.sim.lfp import piecewise_linear
 from aggbatt.sim.pack import PackParams, SimPack
-from aggbatt.strategies.balancing import BalancingRecord
-from aggbatt.strategies.own_charge import OwnCharge
+from aggbatt.core.strategies.balancing import BalancingRecord
+from aggbatt.core.strategies.own_charge import OwnCharge
 
 DAY = 86400.0
 ROW_EVERY = 60.0  # s between CSV rows

@@ -67,7 +67,9 @@ MAX_CONFIG_NESTING = 16
 # does not fit the D-Bus int32 of /DeviceInstance would make the whole service unreadable.
 DEVICE_INSTANCE_RANGE = (0, 65535)
 
-DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "default.toml")
+# The shipped defaults live in the package's data/ folder, one level above this package.
+DEFAULT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                            "default.toml")
 DEFAULT_SOURCE = "default.toml"
 
 

@@ -47,7 +47,7 @@ from dbus_fast.aio import MessageBus
 from aggbatt.bus.connection import BusUnavailable, open_bus
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
 from aggbatt.bus.values import unwrap
-from aggbatt.persist import read_json, write_json_atomic
+from aggbatt.daemon.persist import read_json, write_json_atomic
 
 log = logging.getLogger("aggbatt.selection")
 

@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from aggbatt.config import Config, ConfigError, config_from_dict, load_config
-from aggbatt.persist import read_json
-from aggbatt.strategies import Strategies, build_strategies
-from aggbatt.strategies.balancing import STATE_VERSION as BALANCING_VERSION
-from aggbatt.strategies.coulomb import STATE_FILE as SOC_FILE
-from aggbatt.strategies.coulomb import STATE_VERSION as SOC_VERSION
-from aggbatt.strategies.coulomb import CoulombSoc
-from aggbatt.strategies.own_charge import BALANCING_FILE, OwnCharge
+from aggbatt.daemon.persist import read_json
+from aggbatt.core.strategies import Strategies, build_strategies
+from aggbatt.core.strategies.balancing import STATE_VERSION as BALANCING_VERSION
+from aggbatt.core.strategies.coulomb import STATE_FILE as SOC_FILE
+from aggbatt.core.strategies.coulomb import STATE_VERSION as SOC_VERSION
+from aggbatt.core.strategies.coulomb import CoulombSoc
+from aggbatt.core.strategies.own_charge import BALANCING_FILE, OwnCharge
 
 log = logging.getLogger("aggbatt")
 

@@ -53,10 +53,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from aggbatt.aggregate import (
+from aggbatt.core.aggregate import (
     MODULES_OFFLINE, STOCK_PAGE_PATHS, VOLTAGES_DIFF, aggregate, cell_voltage_values,
 )
-from aggbatt.model import (
+from aggbatt.core.model import (
     ALARM_PATHS, ALLOW_BALANCE, ALLOW_CHARGE, ALLOW_DISCHARGE, BALANCING, BATTERY_LOW_VOLTAGE,
     BLOCKING_CHARGE, BLOCKING_DISCHARGE, CAPACITY, CCL, CELLS_PER_BATTERY, CHARGE_MODE,
     CONSUMED_AH, CURRENT, CVL, DCL, INSTALLED_CAPACITY, INTERNAL_FAILURE, MAX_CELL_TEMPERATURE,
@@ -66,11 +66,11 @@ from aggbatt.model import (
     PackTracker, ServiceReading, Validated, data_age, expected_current, fault_of,
     needs_urgent_tick, pack_paths, revalidate, stale_verdict, validate,
 )
-from aggbatt.packs import MAX_KNOWN_PACKS, PackDirectory, PackRules
-from aggbatt.pages import PackPages
-from aggbatt.strategies import OfflinePack, Strategies, TickContext, build_strategies
-from aggbatt.strategies.charge import ShareMemory, apply_envelope, measurable_current
-from aggbatt.strategies.victron_current import block_limits
+from aggbatt.core.packs import MAX_KNOWN_PACKS, PackDirectory, PackRules
+from aggbatt.core.pages import PackPages
+from aggbatt.core.strategies import OfflinePack, Strategies, TickContext, build_strategies
+from aggbatt.core.strategies.charge import ShareMemory, apply_envelope, measurable_current
+from aggbatt.core.strategies.victron_current import block_limits
 
 __all__ = [
     "DYNAMIC_PATHS", "PACK_PATHS", "SAFETY_PATHS", "Engine", "PackStatus", "ServiceReading",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aggbatt.strategies import CurrentResult, TickContext
+from aggbatt.core.strategies import CurrentResult, TickContext
 
 
 class BmsSum:

@@ -32,11 +32,11 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from aggbatt.persist import write_json_atomic
-from aggbatt.strategies.balancing import STATE_VERSION as BALANCING_VERSION
-from aggbatt.strategies.coulomb import STATE_FILE as SOC_FILE
-from aggbatt.strategies.coulomb import STATE_VERSION as SOC_VERSION
-from aggbatt.strategies.own_charge import BALANCING_FILE
+from aggbatt.daemon.persist import write_json_atomic
+from aggbatt.core.strategies.balancing import STATE_VERSION as BALANCING_VERSION
+from aggbatt.core.strategies.coulomb import STATE_FILE as SOC_FILE
+from aggbatt.core.strategies.coulomb import STATE_VERSION as SOC_VERSION
+from aggbatt.core.strategies.own_charge import BALANCING_FILE
 
 CHARGE_FILES = ("storedvalue_charge", "charge")
 BALANCING_FILES = ("storedvalue_last_balancing", "last_balancing")

@@ -43,9 +43,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from aggbatt.packs import BMS_PATHS, SHUNT_NAMES
-from aggbatt.strategies import ChargeLimits, CurrentResult, TickContext
-from aggbatt.strategies.current import BmsSum
+from aggbatt.core.packs import BMS_PATHS, SHUNT_NAMES
+from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
+from aggbatt.core.strategies.current import BmsSum
 
 VEBUS = "com.victronenergy.vebus."
 SOLARCHARGER = "com.victronenergy.solarcharger."

@@ -59,9 +59,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aggbatt.model import PackSnapshot
-from aggbatt.strategies import ChargeLimits, CurrentResult, TickContext
-from aggbatt.strategies.cvl_arbitration import AbsorptionHold
+from aggbatt.core.model import PackSnapshot
+from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
+from aggbatt.core.strategies.cvl_arbitration import AbsorptionHold
 
 MEASURED_SHARE_FLOOR = 1.0  # A: below this a BMS current ratio is mostly measurement noise
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from aggbatt.model import PackSnapshot, ServiceReading
+from aggbatt.core.model import PackSnapshot, ServiceReading
 
 
 @dataclass(frozen=True)
@@ -110,12 +110,12 @@ class Strategies:
 def build_strategies(config: Any) -> Strategies:
     """The strategies the config selects; ValueError names a choice this build does not have."""
     # Imported here: the strategy modules import the types above from this package.
-    from aggbatt.strategies.charge import PassthroughCharge
-    from aggbatt.strategies.coulomb import CoulombSoc
-    from aggbatt.strategies.current import BmsSum
-    from aggbatt.strategies.own_charge import OwnCharge
-    from aggbatt.strategies.soc import BmsAverage
-    from aggbatt.strategies.victron_current import VictronDevices
+    from aggbatt.core.strategies.charge import PassthroughCharge
+    from aggbatt.core.strategies.coulomb import CoulombSoc
+    from aggbatt.core.strategies.current import BmsSum
+    from aggbatt.core.strategies.own_charge import OwnCharge
+    from aggbatt.core.strategies.soc import BmsAverage
+    from aggbatt.core.strategies.victron_current import VictronDevices
 
     current_sources = {"bms_sum": BmsSum, "victron_devices": VictronDevices.from_config}
     soc_strategies = {"bms_average": BmsAverage, "coulomb_counter": CoulombSoc.from_config}

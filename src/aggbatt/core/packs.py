@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from aggbatt.model import (CCL, CUSTOM_NAME, CVL, DCL, PACK_TEXT_MAX, PRODUCT_NAME, SERIAL,
+from aggbatt.core.model import (CCL, CUSTOM_NAME, CVL, DCL, PACK_TEXT_MAX, PRODUCT_NAME, SERIAL,
                            ServiceReading)
 
 BATTERY_PREFIX = "com.victronenergy.battery."

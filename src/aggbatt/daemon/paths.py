@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aggbatt.bus.service import BusItemService, TextFormatter, unit_text
-from aggbatt.pages import INFO_PATHS, PACKS_COUNT
+from aggbatt.core.pages import INFO_PATHS, PACKS_COUNT
 
 # Not a known battery ProductId: systemcalc keys quirks (CVL rewrites, forced DVCC/SVS settings,
 # even switching the Multi off) on real PIDs (victron-contract §3.3).
@@ -41,7 +41,7 @@ _A1 = PathSpec(float, 1, "A")
 _KWH = PathSpec(float, 2, "kWh")
 _INT_PREFIXES = ("/Alarms/", "/Io/", "/System/NrOf")
 
-# /Packs/<n>/<leaf> (aggbatt.pages): the types of the aggregate's own paths of that meaning; a
+# /Packs/<n>/<leaf> (aggbatt.core.pages): the types of the aggregate's own paths of that meaning; a
 # pack's current to 0.1 A, as its BMS's reading noise would otherwise be a change every refresh.
 PACK_SPECS: dict[str, PathSpec] = {
     "Id": _STR, "Name": _STR, "Service": _STR, "State": _STR, "Reason": _STR,

@@ -32,7 +32,7 @@ READING_INTERVAL = 5.0  # s
 READING_LEAVES = ("DataAge", "Dc/0/Voltage", "Dc/0/Current", "Soc")
 PACKS_COUNT = "/Packs/Count"
 
-# Leaves under /Packs/<n>/; the types are declared in aggbatt.paths.
+# Leaves under /Packs/<n>/; the types are declared in aggbatt.daemon.paths.
 PACK_LEAVES = (
     "Id", "Name", "Service", "State", "Reason", "DataAge", "Dc/0/Voltage", "Dc/0/Current", "Soc",
     "Info/MaxChargeVoltage", "Info/MaxChargeCurrent", "Info/MaxDischargeCurrent",

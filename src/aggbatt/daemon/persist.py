@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aggbatt.persist")
 
 MAX_BYTES = 1 << 20  # our largest state file is a few hundred bytes
 MAX_DEPTH = 16

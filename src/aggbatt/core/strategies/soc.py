@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aggbatt.strategies import CurrentResult, SocResult, TickContext
+from aggbatt.core.strategies import CurrentResult, SocResult, TickContext
 
 TTG_MIN_CURRENT = 0.1  # A
 

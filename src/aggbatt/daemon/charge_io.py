@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
-from aggbatt.persist import read_json, write_json_atomic
-from aggbatt.strategies import balancing as balancing_state
-from aggbatt.strategies import feedin
-from aggbatt.strategies.feedin import FeedinGuard, Note, Persist, WriteSetting, restore_mode
-from aggbatt.strategies.own_charge import BALANCING_FILE, OwnCharge
+from aggbatt.daemon.persist import read_json, write_json_atomic
+from aggbatt.core.strategies import balancing as balancing_state
+from aggbatt.core.strategies import feedin
+from aggbatt.core.strategies.feedin import FeedinGuard, Note, Persist, WriteSetting, restore_mode
+from aggbatt.core.strategies.own_charge import BALANCING_FILE, OwnCharge
 
 log = logging.getLogger("aggbatt.charge")
 

@@ -17,9 +17,10 @@ Theory of operation:
   must not keep the aggregate off the bus (and the watchdog off) for two call timeouts. Such a
   pack joins when it answers; until then a known pack counts as not online.
   State files are written only once the name is ours: a second instance writes none.
-- Run-time changes: SIGHUP re-reads the config file (rules and what it resets: aggbatt.reload),
-  /LogLevel sets the log level, and `service.select_as_battery` makes the aggregate Venus' battery
-  monitor and BMS once the name is ours, in the background (aggbatt.selection).
+- Run-time changes: SIGHUP re-reads the config file (rules and what it resets:
+  aggbatt.daemon.reload), /LogLevel sets the log level, and `service.select_as_battery` makes the
+  aggregate Venus' battery monitor and BMS once the name is ours, in the background
+  (aggbatt.daemon.selection).
 - Liveness probe: a pack whose values have not changed for `freshness.stale_after_idle` seconds
   gets one GetValue (then one per further `stale_after_idle` while it stays quiet), answered within
   min(PROBE_TIMEOUT, `stale_after`) seconds by any live driver. A driver that does not answer is
@@ -55,19 +56,19 @@ from aggbatt.bus.settings import (
     SettingsUnavailable,
     UnusableDeviceInstance,
 )
-from aggbatt.charge_io import OwnChargeIO
+from aggbatt.daemon.charge_io import OwnChargeIO
 from aggbatt.config import DEVICE_INSTANCE_RANGE, Config, ConfigError
-from aggbatt.engine import (
+from aggbatt.core.engine import (
     Engine,
     ServiceReading,
     TickResult,
     needs_urgent_tick,
     pack_paths,
 )
-from aggbatt.pages import info_values
-from aggbatt.paths import PRODUCT_ID, add_spec_path
-from aggbatt.persist import read_json, write_json_atomic
-from aggbatt.reload import (
+from aggbatt.core.pages import info_values
+from aggbatt.daemon.paths import PRODUCT_ID, add_spec_path
+from aggbatt.daemon.persist import read_json, write_json_atomic
+from aggbatt.daemon.reload import (
     LOG_LEVELS,
     ROOT_LOGGER,
     plan_reload,
@@ -75,21 +76,21 @@ from aggbatt.reload import (
     rebuild_strategies,
     set_log_level,
 )
-from aggbatt.selection import apply_config_switch, selection_status
-from aggbatt.status import ACCESS_DENIED, FORGET_REFUSED, STATUS_INTERFACE
-from aggbatt.strategies.coulomb import (
+from aggbatt.daemon.selection import apply_config_switch, selection_status
+from aggbatt.tools.status import ACCESS_DENIED, FORGET_REFUSED, STATUS_INTERFACE
+from aggbatt.core.strategies.coulomb import (
     MIN_SOC_SETTING,
     SETTINGS_SERVICE,
     CoulombSoc,
     SaveDecision,
 )
-from aggbatt.strategies.coulomb import (
+from aggbatt.core.strategies.coulomb import (
     STATE_FILE as SOC_FILE,
 )
-from aggbatt.strategies.coulomb import (
+from aggbatt.core.strategies.coulomb import (
     STATE_VERSION as SOC_VERSION,
 )
-from aggbatt.strategies.victron_current import SERVICE_PATHS, VictronDevices
+from aggbatt.core.strategies.victron_current import SERVICE_PATHS, VictronDevices
 
 log = logging.getLogger("aggbatt")
 
@@ -479,7 +480,7 @@ class Daemon:
     # ----- run-time changes: SIGHUP reload, /LogLevel, battery selection --------------------
 
     def reload(self) -> None:
-        """SIGHUP: apply the config file again; rules and what it resets in aggbatt.reload."""
+        """SIGHUP: apply the config file again; rules and what it resets: aggbatt.daemon.reload."""
         if self.config_path is None:
             log.warning("SIGHUP: started without --config (built-in defaults), nothing to reload")
             return
@@ -641,7 +642,7 @@ class Daemon:
         }
 
     def _info_values(self) -> dict[str, Any]:
-        """The bank's decisions for the GX page (aggbatt.pages), from what `status` reports."""
+        """The bank's decisions for the GX page (aggbatt.core.pages), from what `status` reports."""
         own = self._own.status() if self._own is not None else {}
         due = (self._own.strategy.next_balancing(date.fromtimestamp(self.wall_clock()))
                if self._own is not None else None)

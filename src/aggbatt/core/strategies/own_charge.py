@@ -50,16 +50,16 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from aggbatt.model import CHARGE_MODE, PackSnapshot
-from aggbatt.strategies import ChargeLimits, CurrentResult, TickContext
-from aggbatt.strategies.charge import CHARGE, DISCHARGE, Bound, bound
-from aggbatt.strategies.balancing import (
+from aggbatt.core.model import CHARGE_MODE, PackSnapshot
+from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
+from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, Bound, bound
+from aggbatt.core.strategies.balancing import (
     Balancing, BalancingInputs, BalancingParams, BalancingRecord, Phase,
 )
-from aggbatt.strategies.current_tables import (
+from aggbatt.core.strategies.current_tables import (
     CurrentTables, Latch, Limit, Table, TableInputs, TableParams,
 )
-from aggbatt.strategies.dynamic_cvl import DynamicCvl, DynamicParams, highest_cell
+from aggbatt.core.strategies.dynamic_cvl import DynamicCvl, DynamicParams, highest_cell
 
 BALANCING_FILE = "balancing.json"
 # A pack's mean cell voltage may lie this fraction beyond the configured cell range (load sag,

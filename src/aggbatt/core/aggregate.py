@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from aggbatt.model import (
+from aggbatt.core.model import (
     ALARM_PATHS, ALLOW_BALANCE, ALLOW_CHARGE, ALLOW_DISCHARGE, BALANCING, BATTERY_LOW_VOLTAGE,
     BLOCKING_CHARGE, BLOCKING_DISCHARGE, BMS_CABLE, CELLS_PER_BATTERY, CHARGE_MODE,
     INSTALLED_CAPACITY, INTERNAL_FAILURE, MAX_CELL_TEMPERATURE, MAX_CELL_VOLTAGE,
