@@ -40,7 +40,7 @@ pytestmark = [
 ]
 
 MARK = "# aggbatt-ctl boot hook"
-REFERENCE = Path(__file__).parent / "fixtures" / "reference"
+REFERENCE = Path(__file__).parents[1] / "fixtures" / "reference"
 # What aggbatt-ctl and service/run call; under BusyBox these are all applets.
 APPLETS = ("sh", "mv", "ln", "tar", "gzip", "sha256sum", "cut", "sed", "awk", "grep", "cp", "rm",
            "mkdir", "readlink", "cat", "tail", "head", "df", "dirname", "date", "sleep", "cmp",

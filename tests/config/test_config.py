@@ -37,7 +37,7 @@ from aggbatt.config import (
     parse_config,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGED_DEFAULTS = REPO / "src" / "aggbatt" / "data" / "default.toml"
 
 LFP_MONTHS = [3.55, 3.50, 3.50, 3.45, 3.40, 3.40, 3.40, 3.40, 3.45, 3.50, 3.50, 3.55]

@@ -22,7 +22,7 @@ from aggbatt.core.model import PackSnapshot
 from aggbatt.core.strategies import CurrentResult, TickContext
 from aggbatt.core.strategies.coulomb import CoulombParams, CoulombSoc, parse_record
 
-REF = Path(__file__).parent / "fixtures" / "reference"
+REF = Path(__file__).parents[1] / "fixtures" / "reference"
 TODAY = date(2026, 11, 25)
 
 LFP_MONTHS = [3.55, 3.50, 3.50, 3.45, 3.40, 3.40, 3.40, 3.40, 3.45, 3.50, 3.50, 3.55]

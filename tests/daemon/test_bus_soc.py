@@ -32,7 +32,7 @@ from aggbatt.sim.victron import SimShunt
 from aggbatt.core.strategies.coulomb import MIN_SOC_SETTING, STATE_VERSION
 from tests.busclient import near, wait_for_values
 from tests.daemonharness import Harness, fast_config, running
-from tests.test_bus_current import victron
+from tests.daemon.test_bus_current import victron
 
 COUNTER = {"strategy": "coulomb_counter", "save_interval": 0.2, "save_precision": 0.001}
 SHUNT_ALONE = {"source": "victron_devices", "stale_after": 0.3, "shunts": [279], "shunt_alone": True}

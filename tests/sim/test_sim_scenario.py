@@ -11,7 +11,7 @@ from aggbatt.sim.bank import SimBank
 from aggbatt.sim.scenario import ACTIONS, FakeClock, Scenario, ScenarioError, load_scenario
 from tests.busclient import get_items
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "scenarios" / "pack-failure.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "scenarios" / "pack-failure.toml"
 
 
 def write(tmp_path: Path, text: str) -> Path:

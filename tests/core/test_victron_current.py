@@ -14,7 +14,7 @@ from aggbatt.core.engine import Engine
 from aggbatt.core.model import PackSnapshot, ServiceReading
 from aggbatt.core.strategies import TickContext
 from aggbatt.core.strategies.victron_current import VictronDevices, VictronParams
-from tests.test_engine import Bank, run
+from tests.core.test_engine import Bank, run
 
 AGGREGATE = "com.victronenergy.battery.aggregate"
 GRACE = 10.0                       # stale_after, also the start-up grace

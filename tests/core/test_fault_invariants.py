@@ -37,7 +37,7 @@ from aggbatt.core.strategies.charge import SHARE_HALF_LIFE
 from tests.faultgen import (
     DIRECTIONS, PackSpec, SimPack, Step, Tick, banks, fault_settings, fault_steps, run,
 )
-from tests.test_properties import amps, assert_publishable, count, flag, limit, number, volts
+from tests.core.test_properties import amps, assert_publishable, count, flag, limit, number, volts
 
 CCL, DCL, CVL = "/Info/MaxChargeCurrent", "/Info/MaxDischargeCurrent", "/Info/MaxChargeVoltage"
 LIMIT_PATH = {"charge": CCL, "discharge": DCL}
