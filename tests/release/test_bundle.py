@@ -155,7 +155,8 @@ def test_precompiled_bytecode_is_never_rewritten(full_bundle: tuple[Path, Path, 
     if not compiled:
         assert pycs == []
         pytest.skip("no CPython 3.12 on this machine to precompile with")
-    assert (release / "app" / "aggbatt" / "__pycache__" / "config.cpython-312.pyc").is_file()
+    cache = release / "app" / "aggbatt" / "config" / "__pycache__"
+    assert (cache / "__init__.cpython-312.pyc").is_file()
     assert all(p.name.endswith(".cpython-312.pyc") for p in pycs)
     # PEP 552 flags: 1 = hash-based without source check ("unchecked-hash").
     assert {struct.unpack("<I", p.read_bytes()[4:8])[0] for p in pycs} == {1}
