@@ -47,8 +47,8 @@ def pack(name: str, cells: int = 16, cell: float = 3.30, high: float | None = No
 
 
 def ctx(cfg, packs, wall: datetime, now: float = 0.0) -> SimpleNamespace:
-    return SimpleNamespace(now=now, config=cfg, online=tuple(packs), offline=(), services=(),
-                           wall=wall)
+    return SimpleNamespace(now=now, config=cfg, online=tuple(packs), offline=(), held=(),
+                           services=(), wall=wall)
 
 
 NO_CURRENT = CurrentResult(current=0.0, power=0.0, source="test")
@@ -193,7 +193,8 @@ def test_pack_without_cell_count_caps_with_its_own_cvl():
 
 def test_without_wall_clock_the_strategy_refuses():
     own = strategy()
-    bad = SimpleNamespace(now=0.0, config=config(), online=(pack("a"),), offline=(), services=())
+    bad = SimpleNamespace(now=0.0, config=config(), online=(pack("a"),), offline=(), held=(),
+                          services=())
     with pytest.raises(ValueError):
         own.limits(bad, NO_CURRENT)
 

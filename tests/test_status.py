@@ -94,7 +94,7 @@ async def test_json_matches_what_the_aggregate_publishes(bus_address, tmp_path):
 
 
 async def test_offline_pack_shows_its_reason_and_a_warning(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+    async with running(bus_address, tmp_path, packs(280, 280), bank_current=30.0) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         h.bank.packs[1].freeze(True)
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
@@ -158,7 +158,8 @@ def test_printer_copes_with_missing_keys_garbage_and_new_keys():
         "service": AGG, "aggregate": {"/Dc/0/Voltage": "53.2", "/Soc": float("nan"),
                                       "/Alarms/HighVoltage": 2},
         "packs": [{"id": "A", "online": False, "state": "offline", "reason": "service gone",
-                   "age": None, "voltage": None}, "junk", {"name": 7}],
+                   "age": None, "voltage": None, "holds": "CCL 0: AllowToCharge 0, DCL 50 A"},
+                  "junk", {"name": 7}],
         "balancing": {"phase": "holding", "next": "2025-07-01"},
         "feedin": {"mode": "holding", "setting": 0},
         "config": None, "warnings": ["something"],
@@ -168,6 +169,7 @@ def test_printer_copes_with_missing_keys_garbage_and_new_keys():
     assert "feedin: mode=holding, setting=0" in text
     assert "HighVoltage=2" in text
     assert "service gone" in text
+    assert "its last fresh data still counts: CCL 0: AllowToCharge 0, DCL 50 A" in text
     assert "! something" in text
 
 

@@ -21,7 +21,7 @@ engine can log it once per pack and path.
 Online/offline state machine
 ----------------------------
 One `PackTracker` per known pack id. Each tick the engine works out whether the pack is healthy
-(`fault_of`) and feeds one `Health` event into the tracker:
+(`fault_of`, then `stale_verdict`) and feeds one `Health` event into the tracker:
 
 - FAULT:   the pack must not be used (reason text attached),
 - FRESH:   the pack is healthy but has not yet been healthy for `readmit_after` seconds,
@@ -45,16 +45,23 @@ A pack is unhealthy (FAULT) when, checked in this order:
 3. /Dc/0/Voltage, /Dc/0/Current, /Info/MaxChargeVoltage, /Info/MaxChargeCurrent or
    /Info/MaxDischargeCurrent is missing (serialbattery's link loss makes V and I invalid but keeps
    the old limits, so both checks are needed),
-4. none of its values changed for longer than the staleness limit.
+4. its data is proven frozen (`stale_verdict`).
 
-Staleness decision: a healthy pack at rest can legitimately publish the same rounded values for
-minutes (current 0.0 A, flat LFP voltage). So the limit is `stale_after` while current flows and the
-longer `stale_after_idle` while the bank is idle. "Current flows" means the bank current (sum over
-the packs online before this tick) or the pack's own last current has a magnitude of at least
-`idle_current`. Only online packs count towards the bank current, so a frozen pack that is already
-offline cannot shorten the limit for the healthy ones; its own frozen current does shorten its own
-limit. A liveness probe (GetValue) was rejected: the engine is pure and a probe only shows that the
-driver's D-Bus thread answers, not that its BMS link works.
+Quiet is not dead: velib publishes only changes, so a healthy pack at rest, or one that blocks the
+direction the bank current flows in (its FET is open, it carries 0 A), may publish nothing for
+minutes. Silence alone therefore never makes a pack stale; evidence does:
+- a pack that reports current of its own (|I| >= `idle_current`) jitters every second, so no value
+  changing for `stale_after` seconds proves it frozen;
+- a pack that reports ~0 A is frozen when, for `stale_after` seconds without any change of its
+  values, the bank current (the configured current source, else the sum of the online packs) was
+  large enough that its capacity share is at least `idle_current`, in a direction it does not
+  block: a live pack would have reported that current;
+- a driver that hangs answers nothing: the daemon probes a pack quiet for `stale_after_idle`
+  seconds with one GetValue, and one that got no answer is stale (`ServiceReading.unresponsive`).
+A pack whose data froze while its driver still answers is found when the bank current next flows;
+until then its data is what a live pack's would be, and its last limits and blocks count anyway.
+A stale verdict sticks until a value of the pack changes: a frozen pack must not come back just
+because the bank went to rest and the evidence ended.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ class ServiceReading:
     # path -> monotonic time its value last changed, for every path in `values`; lets the engine
     # parse only the values that changed (`revalidate`). Empty = unknown: parse everything.
     changed_at: Mapping[str, float] = field(default_factory=dict)
+    # The daemon's liveness probe got no answer since the last change: the driver hangs.
+    unresponsive: bool = False
 
 
 # ---- paths ------------------------------------------------------------------------------------
@@ -473,10 +482,34 @@ class PackTracker:
     reason: str | None = "not seen yet"  # why the pack is not online; None while online
     healthy_since: float | None = None
     since: float | None = None  # when the present state was entered
+    # Liveness evidence (module header): since when it has held without a break, and the change
+    # stamp of the pack's data when it was ruled stale (the verdict sticks until that moves).
+    evidence_since: float | None = None
+    stale_stamp: float | None = None
+    stale_reason: str | None = None
 
     @property
     def online(self) -> bool:
         return self.state is PackState.ONLINE
+
+    def evidence_for(self, now: float, evidence: str | None, last_change: float) -> float:
+        """Seconds `evidence` has held without a break and without a change of the pack's data."""
+        if evidence is None:
+            self.evidence_since = None
+            return 0.0
+        if self.evidence_since is None:
+            self.evidence_since = now
+        return max(0.0, now - max(self.evidence_since, last_change))
+
+    def staleness(self, verdict: str | None, stamp: float) -> str | None:
+        """The stale verdict to use: a new one, or the old one while the data has not changed."""
+        if verdict is not None:
+            self.stale_stamp, self.stale_reason = stamp, verdict
+        elif self.stale_stamp is not None and stamp == self.stale_stamp:
+            return self.stale_reason
+        else:
+            self.stale_stamp = self.stale_reason = None
+        return verdict
 
     def update(self, now: float, fault: str | None, readmit_after: float) -> PackState:
         """Feed one tick's verdict; returns the state before it (compare with `.state`)."""
@@ -500,12 +533,42 @@ def is_current_flowing(current: float | None, idle_current: float) -> bool:
     return current is not None and abs(current) >= idle_current
 
 
-def stale_limit(bank_current: float | None, pack_current: float | None, idle_current: float,
-                stale_after: float, stale_after_idle: float) -> tuple[float, bool]:
-    """(limit in seconds, whether current flows) for one pack; see the module header."""
-    flowing = (is_current_flowing(bank_current, idle_current)
-               or is_current_flowing(pack_current, idle_current))
-    return (stale_after if flowing else stale_after_idle), flowing
+def expected_current(snapshot: PackSnapshot, bank_current: float | None, share: float,
+                     idle_current: float) -> str | None:
+    """What a live pack reporting ~0 A should be showing instead (module header), or None.
+
+    `share` is the pack's part of the bank current (its capacity share). None when the pack reports
+    current of its own (the `stale_after` rule covers it), when its share of the bank current is
+    below `idle_current`, or when the pack blocks the direction the bank current flows in.
+    """
+    if bank_current is None or is_current_flowing(snapshot.current, idle_current):
+        return None
+    if abs(bank_current) * share < idle_current:
+        return None
+    charging = bank_current > 0.0
+    if (snapshot.charge_block() if charging else snapshot.discharge_block()) is not None:
+        return None
+    return (f"the bank carried {abs(bank_current):.1f} A {'charging' if charging else 'discharging'}, "
+            "which it does not block")
+
+
+def stale_verdict(snapshot: PackSnapshot, age: float, evidence_for: float, evidence: str | None,
+                  unresponsive: bool, stale_after: float, idle_current: float) -> str | None:
+    """Why the pack's data is proven frozen, or None; see "Quiet is not dead" in the module header.
+
+    `age`: seconds since any value of the pack changed; `evidence_for`: seconds, within `age`, that
+    `evidence` (from `expected_current`) has held without a break.
+    """
+    current = snapshot.current
+    if is_current_flowing(current, idle_current) and age > stale_after:
+        return (f"no value changed for {age:.1f} s while it reports {current:.1f} A "
+                f"(limit {stale_after:g} s)")
+    if evidence is not None and evidence_for > stale_after:
+        return (f"no value changed for {age:.1f} s while {evidence} and it reports "
+                f"{current:.1f} A (limit {stale_after:g} s)")
+    if unresponsive:
+        return f"no value changed for {age:.1f} s and its driver did not answer a probe"
+    return None
 
 
 def data_age(now: float, last_change: Any, appeared_at: Any) -> float | None:
@@ -526,9 +589,9 @@ _REQUIRED = (
 )
 
 
-def fault_of(snapshot: PackSnapshot | None, age: float | None, limit: float, flowing: bool,
-             seen_before: bool) -> str | None:
-    """Why the pack must not be used right now, or None when it is healthy."""
+def fault_of(snapshot: PackSnapshot | None, age: float | None, seen_before: bool) -> str | None:
+    """Why the pack must not be used right now (checks 1-3 of the module header), or None; only
+    then is `stale_verdict` asked (check 4)."""
     if snapshot is None:
         return "service gone" if seen_before else "known pack not present"
     if snapshot.modules_online == 0:
@@ -538,7 +601,4 @@ def fault_of(snapshot: PackSnapshot | None, age: float | None, limit: float, flo
             return f"no valid {label}"
     if age is None:
         return "no receive time"
-    if age > limit:
-        return (f"no value changed for {age:.1f} s "
-                f"(limit {limit:g} s {'while current flows' if flowing else 'at rest'})")
     return None

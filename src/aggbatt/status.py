@@ -173,6 +173,7 @@ def warnings(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
     offline = [p for p in packs if not p.get("online")]
     if offline:
         names = ", ".join(f"{p.get('name', p.get('id', '?'))} ({p.get('reason') or p.get('state')})"
+                          + (f" still counting {p.get('holds')}" if p.get("holds") else "")
                           for p in offline)
         found.append(f"{len(offline)} of {len(packs)} pack(s) not online: {names}")
     silent = _unanswered(status)
@@ -268,12 +269,14 @@ def render_text(report: Mapping[str, Any]) -> str:
         rows = [["NAME", "STATE", "AGE", "V", "A", "SOC", "CVL", "CCL", "DCL", "SERVICE / REASON"]]
         for p in packs:
             why = p.get("reason")
+            holds = p.get("holds")
             rows.append([
                 _plain(p.get("name", p.get("id"))), _plain(p.get("state")), _age(p.get("age")),
                 _num(p.get("voltage"), 2), _num(p.get("current"), 1, sign=True),
                 _num(p.get("soc"), 1), _num(p.get("cvl"), 2), _num(p.get("ccl"), 1),
                 _num(p.get("dcl"), 1),
-                _plain(p.get("service")) + (f"  ({why})" if why and not p.get("online") else ""),
+                _plain(p.get("service")) + (f"  ({why})" if why and not p.get("online") else "")
+                + (f"  [its last fresh data still counts: {_plain(holds)}]" if holds else ""),
             ])
         lines += _table(rows)
     else:

@@ -338,6 +338,22 @@ class Monitor:
         await self._dbus("AddMatch", "s", [NAME_OWNER_RULE])
         await self._scan_listed(None, settle)
 
+    async def answers(self, name: str, timeout: float) -> bool:
+        """Whether `name`'s owner answers one GetValue within `timeout` seconds (a liveness probe
+        for a quiet service). An error reply is an answer too: the driver's bus thread runs."""
+        tracked = self._by_name.get(name)
+        if tracked is None:
+            return True
+        msg = Message(destination=tracked.service.owner, path="/Dc/0/Voltage", interface=BUSITEM,
+                      member="GetValue")
+        try:
+            await asyncio.wait_for(self.bus.call(msg), timeout)
+        except asyncio.TimeoutError:
+            return False
+        except Exception:  # noqa: BLE001 - a closed connection or a gone owner is no hang
+            return True
+        return True
+
     def of_class(self, service_class: str) -> list[RemoteService]:
         return [s for s in self.services.values() if s.service_class == service_class]
 

@@ -108,8 +108,9 @@ class PackParams:
     float_cell_voltage: float = 3.375
     absorption_seconds: float = 900.0
     rebulk_soc: float = 80.0
-    # Measurement noise of a real BMS (uniform, +-): a pack whose readings never change is not
-    # realistic, and the daemon's staleness rule relies on a live pack's readings moving.
+    # Measurement noise of a real BMS (uniform, +-) while the pack carries current: its readings
+    # then move every second. A pack carrying no current (at rest, or its FET open because it
+    # blocks the flowing direction) reads steady values, so velib publishes nothing for minutes.
     noise_a: float = 0.0
     noise_mv: float = 0.0
 
@@ -205,7 +206,7 @@ class SimPack(SimDevice):
         p = self.params
         current = float(current) if self.accepts(current) else 0.0
         self.current = current
-        self.measured_current = current + self._jitter(p.noise_a)
+        self.measured_current = current + self._jitter(p.noise_a) if current else 0.0
         self.elapsed += dt
         self.soc = min(100.0, max(0.0, self.soc + current * dt / 36.0 / p.capacity_ah))
         self._update_cells()
@@ -218,7 +219,7 @@ class SimPack(SimDevice):
     def _update_cells(self) -> None:
         p = self.params
         base = p.ocv(self.soc / 100.0) + self.current * p.internal_resistance
-        noise = self.params.noise_mv / 1000.0
+        noise = self.params.noise_mv / 1000.0 if self.current else 0.0
         self.cell_voltages = [base + o + d + self._jitter(noise)
                               for o, d in zip(self._offsets, self._drift)]
 

@@ -43,6 +43,10 @@ class TickContext:
     # Wall-clock time for calendar rules (epoch seconds or a datetime); None when the caller gave
     # none. Durations always use `now`: a wall-clock step must not stretch or shrink them.
     wall: float | datetime | None = None
+    # The last fresh data of the known packs that are not online (stale, offline, readmitting),
+    # with any block their present data shows: they never count as measurements, but their blocks
+    # and limits keep bounding CCL, DCL and CVL (strategies.charge.apply_envelope).
+    held: Sequence[PackSnapshot] = ()
 
 
 @dataclass(frozen=True)

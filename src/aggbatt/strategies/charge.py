@@ -22,11 +22,18 @@ Every share is > 0 (installed capacity is validated > 0), so L is always defined
 Safety envelope (applied by the engine to every charge strategy's result), per direction:
 1. no pack online -> CVL, CCL and DCL invalid, so Venus applies its own "BMS lost" handling
    (contract 4.6) instead of stale limits;
-2. any online pack blocking (CCL/DCL 0, AllowTo* 0, its blocking count > 0) -> 0 at once;
+2. any pack blocking (CCL/DCL 0, AllowTo* 0, its blocking count > 0) -> 0 at once: an online
+   pack, or one that is not online (stale, offline, readmitting) whose last fresh data or whose
+   present data blocks (`TickContext.held`); such a pack's block holds until fresh data from it
+   lifts it or it is forgotten;
 3. `freshness.on_pack_lost`: "block_charge" -> CCL 0 while any known pack is offline, "block" ->
    CCL and DCL 0; "degrade" -> nothing extra (the limits come from the online packs only);
 4. otherwise the strategy's limit, capped at the per-pack-share limit L (an invalid limit from the
-   strategy becomes L, a negative one 0).
+   strategy becomes L, a negative one 0). With held packs L is the lower of two cases: they left
+   the circuit (L of the online packs alone) or they are still in it with their last fresh limits,
+   capacity and current (L over all of them), so a pack dropping out never raises L.
+CVL is capped at the lowest last fresh CVL of the held packs, and under own charge control also at
+their cell count x charge.own.max_cell_voltage.
 An invalid CVL from a strategy while packs are online is replaced by the lowest pack CVL: an
 invalid CVL would deselect the BMS (contract 4.6) and leave the bank unlimited.
 
@@ -134,26 +141,53 @@ class Bound:
     source: str  # stable key: "none", "block:<id>", "pack_lost", "share"
 
 
+def limiting_packs(ctx: TickContext) -> tuple[PackSnapshot, ...]:
+    """The packs whose blocks and limits bound the bank: the online ones, plus the last fresh
+    data of those that are not online (going quiet or offline never raises a limit)."""
+    return (*ctx.online, *ctx.held)
+
+
 def bound(ctx: TickContext, direction: Direction) -> Bound:
     if not ctx.online:
         return Bound(None, "no pack online", "none")
-    for pack in ctx.online:
+    held = {id(pack) for pack in ctx.held}
+    for pack in limiting_packs(ctx):
         why = direction.block(pack)
         if why is not None:
-            return Bound(0.0, f"{pack.name} blocks {direction.verb} ({why})", f"block:{pack.id}")
+            last = ", its last fresh data; not online" if id(pack) in held else ""
+            return Bound(0.0, f"{pack.name} blocks {direction.verb} ({why}{last})",
+                         f"block:{pack.id}")
     policy = ctx.config.freshness.on_pack_lost
     blocks = policy == "block" or (policy == "block_charge" and direction is CHARGE)
     if blocks and ctx.offline:
         lost = ctx.offline[0]
         return Bound(0.0, f"{lost.name} offline, on_pack_lost = {policy}", "pack_lost")
-    share = share_limit(ctx.online, direction, measurable_current(ctx.config))
+    minimum = measurable_current(ctx.config)
+    share = share_limit(ctx.online, direction, minimum)
+    if ctx.held:
+        # A pack that is not online may have left the circuit (the online packs then carry all
+        # the current) or still be in it, taking its share: the limit must hold in both cases.
+        with_held = share_limit(limiting_packs(ctx), direction, minimum)
+        if with_held.limit is not None and (share.limit is None or with_held.limit < share.limit):
+            share = with_held
     if share.limit is None:
         return Bound(0.0, f"no pack with a valid {direction.label}", "no_limit")
     return Bound(share.limit, share.reason(direction), "share")
 
 
 def min_pack_cvl(ctx: TickContext) -> float | None:
-    cvls = [p.cvl for p in ctx.online if p.cvl is not None]
+    cvls = [p.cvl for p in limiting_packs(ctx) if p.cvl is not None]
+    return min(cvls) if cvls else None
+
+
+def held_cvl(ctx: TickContext) -> float | None:
+    """The highest CVL the packs that are not online allow: their last fresh CVL and, under own
+    charge control (which goes by cells, not by the packs' CVL), their cells x the per-cell cap."""
+    cvls = [p.cvl for p in ctx.held if p.cvl is not None]
+    charge = ctx.config.charge
+    if charge.strategy == "own":
+        per_cell = charge.own.max_cell_voltage
+        cvls += [cells * per_cell for p in ctx.held if (cells := p.cells or len(p.cell_voltages))]
     return min(cvls) if cvls else None
 
 
@@ -170,6 +204,9 @@ def apply_envelope(limits: ChargeLimits, ctx: TickContext) -> ChargeLimits:
     out = limits
     if not _usable(limits.cvl) or limits.cvl <= 0.0:  # type: ignore[operator]
         out = replace(out, cvl=min_pack_cvl(ctx))
+    held = held_cvl(ctx)
+    if held is not None and out.cvl is not None and out.cvl > held:
+        out = replace(out, cvl=held)
     charge, discharge = bound(ctx, CHARGE), bound(ctx, DISCHARGE)
     if not _usable(out.ccl) or out.ccl > charge.cap:  # type: ignore[operator]
         out = replace(out, ccl=charge.cap, charge_reason=charge.reason, charge_source=charge.source)
