@@ -1,9 +1,14 @@
+# shellcheck shell=bash
 # Shared set-up for scripts/test, scripts/demo and scripts/bench: system packages and the venv.
-# Sourced, not run. Usage: aggbatt_setup EXTRA[,EXTRA...]
+# Sourced, not run. Usage: aggbatt_setup EXTRA[,EXTRA...] [COMMAND...]: each COMMAND must be on the
+# PATH too (installed from the Debian package of the same name).
 VENV="${AGGBATT_VENV:-$PWD/.venv}"
 
 _apt_install() {
-    local missing=()
+    local missing=() tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
     command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus-daemon)
     command -v svscan >/dev/null 2>&1 || missing+=(daemontools)
     command -v busybox >/dev/null 2>&1 || missing+=(busybox)
@@ -20,9 +25,9 @@ _apt_install() {
 }
 
 aggbatt_setup() {
-    local extras="$1"
-    _apt_install
-    local stamp="$VENV/.aggbatt-$extras-$(cat pyproject.toml | sha256sum | cut -c1-16)"
+    local extras="$1" stamp
+    _apt_install "${@:2}"
+    stamp="$VENV/.aggbatt-$extras-$(sha256sum <pyproject.toml | cut -c1-16)"
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi
@@ -38,7 +43,8 @@ aggbatt_setup() {
 # warns: the plugin test then skips and says why.
 aggbatt_gui_setup() {
     local gui_venv="${AGGBATT_GUI_VENV:-$PWD/.venv-gui}"
-    local stamp="$gui_venv/.aggbatt-gui-$(sha256sum pyproject.toml | cut -c1-16)"
+    local stamp
+    stamp="$gui_venv/.aggbatt-gui-$(sha256sum pyproject.toml | cut -c1-16)"
     if [ ! -e "$stamp" ]; then
         _apt_install_qt_libs || true
         { [ -x "$gui_venv/bin/python" ] || python3 -m venv "$gui_venv"; } &&

@@ -822,6 +822,23 @@ def test_a_failed_tick_never_publishes_more_than_the_last_good_one() -> None:
     assert v["/Info/MaxChargeVoltage"] <= good["/Info/MaxChargeVoltage"]
 
 
+def test_the_last_line_of_the_fail_safe_keeps_the_known_packs_and_the_last_cvl(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    bank = charging_bank()
+    engine = Engine(default_config())
+    good = tick(engine, bank, 0.0).values
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("fail-safe broke too")
+
+    monkeypatch.setattr(engine, "_fail_safe", broken)
+    result = engine.fail_safe(1.0, bank.readings(), KeyError("x"))
+    assert result.known_packs == frozenset({"A", "B"})
+    assert result.values["/Info/MaxChargeVoltage"] == good["/Info/MaxChargeVoltage"]
+    assert result.values["/Info/MaxChargeCurrent"] == 0.0
+    assert result.values["/Info/MaxDischargeCurrent"] == 0.0
+
+
 def test_paths_for_the_monitor() -> None:
     assert SAFETY_PATHS <= PACK_PATHS
     assert {"/Info/MaxChargeCurrent", "/Io/AllowToCharge", "/Serial"} <= PACK_PATHS

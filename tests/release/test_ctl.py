@@ -156,7 +156,8 @@ def lifecycle(gx: Gx, env: dict[str, str], full: bool, v1: Path, v2: Path, bad: 
         assert gx.healthy_pid() == pid
 
         # --- kill -9: supervise restarts it, state and config stay ---
-        state_before = {p.name: p.read_bytes() for p in (gx.root / "state").iterdir()}
+        state_before = {p.name: p.read_bytes() for p in (gx.root / "state").iterdir()
+                        if not p.name.startswith(".")}
         os.kill(pid, 9)
         pid = wait_for(lambda: (p := gx.healthy_pid()) != pid and p, 20, "a new daemon after kill -9")
         assert {p.name for p in (gx.root / "state").iterdir()} >= state_before.keys()
@@ -406,7 +407,8 @@ def test_update_moves_an_install_from_before_the_app_folders(gx: Gx) -> None:
     (gx.old_root / "state" / "mine.json").write_text('{"kept": true}\n')
     gx.start_svscan()
     old_pid = wait_for(gx.healthy_pid, 20, "the old install's daemon")
-    old_state = {p.name for p in (gx.old_root / "state").iterdir()}
+    # Dot files are the daemon's temporary files of an atomic save in progress.
+    old_state = {p.name for p in (gx.old_root / "state").iterdir() if not p.name.startswith(".")}
 
     result = gx.ctl("update", str(v2))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -503,10 +503,14 @@ class Engine:
         try:
             return self._fail_safe(services, error)
         except Exception:  # noqa: BLE001 - the last line of defence must not fail
+            # Keep the known packs (an empty set would be saved and forget them, lifting
+            # on_pack_lost) and the last good CVL (an invalid CVL deselects the BMS).
+            last_cvl = self._last_good.get(CVL)
             values: dict[str, Any] = dict.fromkeys(DYNAMIC_PATHS)
             values.update({CCL: 0.0, DCL: 0.0, INTERNAL_FAILURE: 2,
+                           CVL: last_cvl if isinstance(last_cvl, float) else None,
                            CHARGE_LIMITATION: "internal error", DISCHARGE_LIMITATION: "internal error"})
-            return TickResult(values, (), frozenset(), ())
+            return TickResult(values, (), frozenset(self._known), ())
 
     def _fail_safe(self, services: Sequence[ServiceReading], error: BaseException) -> TickResult:
         snapshots: list[PackSnapshot] = []
