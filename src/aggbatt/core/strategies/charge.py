@@ -59,7 +59,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aggbatt.core.model import PackSnapshot
+from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
 from aggbatt.core.strategies.cvl_arbitration import AbsorptionHold
 
