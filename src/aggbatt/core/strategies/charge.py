@@ -270,7 +270,7 @@ class PassthroughCharge:
 
     name = "passthrough"
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: object = None) -> None:
         mode = getattr(getattr(getattr(config, "charge", None), "passthrough", None), "cvl_mode", "min")
         if mode not in ("min", "absorption_hold"):
             raise ValueError(f"charge.passthrough.cvl_mode = {mode!r} is not available in this "
