@@ -1,0 +1,151 @@
+"""A second connection to the bus, served by its own event loop in a thread, for large one-off calls.
+
+dbus-fast decodes a message in full on the loop that reads it. A service that answers GetItems with
+hundreds of thousands of paths (tens of MB, what a stock system bus still passes) would keep the
+daemon's loop busy for seconds: on a GX, whose dbus-fast is pure Python, close to the watchdog's
+limit. Calls made here are decoded, and what the caller keeps of them is picked out, on the
+scanner's thread; the daemon's loop only awaits the small result. Pure-Python decoding gives up the
+GIL every few milliseconds, so the daemon's loop goes on meanwhile. (dbus-fast's compiled decoder
+holds the GIL while it decodes one message; the loop then still waits for that, but no longer for
+building and freeing what is thrown away.)
+
+Signals and match rules stay on the main connection: the scanner holds no match rules and receives
+only the replies to its own calls, so its replies may overtake or trail signals; the monitor applies
+a scan only to the paths no signal has updated.
+
+The scanner ends with `close()`, and on its own once the main connection is gone or its loop is
+closed, so a connection that is dropped without closing the monitor leaves no thread behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from dbus_fast.aio import MessageBus
+
+T = TypeVar("T")
+
+# How often the scanner checks that the main connection is still there.
+WATCH_INTERVAL = 1.0
+
+log = logging.getLogger(__name__)
+
+
+def address_of(bus: MessageBus) -> str:
+    """The address `bus` was opened with, as a D-Bus address string."""
+    return ";".join(
+        transport + ":" + ",".join(f"{key}={quote(value, safe='-_/.')}" for key, value in options.items())
+        for transport, options in bus._bus_address
+    )
+
+
+class Scanner:
+    """Runs coroutines against its own connection on its own thread; see the module docstring."""
+
+    def __init__(self, main: MessageBus, loop: asyncio.AbstractEventLoop,
+                 thread: threading.Thread, bus: MessageBus, ended: asyncio.Future[None]) -> None:
+        self._main = main
+        self._loop = loop
+        self._thread = thread
+        self.bus = bus
+        self._ended = ended
+        self._stopping = False
+
+    @classmethod
+    async def open(cls, main: MessageBus, timeout: float) -> Scanner:
+        """Connect to the bus `main` is connected to; raise when that fails within `timeout`."""
+        address = address_of(main)
+        caller = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = caller.create_future()
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=_serve, args=(loop, caller, ended), name="aggbatt-scanner",
+                                  daemon=True)
+        thread.start()
+        try:
+            bus = await asyncio.wait_for(
+                asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_connect(address), loop)),
+                timeout)
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.shield(ended)
+            thread.join()
+            raise
+        scanner = cls(main, loop, thread, bus, ended)
+        asyncio.run_coroutine_threadsafe(scanner._watch(caller), loop)
+        return scanner
+
+    @property
+    def alive(self) -> bool:
+        return not self._stopping and self.bus.connected
+
+    async def run(self, call: Callable[[MessageBus], Coroutine[Any, Any, T]], timeout: float) -> T:
+        """`call(bus)` on the scanner's loop and connection; its result, or what it raised.
+        Raises asyncio.TimeoutError after `timeout` seconds and cancels the call."""
+        future = asyncio.run_coroutine_threadsafe(call(self.bus), self._loop)
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+
+    def stop(self) -> None:
+        """Ask the scanner to disconnect and end its thread; calls still running are cancelled."""
+        if self._stopping:
+            return
+        self._stopping = True
+        try:
+            self._loop.call_soon_threadsafe(self._shut_down)
+        except RuntimeError:
+            pass  # its loop is closed already: the thread has ended
+
+    async def close(self, timeout: float = 1.0) -> None:
+        """stop(), then wait up to `timeout` seconds for the thread to end (it is a daemon thread:
+        one still decoding a huge reply cannot hold up the process's exit)."""
+        self.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ended), timeout)
+        except asyncio.TimeoutError:
+            log.warning("the scanner thread did not end within %g s", timeout)
+            return
+        self._thread.join()
+
+    def _shut_down(self) -> None:
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+        if self.bus.connected:
+            self.bus.disconnect()
+        self._loop.stop()
+
+    async def _watch(self, caller: asyncio.AbstractEventLoop) -> None:
+        while self._main.connected and not caller.is_closed():
+            await asyncio.sleep(WATCH_INTERVAL)
+        self._stopping = True
+        self._shut_down()
+
+
+async def _connect(address: str) -> MessageBus:
+    # A MessageBus belongs to the loop it is created on.
+    return await MessageBus(bus_address=address).connect()
+
+
+def _serve(loop: asyncio.AbstractEventLoop, caller: asyncio.AbstractEventLoop,
+           ended: asyncio.Future[None]) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+        # Let cancelled calls and the disconnect finish their clean-up.
+        pending = asyncio.all_tasks(loop)
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    finally:
+        loop.close()
+        try:
+            caller.call_soon_threadsafe(_finish, ended)
+        except RuntimeError:
+            pass  # the caller's loop is closed: nobody waits
+
+
+def _finish(ended: asyncio.Future[None]) -> None:
+    if not ended.done():
+        ended.set_result(None)
