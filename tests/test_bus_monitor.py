@@ -8,6 +8,7 @@ import logging
 import shutil
 import signal
 import subprocess
+import threading
 
 import pytest
 from dbus_fast import Message, MessageFlag, MessageType, Variant
@@ -772,7 +773,7 @@ LIMITED_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Co
     <allow eavesdrop="true"/>
     <allow own="*"/>
   </policy>
-  <limit name="max_match_rules_per_connection">6</limit>
+  <limit name="{limit}">{value}</limit>
 </busconfig>
 """
 
@@ -780,11 +781,15 @@ LIMITED_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Co
 @pytest.fixture
 def limited_bus(tmp_path):
     """A dbus-daemon that allows only 6 match rules per connection (a stock system bus: 512)."""
+    yield from bus_with_limit(tmp_path, "max_match_rules_per_connection", 6)
+
+
+def bus_with_limit(tmp_path, limit: str, value: int):
     daemon = shutil.which("dbus-daemon")
     if daemon is None:
         pytest.skip("dbus-daemon not installed")
     config = tmp_path / "bus.conf"
-    config.write_text(LIMITED_CONFIG.format(socket=tmp_path / "bus"))
+    config.write_text(LIMITED_CONFIG.format(socket=tmp_path / "bus", limit=limit, value=value))
     process = subprocess.Popen([daemon, f"--config-file={config}", "--nofork", "--nopidfile",
                                 "--print-address=1"], stdout=subprocess.PIPE,
                                stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -829,3 +834,83 @@ async def test_too_many_match_rules_fall_back_to_one_rule_per_sender(limited_bus
     finally:
         for bus in buses:
             bus.disconnect()
+
+
+# ----- the scanner: GetItems on a connection and thread of its own -------------------------------
+
+
+async def bus_names(connect) -> list[str]:
+    client = await connect()
+    reply = await asyncio.wait_for(client.call(Message(
+        destination=DBUS, path=DBUS_PATH, interface=DBUS, member="ListNames")), 3)
+    return reply.body[0]
+
+
+async def test_scans_and_their_retries_use_a_connection_of_their_own_that_close_ends(connect):
+    """A huge GetItems reply is decoded on the scanner's thread, not on the loop that handles
+    signals; here: every scan comes from the scanner, and close() ends it."""
+    threads_before = set(threading.enumerate())
+    callers: list[str] = []
+    called = asyncio.Event()
+    busy = True
+
+    def answer(msg: Message, bus: MessageBus):
+        if msg.member != "GetItems":
+            return None
+        callers.append(msg.sender)
+        called.set()
+        if busy:
+            return Message.new_error(msg, "com.example.Error.Busy", "busy")
+        return Message.new_method_return(msg, "a{sa{sv}}", [
+            {"/DeviceInstance": {"Value": Variant("i", 7)}, "/Soc": {"Value": Variant("d", 40.0)}}])
+
+    await raw_service(connect, battery_name("late"), answer)
+    good = await publish_battery(connect, "good")
+    events = Events()
+    monitor = await start_monitor(connect, events, retry_delay=0.05, retry_max=0.05)
+    assert monitor.services[battery_name("good")].values["/Soc"] == 80.0
+    await until(called, lambda: len(callers) >= 3, 3.0)
+    busy = False
+    await events.until(lambda: len(events.added) == 2)
+    assert monitor.services[battery_name("late")].values == {"/Soc": 40.0}
+    # Signals still arrive on the main connection.
+    good["/Soc"] = 79.0
+    good.publish()
+    await events.until(lambda: events.changed)
+    assert events.changed == [(battery_name("good"), {"/Soc": 79.0})]
+
+    [scanner] = set(callers)
+    assert scanner != monitor.bus.unique_name
+    assert scanner in await bus_names(connect)
+    assert [t.name for t in set(threading.enumerate()) - threads_before] == ["aggbatt-scanner"]
+    await monitor.close()
+    assert scanner not in await bus_names(connect)
+    assert set(threading.enumerate()) - threads_before == set()
+
+
+async def test_without_a_second_connection_scans_use_the_main_one(tmp_path, caplog):
+    """A bus that admits two connections: the service's and the monitor's."""
+    caplog.set_level(logging.INFO, LOGGER)
+    threads_before = set(threading.enumerate())
+    buses: list[MessageBus] = []
+
+    async def connect() -> MessageBus:
+        bus = await MessageBus(bus_address=address).connect()
+        buses.append(bus)
+        return bus
+
+    limited = bus_with_limit(tmp_path, "max_connections_per_user", 2)
+    address = next(limited)
+    try:
+        await publish_battery(connect, "only")
+        events = Events()
+        monitor = await start_monitor(connect, events)
+        assert monitor.services[battery_name("only")].values["/Soc"] == 80.0
+        [line] = warnings_about(caplog, "no second connection for scans")
+        assert "scanning on the main one" in line
+        assert set(threading.enumerate()) - threads_before == set()
+        await monitor.close()
+    finally:
+        for bus in buses:
+            bus.disconnect()
+        limited.close()

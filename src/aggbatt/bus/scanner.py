@@ -26,9 +26,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 T = TypeVar("T")
+
+DBUS = "org.freedesktop.DBus"
+DBUS_PATH = "/org/freedesktop/DBus"
 
 # How often the scanner checks that the main connection is still there.
 WATCH_INTERVAL = 1.0
@@ -126,7 +130,14 @@ class Scanner:
 
 async def _connect(address: str) -> MessageBus:
     # A MessageBus belongs to the loop it is created on.
-    return await MessageBus(bus_address=address).connect()
+    bus = await MessageBus(bus_address=address).connect()
+    # dbus-fast takes a refused Hello (the bus's connection limit) for a connection: one call
+    # proves it works.
+    reply = await bus.call(Message(destination=DBUS, path=DBUS_PATH, interface=DBUS, member="GetId"))
+    if reply is None or reply.message_type is MessageType.ERROR:
+        bus.disconnect()
+        raise ConnectionError(reply.body[0] if reply is not None and reply.body else "refused")
+    return bus
 
 
 def _serve(loop: asyncio.AbstractEventLoop, caller: asyncio.AbstractEventLoop,
