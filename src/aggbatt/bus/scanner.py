@@ -122,8 +122,15 @@ class Scanner:
         self._loop.stop()
 
     async def _watch(self, caller: asyncio.AbstractEventLoop) -> None:
-        while self._main.connected and not caller.is_closed():
-            await asyncio.sleep(WATCH_INTERVAL)
+        # A scanner whose own connection is lost ends too: `alive` then sends scans to the main one.
+        lost = asyncio.ensure_future(self.bus.wait_for_disconnect())
+        while self._main.connected and not caller.is_closed() and not lost.done():
+            await asyncio.wait({lost}, timeout=WATCH_INTERVAL)
+        if lost.done():
+            # Retrieved so asyncio does not log it; how it was lost does not matter here.
+            lost.exception()
+        else:
+            lost.cancel()
         self._stopping = True
         self._shut_down()
 
