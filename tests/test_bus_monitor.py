@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggbatt.bus.monitor import Monitor, RemoteService, RulePlan, plan_rules
+from aggbatt.bus.scanner import Scanner
 from aggbatt.bus.service import BusItemService
 from aggbatt.bus.values import unwrap
 from aggbatt.sim.bank import SimBank
@@ -914,3 +915,35 @@ async def test_without_a_second_connection_scans_use_the_main_one(tmp_path, capl
         for bus in buses:
             bus.disconnect()
         limited.close()
+
+
+async def test_a_call_in_flight_when_the_scanner_stops_fails_instead_of_being_cancelled(connect):
+    """The monitor retries a scan that failed; a cancellation it did not ask for would end the
+    service's worker and leave the service unfollowed."""
+    threads_before = set(threading.enumerate())
+    asked = asyncio.Event()
+
+    def answer(msg: Message, bus: MessageBus):
+        if msg.member != "GetItems":
+            return None
+        asked.set()
+        return True  # never answered
+
+    await raw_service(connect, battery_name("held"), answer)
+    scanner = await Scanner.open(await connect(), timeout=3.0)
+    assert scanner.alive
+
+    async def get_items(bus: MessageBus) -> Message:
+        return await bus.call(Message(destination=battery_name("held"), path="/",
+                                      interface=BUSITEM, member="GetItems"))
+
+    call = asyncio.create_task(scanner.run(get_items, timeout=10.0))
+    await asyncio.wait_for(asked.wait(), 3)
+    scanner.stop()
+    with pytest.raises(Exception):
+        await asyncio.wait_for(call, 3)
+    assert not scanner.alive
+    await scanner.close()
+    assert set(threading.enumerate()) - threads_before == set()
+    with pytest.raises(ConnectionError):
+        await scanner.run(get_items, timeout=1.0)

@@ -854,6 +854,8 @@ class Monitor:
             return await self._scanner.run(get_items, self.call_timeout)
         except asyncio.TimeoutError:
             raise CallFailed(f"no answer to GetItems within {self.call_timeout:g} s") from None
+        except ConnectionError as exc:
+            raise CallFailed(f"GetItems failed: {exc}") from None
 
     async def _call(self, destination: str, path: str, interface: str, member: str,
                     signature: str = "", body: list[Any] | None = None, *,

@@ -20,6 +20,7 @@ closed, so a connection that is dropped without closing the monitor leaves no th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -75,9 +76,11 @@ class Scanner:
                 asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_connect(address), loop)),
                 timeout)
         except BaseException:
+            # The attempt was cancelled (timeout) or failed; its thread ends once it has unwound.
             loop.call_soon_threadsafe(loop.stop)
-            await asyncio.shield(ended)
-            thread.join()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(ended), timeout)
+                thread.join()
             raise
         scanner = cls(main, loop, thread, bus, ended)
         asyncio.run_coroutine_threadsafe(scanner._watch(caller), loop)
@@ -89,17 +92,24 @@ class Scanner:
 
     async def run(self, call: Callable[[MessageBus], Coroutine[Any, Any, T]], timeout: float) -> T:
         """`call(bus)` on the scanner's loop and connection; its result, or what it raised.
-        Raises asyncio.TimeoutError after `timeout` seconds and cancels the call."""
-        future = asyncio.run_coroutine_threadsafe(call(self.bus), self._loop)
+        Raises asyncio.TimeoutError after `timeout` seconds (and cancels the call), ConnectionError
+        when the scanner has stopped."""
+        coroutine = call(self.bus)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:
+            coroutine.close()
+            raise ConnectionError("the scanner has stopped") from None
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
 
     def stop(self) -> None:
-        """Ask the scanner to disconnect and end its thread; calls still running are cancelled."""
+        """Ask the scanner to disconnect and end its thread. Calls in flight fail as on a lost
+        connection, so their callers get an error, not a cancellation they did not ask for."""
         if self._stopping:
             return
         self._stopping = True
         try:
-            self._loop.call_soon_threadsafe(self._shut_down)
+            self._loop.call_soon_threadsafe(self.bus.disconnect)
         except RuntimeError:
             pass  # its loop is closed already: the thread has ended
 
@@ -114,25 +124,19 @@ class Scanner:
             return
         self._thread.join()
 
-    def _shut_down(self) -> None:
-        for task in asyncio.all_tasks(self._loop):
-            task.cancel()
-        if self.bus.connected:
-            self.bus.disconnect()
-        self._loop.stop()
-
     async def _watch(self, caller: asyncio.AbstractEventLoop) -> None:
-        # A scanner whose own connection is lost ends too: `alive` then sends scans to the main one.
+        """End the scanner once its connection is gone (stop(), or lost: `alive` then sends scans
+        to the main connection), the main connection is gone, or the caller's loop is closed."""
         lost = asyncio.ensure_future(self.bus.wait_for_disconnect())
         while self._main.connected and not caller.is_closed() and not lost.done():
             await asyncio.wait({lost}, timeout=WATCH_INTERVAL)
-        if lost.done():
-            # Retrieved so asyncio does not log it; how it was lost does not matter here.
-            lost.exception()
-        else:
-            lost.cancel()
         self._stopping = True
-        self._shut_down()
+        self.bus.disconnect()
+        # How it was lost does not matter here; gathered so asyncio does not log it.
+        await asyncio.gather(lost, return_exceptions=True)
+        calls = asyncio.all_tasks() - {asyncio.current_task()}
+        await asyncio.gather(*calls, return_exceptions=True)
+        asyncio.get_running_loop().stop()
 
 
 async def _connect(address: str) -> MessageBus:
@@ -152,7 +156,7 @@ def _serve(loop: asyncio.AbstractEventLoop, caller: asyncio.AbstractEventLoop,
     asyncio.set_event_loop(loop)
     try:
         loop.run_forever()
-        # Let cancelled calls and the disconnect finish their clean-up.
+        # Let what is left unwind (a connection attempt that was given up).
         pending = asyncio.all_tasks(loop)
         if pending:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
