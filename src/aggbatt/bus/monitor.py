@@ -24,6 +24,9 @@ Rules (docs/victron-contract.md §2 and §6.2):
   `max_paths` paths are kept per service (values of a class followed in full, and the listed paths
   the match-rule plan weighs); a service that lists more is logged once, its extra paths ignored,
   and its wanted paths get one rule each, since its namespaces cannot be judged.
+- GetItems is called on a second connection served by a thread of its own (bus/scanner.py): a
+  reply of tens of MB is decoded and cut down to what is kept there, not on the loop that handles
+  signals. If that connection cannot be opened or is lost, scans use the main one.
 
 Theory of operation. Owner changes of one well-known name are handled strictly in order by one
 worker task per name, so a quick vanish + return cannot race (victron-contract §2.5). Signals are applied

@@ -6,8 +6,8 @@ daemon's loop busy for seconds: on a GX, whose dbus-fast is pure Python, close t
 limit. Calls made here are decoded, and what the caller keeps of them is picked out, on the
 scanner's thread; the daemon's loop only awaits the small result. Pure-Python decoding gives up the
 GIL every few milliseconds, so the daemon's loop goes on meanwhile. (dbus-fast's compiled decoder
-holds the GIL while it decodes one message; the loop then still waits for that, but no longer for
-building and freeing what is thrown away.)
+holds the GIL for a whole message: with it the loop still waits for the decoding, though not for
+freeing the reply.)
 
 Signals and match rules stay on the main connection: the scanner holds no match rules and receives
 only the replies to its own calls, so its replies may overtake or trail signals; the monitor applies
