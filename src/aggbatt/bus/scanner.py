@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -37,6 +38,8 @@ DBUS_PATH = "/org/freedesktop/DBus"
 
 # How often the scanner checks that the main connection is still there.
 WATCH_INTERVAL = 1.0
+# The bus daemon itself answers the round trip that follows a call.
+RELEASE_TIMEOUT = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class Scanner:
         """`call(bus)` on the scanner's loop and connection; its result, or what it raised.
         Raises asyncio.TimeoutError after `timeout` seconds (and cancels the call), ConnectionError
         when the scanner has stopped."""
-        coroutine = call(self.bus)
+        coroutine = _scan_call(call(self.bus), self.bus)
         try:
             future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         except RuntimeError:
@@ -137,6 +140,38 @@ class Scanner:
         calls = asyncio.all_tasks() - {asyncio.current_task()}
         await asyncio.gather(*calls, return_exceptions=True)
         asyncio.get_running_loop().stop()
+
+
+# Calls in flight on any scanner's thread, and whether the cyclic garbage collector ran before
+# the first of them; touched only by scanner threads, under the GIL.
+_calls = 0
+_collecting = False
+
+
+async def _scan_call(call: Coroutine[Any, Any, T], bus: MessageBus) -> T:
+    """Run `call` with the cyclic garbage collector paused, and let go of its reply after it.
+
+    Decoding a huge reply allocates millions of objects, and the collector would walk them all
+    again and again, holding the GIL in whatever thread allocates: most of what was left of the
+    loop's stall, and most of it with dbus-fast's compiled decoder. The reply is freed by reference
+    counting, not by the collector, once dbus-fast lets go of it: it keeps the last message it
+    decoded until it decodes the next, so one small round trip follows each call. A call lasts at
+    most the call timeout, and so does the pause.
+    """
+    global _calls, _collecting
+    if _calls == 0:
+        _collecting = gc.isenabled()
+        gc.disable()
+    _calls += 1
+    try:
+        return await call
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bus.call(Message(
+                destination=DBUS, path=DBUS_PATH, interface=DBUS, member="GetId")), RELEASE_TIMEOUT)
+        _calls -= 1
+        if _calls == 0 and _collecting:
+            gc.enable()
 
 
 async def _connect(address: str) -> MessageBus:
