@@ -97,7 +97,7 @@ class Scanner:
         """`call(bus)` on the scanner's loop and connection; its result, or what it raised.
         Raises asyncio.TimeoutError after `timeout` seconds (and cancels the call), ConnectionError
         when the scanner has stopped."""
-        coroutine = _scan_call(call(self.bus), self.bus)
+        coroutine = _scan_call(call, self.bus)
         try:
             future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         except RuntimeError:
@@ -148,8 +148,8 @@ _calls = 0
 _collecting = False
 
 
-async def _scan_call(call: Coroutine[Any, Any, T], bus: MessageBus) -> T:
-    """Run `call` with the cyclic garbage collector paused, and let go of its reply after it.
+async def _scan_call(call: Callable[[MessageBus], Coroutine[Any, Any, T]], bus: MessageBus) -> T:
+    """Run `call(bus)` with the cyclic garbage collector paused, and let go of its reply after it.
 
     Decoding a huge reply allocates millions of objects, and the collector would walk them all
     again and again, holding the GIL in whatever thread allocates: most of what was left of the
@@ -164,7 +164,7 @@ async def _scan_call(call: Coroutine[Any, Any, T], bus: MessageBus) -> T:
         gc.disable()
     _calls += 1
     try:
-        return await call
+        return await call(bus)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(bus.call(Message(
