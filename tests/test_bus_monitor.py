@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import shutil
 import signal
@@ -887,6 +888,7 @@ async def test_scans_and_their_retries_use_a_connection_of_their_own_that_close_
     await monitor.close()
     assert scanner not in await bus_names(connect)
     assert set(threading.enumerate()) - threads_before == set()
+    assert gc.isenabled()
 
 
 async def test_without_a_second_connection_scans_use_the_main_one(tmp_path, caplog):
@@ -939,9 +941,13 @@ async def test_a_call_in_flight_when_the_scanner_stops_fails_instead_of_being_ca
 
     call = asyncio.create_task(scanner.run(get_items, timeout=10.0))
     await asyncio.wait_for(asked.wait(), 3)
+    # The collector pauses while a scan call is in flight (decoding a huge reply would have it
+    # walk millions of new objects again and again) and always resumes.
+    assert not gc.isenabled()
     scanner.stop()
     with pytest.raises(Exception):
         await asyncio.wait_for(call, 3)
+    assert gc.isenabled()
     assert not scanner.alive
     await scanner.close()
     assert set(threading.enumerate()) - threads_before == set()
