@@ -848,10 +848,20 @@ async def bus_names(connect) -> list[str]:
     return reply.body[0]
 
 
+def scanners_of_earlier_tests_ended() -> set[threading.Thread]:
+    """Wait for the scanners of monitors earlier tests left open (each ends within about a
+    second of its test's connections) and return the threads left: the collector pauses while
+    any scanner has a call in flight."""
+    for thread in threading.enumerate():
+        if thread.name == "aggbatt-scanner":
+            thread.join(5.0)
+    return set(threading.enumerate())
+
+
 async def test_scans_and_their_retries_use_a_connection_of_their_own_that_close_ends(connect):
     """A huge GetItems reply is decoded on the scanner's thread, not on the loop that handles
     signals; here: every scan comes from the scanner, and close() ends it."""
-    threads_before = set(threading.enumerate())
+    threads_before = scanners_of_earlier_tests_ended()
     callers: list[str] = []
     called = asyncio.Event()
     busy = True
@@ -922,7 +932,7 @@ async def test_without_a_second_connection_scans_use_the_main_one(tmp_path, capl
 async def test_a_call_in_flight_when_the_scanner_stops_fails_instead_of_being_cancelled(connect):
     """The monitor retries a scan that failed; a cancellation it did not ask for would end the
     service's worker and leave the service unfollowed."""
-    threads_before = set(threading.enumerate())
+    threads_before = scanners_of_earlier_tests_ended()
     asked = asyncio.Event()
 
     def answer(msg: Message, bus: MessageBus):

@@ -163,15 +163,26 @@ async def _scan_call(call: Callable[[MessageBus], Coroutine[Any, Any, T]], bus: 
         _collecting = gc.isenabled()
         gc.disable()
     _calls += 1
+    # The collector resumes without awaiting anything first, so that it resumes even when the
+    # call is cancelled or its coroutine is closed.
     try:
-        return await call(bus)
+        try:
+            result = await call(bus)
+        except Exception:
+            await _release(bus)
+            raise
+        await _release(bus)
+        return result
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(bus.call(Message(
-                destination=DBUS, path=DBUS_PATH, interface=DBUS, member="GetId")), RELEASE_TIMEOUT)
         _calls -= 1
         if _calls == 0 and _collecting:
             gc.enable()
+
+
+async def _release(bus: MessageBus) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(bus.call(Message(
+            destination=DBUS, path=DBUS_PATH, interface=DBUS, member="GetId")), RELEASE_TIMEOUT)
 
 
 async def _connect(address: str) -> MessageBus:
