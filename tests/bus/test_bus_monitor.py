@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggbatt.bus.monitor import Monitor, RemoteService, RulePlan, plan_rules
+from aggbatt.bus import scanner as scanner_module
 from aggbatt.bus.scanner import Scanner
 from aggbatt.bus.service import BusItemService
 from aggbatt.bus.values import unwrap
@@ -963,3 +964,45 @@ async def test_a_call_in_flight_when_the_scanner_stops_fails_instead_of_being_ca
     assert set(threading.enumerate()) - threads_before == set()
     with pytest.raises(ConnectionError):
         await scanner.run(get_items, timeout=1.0)
+
+
+async def test_calls_that_keep_overlapping_do_not_keep_the_collector_paused(connect, monkeypatch):
+    """Services that never answer, retried, could keep a scan call in flight at all times."""
+    scanners_of_earlier_tests_ended()
+    monkeypatch.setattr(scanner_module, "MAX_PAUSE", 0.0)
+    asked: list[Message] = []
+    held = asyncio.Event()
+
+    def answer(msg: Message, bus: MessageBus):
+        if msg.member != "GetItems":
+            return None
+        asked.append(msg)
+        held.set()
+        return True  # never answered
+
+    await raw_service(connect, battery_name("held"), answer)
+    scanner = await Scanner.open(await connect(), timeout=3.0)
+
+    async def get_items(bus: MessageBus) -> Message:
+        return await bus.call(Message(destination=battery_name("held"), path="/",
+                                      interface=BUSITEM, member="GetItems"))
+
+    collections: list[int] = []
+
+    def collected(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    first = asyncio.create_task(scanner.run(get_items, timeout=10.0))
+    await until(held, lambda: len(asked) == 1)
+    gc.callbacks.append(collected)
+    try:
+        second = asyncio.create_task(scanner.run(get_items, timeout=10.0))
+        await until(held, lambda: len(asked) == 2)
+        assert not gc.isenabled()
+    finally:
+        gc.callbacks.remove(collected)
+    assert 2 in collections
+    await scanner.close()
+    await asyncio.gather(first, second, return_exceptions=True)
+    assert gc.isenabled()

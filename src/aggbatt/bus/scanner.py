@@ -24,6 +24,7 @@ import contextlib
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -40,6 +41,8 @@ DBUS_PATH = "/org/freedesktop/DBus"
 WATCH_INTERVAL = 1.0
 # The bus daemon itself answers the round trip that follows a call.
 RELEASE_TIMEOUT = 1.0
+# Seconds the cyclic garbage collector may stay paused by overlapping calls (see _scan_call).
+MAX_PAUSE = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +145,11 @@ class Scanner:
         asyncio.get_running_loop().stop()
 
 
-# Calls in flight on any scanner's thread, and whether the cyclic garbage collector ran before
-# the first of them; touched only by scanner threads, under the GIL.
+# Calls in flight on any scanner's thread, whether the cyclic garbage collector ran before the
+# first of them, and since when it is paused; touched only by scanner threads, under the GIL.
 _calls = 0
 _collecting = False
+_paused_since = 0.0
 
 
 async def _scan_call(call: Callable[[MessageBus], Coroutine[Any, Any, T]], bus: MessageBus) -> T:
@@ -156,12 +160,18 @@ async def _scan_call(call: Callable[[MessageBus], Coroutine[Any, Any, T]], bus: 
     loop's stall, and most of it with dbus-fast's compiled decoder. The reply is freed by reference
     counting, not by the collector, once dbus-fast lets go of it: it keeps the last message it
     decoded until it decodes the next, so one small round trip follows each call. A call lasts at
-    most the call timeout, and so does the pause.
+    most the call timeout; calls that overlap (services that never answer, retried) could keep the
+    collector paused for good, so it runs once when a call starts after MAX_PAUSE of pause.
     """
-    global _calls, _collecting
+    global _calls, _collecting, _paused_since
+    now = time.monotonic()
     if _calls == 0:
         _collecting = gc.isenabled()
+        _paused_since = now
         gc.disable()
+    elif _collecting and now - _paused_since > MAX_PAUSE:
+        gc.collect()
+        _paused_since = now
     _calls += 1
     # The collector resumes without awaiting anything first, so that it resumes even when the
     # call is cancelled or its coroutine is closed.
