@@ -6,8 +6,8 @@ daemon's loop busy for seconds: on a GX, whose dbus-fast is pure Python, close t
 limit. Calls made here are decoded, and what the caller keeps of them is picked out, on the
 scanner's thread; the daemon's loop only awaits the small result. Pure-Python decoding gives up the
 GIL every few milliseconds, so the daemon's loop goes on meanwhile. (dbus-fast's compiled decoder
-holds the GIL for a whole message: with it the loop still waits for the decoding, though not for
-freeing the reply.)
+holds the GIL for a whole message: with it the loop still waits for the decoding itself, though
+not for the garbage collector or for freeing the reply; see _scan_call.)
 
 Signals and match rules stay on the main connection: the scanner holds no match rules and receives
 only the replies to its own calls, so its replies may overtake or trail signals; the monitor applies
@@ -146,7 +146,8 @@ class Scanner:
 
 
 # Calls in flight on any scanner's thread, whether the cyclic garbage collector ran before the
-# first of them, and since when it is paused; touched only by scanner threads, under the GIL.
+# first of them, and since when it is paused; touched only by scanner threads, under _pause_lock.
+_pause_lock = threading.Lock()
 _calls = 0
 _collecting = False
 _paused_since = 0.0
@@ -164,15 +165,16 @@ async def _scan_call(call: Callable[[MessageBus], Coroutine[Any, Any, T]], bus: 
     collector paused for good, so it runs once when a call starts after MAX_PAUSE of pause.
     """
     global _calls, _collecting, _paused_since
-    now = time.monotonic()
-    if _calls == 0:
-        _collecting = gc.isenabled()
-        _paused_since = now
-        gc.disable()
-    elif _collecting and now - _paused_since > MAX_PAUSE:
-        gc.collect()
-        _paused_since = now
-    _calls += 1
+    with _pause_lock:
+        now = time.monotonic()
+        if _calls == 0:
+            _collecting = gc.isenabled()
+            _paused_since = now
+            gc.disable()
+        elif _collecting and now - _paused_since > MAX_PAUSE:
+            gc.collect()
+            _paused_since = now
+        _calls += 1
     # The collector resumes without awaiting anything first, so that it resumes even when the
     # call is cancelled or its coroutine is closed.
     try:
@@ -184,9 +186,10 @@ async def _scan_call(call: Callable[[MessageBus], Coroutine[Any, Any, T]], bus: 
         await _release(bus)
         return result
     finally:
-        _calls -= 1
-        if _calls == 0 and _collecting:
-            gc.enable()
+        with _pause_lock:
+            _calls -= 1
+            if _calls == 0 and _collecting:
+                gc.enable()
 
 
 async def _release(bus: MessageBus) -> None:
