@@ -14,7 +14,8 @@ from aggbatt.core.engine import Engine
 from aggbatt.core.model import PackSnapshot, ServiceReading
 from aggbatt.core.strategies import TickContext
 from aggbatt.core.strategies.victron_current import VictronDevices, VictronParams
-from tests.core.test_engine import Bank, run
+from tests.core.test_engine import run
+from tests.factories import Bank
 
 AGGREGATE = "com.victronenergy.battery.aggregate"
 GRACE = 10.0                       # stale_after, also the start-up grace
