@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
-from aggbatt.core.model import PackSnapshot, ServiceReading
+from aggbatt.core.model import PackSnapshot
 from aggbatt.daemon.persist import read_json, write_json_atomic
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import PackParams
@@ -25,6 +25,7 @@ from aggbatt.core.strategies.coulomb import (
     CounterInputs,
     interval_charge,
 )
+from tests.factories import reading, snapshot
 
 WALL = 1_750_000_000.0  # some wall-clock time (2025-06-15), unrelated to the monotonic clock
 
@@ -510,18 +511,16 @@ def test_params_from_the_config() -> None:
 
 
 def _snapshot(name: str, soc: float, installed: float, vmax: float, vmin: float) -> PackSnapshot:
-    return PackSnapshot(id=name, name=name, service=f"com.victronenergy.battery.{name}", voltage=53.0,
-                        current=-5.0, soc=soc, installed_capacity=installed,
-                        max_cell_voltage=vmax, min_cell_voltage=vmin)
+    return snapshot(name, voltage=53.0, current=-5.0, soc=soc, installed_capacity=installed,
+                    max_cell_voltage=vmax, min_cell_voltage=vmin)
 
 
 def test_coulomb_soc_strategy_reads_packs_and_the_ess_minimum() -> None:
     strategy = CoulombSoc(CoulombParams(full_cell_voltage=3.45, max_gap=10.0))
     strategy.counter.load(None, "no file", WALL)
     packs = (_snapshot("a", 60.0, 300.0, 3.34, 3.30), _snapshot("b", 20.0, 100.0, 3.31, 3.25))
-    settings_reading = ServiceReading(service="com.victronenergy.settings",
-                                      values={"/Settings/CGwacs/BatteryLife/MinimumSocLimit": 30.0},
-                                      last_change=0.0, appeared_at=0.0)
+    settings_reading = reading("com.victronenergy.settings",
+                               {"/Settings/CGwacs/BatteryLife/MinimumSocLimit": 30.0})
 
     def ctx(now: float, online=packs, services=(settings_reading,)) -> TickContext:
         return TickContext(now=now, config=None, online=online, offline=(), services=services)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from aggbatt.core.model import (
     PackSnapshot, PackState, PackTracker, data_age, expected_current, fault_of, needs_urgent_tick,
     pack_paths, revalidate, stale_verdict, validate,
 )
+from tests.factories import snapshot
 
 GOOD = {
     "/Dc/0/Voltage": 53.21,
@@ -171,7 +173,7 @@ def test_snapshot_power_is_voltage_times_current_not_the_published_power() -> No
     ({"ccl": 100.0, "dcl": 100.0, "allow_charge": None, "blocking_charge": None}, None, None),
 ])
 def test_blocking(fields: dict[str, object], charge: str | None, discharge: str | None) -> None:
-    snap = PackSnapshot(id="a", name="A", service="s", **fields)  # type: ignore[arg-type]
+    snap = snapshot("a", name="A", service="s", **fields)
     assert snap.charge_block() == charge
     assert snap.discharge_block() == discharge
 
@@ -288,10 +290,8 @@ def test_data_age() -> None:
     assert data_age(100.0, None, 60.0) == 40.0
 
 
-def _snap(**fields: object) -> PackSnapshot:
-    base: dict[str, object] = dict(voltage=53.0, current=1.0, cvl=55.0, ccl=50.0, dcl=50.0)
-    base.update(fields)
-    return PackSnapshot(id="a", name="A", service="s", **base)  # type: ignore[arg-type]
+_snap = partial(snapshot, "a", name="A", service="s", voltage=53.0, current=1.0, cvl=55.0, ccl=50.0,
+                dcl=50.0)
 
 
 def test_fault_reasons_in_order() -> None:

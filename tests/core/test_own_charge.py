@@ -17,6 +17,7 @@ from aggbatt.core.strategies import CurrentResult
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, apply_envelope, bound
 from aggbatt.core.strategies.current_tables import Table
 from aggbatt.core.strategies.own_charge import OwnCharge
+from tests.factories import cell_list, cell_snapshot, snapshot
 
 MONTHS = [3.30, 3.31, 3.32, 3.33, 3.34, 3.35, 3.36, 3.37, 3.38, 3.39, 3.40, 3.41]
 OWN: dict[str, Any] = {
@@ -35,16 +36,9 @@ def config(own: dict[str, Any] | None = None, feedin: dict[str, Any] | None = No
 def pack(name: str, cells: int = 16, cell: float = 3.30, high: float | None = None,
          low: float | None = None, cvl: float = 58.0, ccl: float = 200.0, dcl: float = 200.0,
          capacity: float = 280.0, current: float = 0.0, **kw: Any) -> PackSnapshot:
-    volts = [cell] * cells
-    if high is not None:
-        volts[0] = high
-    if low is not None:
-        volts[-1] = low
-    return PackSnapshot(
-        id=name, name=name, service=f"com.victronenergy.battery.{name}", cells=cells,
-        voltage=round(sum(volts), 3), voltages_sum=round(sum(volts), 3), current=current,
-        max_cell_voltage=max(volts), min_cell_voltage=min(volts), cvl=cvl, ccl=ccl, dcl=dcl,
-        installed_capacity=capacity, **kw)
+    return cell_snapshot(name, cell_list(cells, cell, high, low), per_cell=False, digits=3,
+                         current=current, cvl=cvl, ccl=ccl, dcl=dcl, installed_capacity=capacity,
+                         **kw)
 
 
 def ctx(cfg, packs, wall: datetime, now: float = 0.0) -> SimpleNamespace:
@@ -242,8 +236,7 @@ def test_losing_a_packs_cell_count_or_the_pack_never_raises_the_cvl():
 
 def test_pack_without_cell_count_caps_with_its_own_cvl():
     own = strategy()
-    anon = PackSnapshot(id="can", name="can", service="com.victronenergy.battery.can", cvl=52.0,
-                        ccl=100.0, dcl=100.0, voltage=52.5, current=0.0)
+    anon = snapshot("can", cvl=52.0, ccl=100.0, dcl=100.0, voltage=52.5, current=0.0)
     limits = own.limits(ctx(config(), [pack("a"), anon], datetime(2024, 6, 5)), NO_CURRENT)
     assert limits.cvl == 52.0
     assert "can: cell count unknown" in limits.values[CHARGE_MODE]
