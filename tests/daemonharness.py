@@ -10,20 +10,12 @@ from typing import Any, AsyncIterator, Callable
 
 from dbus_fast.aio import MessageBus
 
-from aggbatt.config import Config, config_from_dict
+from aggbatt.config import Config
 from aggbatt.daemon import Daemon
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import PackParams
 from aggbatt.sim.settings import SimSettings
-
-FAST = {"freshness": {"stale_after": 0.5, "stale_after_idle": 0.5, "readmit_after": 0.3}}
-
-
-def fast_config(**sections: Any) -> Config:
-    data: dict[str, Any] = {k: dict(v) for k, v in FAST.items()}
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return config_from_dict(data)
+from tests.factories import fast_config
 
 
 class Harness:

@@ -19,7 +19,8 @@ import pytest
 from aggbatt.sim.pack import PackParams
 from aggbatt.sim.victron import SimDcdc, SimMppt, SimMulti, SimShunt
 from tests.busclient import SignalRecorder, aggregate_values, near, wait_for_values
-from tests.daemonharness import Harness, fast_config, running
+from tests.daemonharness import Harness, running
+from tests.factories import fast_config
 
 BMS_SUM = -7.0
 NOISE = 0.15           # two packs' current noise (2 x 0.05 A) plus rounding

@@ -20,7 +20,8 @@ from aggbatt.sim.pack import PackParams
 from aggbatt.sim.privatebus import start_private_bus
 from aggbatt.tools.status import STATUS_INTERFACE, forget_missing
 from tests.busclient import aggregate_values, set_value, wait_for_values
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running
+from tests.factories import fast_config
 
 AGG = "com.victronenergy.battery.aggregate"
 

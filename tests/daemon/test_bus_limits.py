@@ -13,7 +13,8 @@ from aggbatt.bus.service import BusItemService
 from aggbatt.sim.pack import PackParams
 from tests.busclient import (aggregate_values, get_items, get_value, set_value,
                              wait_for_values)
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running
+from tests.factories import fast_config
 
 AGG = "com.victronenergy.battery.aggregate"
 INSTANCE_SETTING = "/Settings/Devices/aggbatt/ClassAndVrmInstance"

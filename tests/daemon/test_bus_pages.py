@@ -12,7 +12,8 @@ from dbus_fast.signature import Variant
 
 from aggbatt.sim.pack import PackParams
 from tests.busclient import SignalRecorder, aggregate_values, get_items, wait_for_values
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running
+from tests.factories import fast_config
 
 pytestmark = pytest.mark.bus
 

@@ -31,7 +31,8 @@ from aggbatt.sim.pack import PackParams
 from aggbatt.sim.victron import SimShunt
 from aggbatt.core.strategies.coulomb import MIN_SOC_SETTING, STATE_VERSION
 from tests.busclient import near, wait_for_values
-from tests.daemonharness import Harness, fast_config, running
+from tests.daemonharness import Harness, running
+from tests.factories import fast_config
 from tests.daemon.test_bus_current import victron
 
 COUNTER = {"strategy": "coulomb_counter", "save_interval": 0.2, "save_precision": 0.001}

@@ -12,7 +12,8 @@ from aggbatt.bus.service import ServiceNameTaken
 from aggbatt.daemon import Daemon
 from aggbatt.sim.pack import PackParams, SimPack
 from tests.busclient import aggregate_values, get_items, set_value, wait_for_values
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running
+from tests.factories import fast_config
 
 AGG = "com.victronenergy.battery.aggregate"
 MANDATORY = ("/Mgmt/ProcessName", "/Mgmt/ProcessVersion", "/Mgmt/Connection", "/DeviceInstance",

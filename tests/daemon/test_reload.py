@@ -26,7 +26,8 @@ from aggbatt.core.strategies.coulomb import CounterInputs
 from aggbatt.core.strategies.current_tables import Limit
 from aggbatt.core.strategies.own_charge import BALANCING_FILE
 from tests.busclient import get_value, set_value, wait_for_values
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running
+from tests.factories import fast_config
 
 AGG = "com.victronenergy.battery.aggregate"
 

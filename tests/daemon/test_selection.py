@@ -22,7 +22,8 @@ from aggbatt.daemon.selection import (
 from aggbatt.sim.pack import PackParams
 from aggbatt.sim.settings import SimSettings
 from tests.busclient import aggregate_values
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running
+from tests.factories import fast_config
 
 # What systemcalc creates on a GX (victron-contract §5.6): automatic battery monitor and BMS.
 SYSTEMCALC = {BATTERY_SERVICE: "default", BMS_INSTANCE: -1}
