@@ -17,6 +17,20 @@ from aggbatt.sim.pack import PackParams
 from aggbatt.sim.settings import SimSettings
 from tests.factories import fast_config
 
+# A real BMS's reading noise while current flows: a live pack's values keep moving, as on a GX.
+BMS_NOISE: dict[str, Any] = {"noise_a": 0.05, "noise_mv": 1.0}
+
+
+def sim_pack(serial: str, capacity: float = 280.0, *, noise: bool = True,
+             **params: Any) -> PackParams:
+    """One simulated pack, with BMS_NOISE unless noise=False; `params` as PackParams takes them."""
+    return PackParams(capacity_ah=capacity, serial=serial, **(BMS_NOISE if noise else {}), **params)
+
+
+def sim_packs(*capacities: float, noise: bool = True, **params: Any) -> list[PackParams]:
+    """Simulated packs P0, P1, ... of these capacities (Ah), all with the same `params`."""
+    return [sim_pack(f"P{i}", c, noise=noise, **params) for i, c in enumerate(capacities)]
+
 
 class Harness:
     def __init__(self, bank: SimBank, daemon: Daemon, settings: SimSettings | None, client: MessageBus,
