@@ -9,6 +9,7 @@ from typing import Any
 
 from aggbatt.config import Config, config_from_dict
 from aggbatt.core.model import PackSnapshot, ServiceReading
+from aggbatt.core.strategies import OfflinePack, TickContext
 
 SB = "com.victronenergy.battery."
 
@@ -79,6 +80,14 @@ def cell_snapshot(pid: str, cells: Sequence[float], *, per_cell: bool = True, di
         "cell_voltages": {i + 1: v for i, v in enumerate(cells)} if per_cell else {},
     }
     return snapshot(pid, **{**derived, **fields})
+
+
+def tick_context(online: Sequence[PackSnapshot] = (), *, now: float = 0.0, config: Any = None,
+                 offline: Sequence[OfflinePack] = (), services: Sequence[ServiceReading] = (),
+                 **rest: Any) -> TickContext:
+    """What a strategy sees in one tick; `rest`: wall, shares, held as TickContext takes them."""
+    return TickContext(now=now, config=config, online=tuple(online), offline=tuple(offline),
+                       services=tuple(services), **rest)
 
 
 # ---- readings -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from aggbatt.core.strategies import TickContext
 from aggbatt.core.strategies.victron_current import VictronDevices, VictronParams
 from tests.core.test_engine import run
 from tests import factories
-from tests.factories import Bank, snapshot
+from tests.factories import Bank, snapshot, tick_context
 
 AGGREGATE = "com.victronenergy.battery.aggregate"
 GRACE = 10.0                       # stale_after, also the start-up grace
@@ -313,7 +313,7 @@ def test_measure_uses_the_pack_voltage_and_falls_back_to_the_bms_sum() -> None:
              snapshot("b", service="y", voltage=54.0, current=-4.0, power=-216.0))
 
     def ctx(now: float, *services: ServiceReading) -> TickContext:
-        return TickContext(now=now, config=_Cfg, online=packs, offline=(), services=services)
+        return tick_context(packs, now=now, config=_Cfg, services=services)
 
     ok = src.measure(ctx(0.0, multi(-20.0), mppt(8.0), shunt(-1.0, 279)))
     assert ok.source == "victron_devices"
