@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aggbatt.config import Config, config_from_dict
-from aggbatt.core.model import PackSnapshot, ServiceReading
+from aggbatt.core.snapshot import PackSnapshot, ServiceReading
 from aggbatt.core.strategies import OfflinePack, TickContext
 
 SB = "com.victronenergy.battery."

@@ -6,7 +6,7 @@ from functools import partial
 from typing import Any
 
 from aggbatt.config import config_from_dict, default_config
-from aggbatt.core.model import ServiceReading
+from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.packs import PackDirectory, PackRules, base_id, why_not_a_pack
 from tests import factories
 from tests.factories import ABSENT, SB

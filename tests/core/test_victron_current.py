@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
 from aggbatt.core.engine import Engine
-from aggbatt.core.model import ServiceReading
+from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.strategies import TickContext
 from aggbatt.core.strategies.victron_current import VictronDevices, VictronParams
 from tests.core.test_engine import run
