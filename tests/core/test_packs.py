@@ -6,8 +6,8 @@ from functools import partial
 from typing import Any
 
 from aggbatt.config import config_from_dict, default_config
-from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.packs import PackDirectory, PackRules, base_id, why_not_a_pack
+from aggbatt.core.snapshot import ServiceReading
 from tests import factories
 from tests.factories import ABSENT, SB
 

@@ -17,7 +17,13 @@ from dbus_fast.aio import MessageBus
 
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
 from aggbatt.daemon.selection import (
-    BATTERY_SERVICE, BMS_INSTANCE, SELECTION_FILE, SelectionError, command, restore, select,
+    BATTERY_SERVICE,
+    BMS_INSTANCE,
+    SELECTION_FILE,
+    SelectionError,
+    command,
+    restore,
+    select,
 )
 from aggbatt.sim.settings import SimSettings
 from tests.busclient import aggregate_values

@@ -151,7 +151,7 @@ class SettingsClient:
                 f"({len(entries) if entries is not None else 0} items for {len(specs)}); "
                 "check that it is Victron's localsettings")
         result: dict[str, Any] = {}
-        for spec, entry in zip(specs, entries):
+        for spec, entry in zip(specs, entries, strict=True):
             code = unwrap(entry.get("error"))
             if code != 0:
                 log.error("localsettings refused %s: error %s (%s)", spec.path, code, _meaning(code))

@@ -91,7 +91,7 @@ def _slot_values(slot: int, pack: PackView) -> dict[str, Any]:
         _flag(pack.blocking_charge, known), _flag(pack.blocking_discharge, known),
         "; ".join(reasons) if known else None, pack.holds,
     )
-    return {pack_path(slot, leaf): value for leaf, value in zip(PACK_LEAVES, values)}
+    return {pack_path(slot, leaf): value for leaf, value in zip(PACK_LEAVES, values, strict=True)}
 
 
 @dataclass

@@ -114,7 +114,7 @@ async def _system_choice(bus: MessageBus, timeout: float) -> dict[str, Any]:
         return {"present": False}
     except StatusError as exc:
         return {"present": True, "error": str(exc)}
-    return {"present": True, **{p.lstrip("/"): v for p, v in zip(_SYSTEM_PATHS, values)}}
+    return {"present": True, **{p.lstrip("/"): v for p, v in zip(_SYSTEM_PATHS, values, strict=True)}}
 
 
 async def gather(address: str | None, service: str = DEFAULT_SERVICE,
@@ -237,7 +237,7 @@ def _unanswered(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 def render_text(report: Mapping[str, Any]) -> str:

@@ -53,12 +53,21 @@ from typing import Any
 from aggbatt.core.pack_paths import CHARGE_MODE
 from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
-from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, Bound, bound
 from aggbatt.core.strategies.balancing import (
-    Balancing, BalancingInputs, BalancingParams, BalancingRecord, Phase,
+    Balancing,
+    BalancingInputs,
+    BalancingParams,
+    BalancingRecord,
+    Phase,
 )
+from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, Bound, bound
 from aggbatt.core.strategies.current_tables import (
-    CurrentTables, Latch, Limit, Table, TableInputs, TableParams,
+    CurrentTables,
+    Latch,
+    Limit,
+    Table,
+    TableInputs,
+    TableParams,
 )
 from aggbatt.core.strategies.dynamic_cvl import DynamicCvl, DynamicParams, highest_cell
 
