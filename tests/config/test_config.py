@@ -444,7 +444,10 @@ def test_tomli_fallback_is_used_without_tomllib() -> None:
         backport.TOMLDecodeError = tomllib.TOMLDecodeError
         sys.modules["tomli"] = backport
         sys.modules["tomllib"] = None  # as on Python 3.10
+        import pydantic  # before the version is faked: only the loader's own choice is under test
+        real_version, sys.version_info = sys.version_info, (3, 10, 0, "final", 0)
         import aggbatt.config as config
+        sys.version_info = real_version
         import aggbatt.config.loader as loader
         assert loader.tomllib is backport
         assert config.parse_config("[service]\\ntick_interval = 3").service.tick_interval == 3.0

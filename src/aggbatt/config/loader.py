@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import stat
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,9 +22,9 @@ from pydantic import ValidationError
 from aggbatt.config.errors import ConfigError, ConfigIssue, issues_of
 from aggbatt.config.schema import Config
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:
+else:
     import tomli as tomllib
 
 # A real config is a few kB with tables two levels deep; anything far beyond is not a config and

@@ -44,7 +44,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from aggbatt.core.pack_paths import (
     ALARM_PATHS,
@@ -79,6 +79,8 @@ from aggbatt.core.pack_paths import (
 )
 from aggbatt.core.snapshot import PackSnapshot
 
+_T = TypeVar("_T")
+
 MODULES_OFFLINE = "/System/NrOfModulesOffline"
 VOLTAGES_DIFF = "/Voltages/Diff"
 TEMPERATURE_MODES = ("max", "mean", "min")
@@ -89,7 +91,7 @@ BATTERIES_SERIES = "/System/BatteriesSeries"
 STOCK_PAGE_PATHS = (NR_OF_BATTERIES, BATTERIES_PARALLEL, BATTERIES_SERIES, *HISTORY_PATHS)
 
 
-def _present(values: Iterable[float | int | None]) -> list[Any]:
+def _present(values: Iterable[_T | None]) -> list[_T]:
     return [v for v in values if v is not None]
 
 
