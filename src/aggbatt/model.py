@@ -237,7 +237,15 @@ _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL
 # Every pack path the engine reads; the monitor subscribes to these only (see `pack_paths`).
 # /Dc/0/Power is not among them: serialbattery publishes exactly V x I, which the engine computes
 # itself (PackSnapshot.power), and it would be one more change per pack per second to process.
-PACK_PATHS: frozenset[str] = frozenset(RULES)
+# Nor are /Capacity and /ConsumedAmphours: they say what /Soc and /InstalledCapacity say
+# (serialbattery computes them from the SoC, or copies the BMS's own remaining Ah that its SoC
+# comes from), the SoC strategy derives them when they are absent, and each would cost a match
+# rule per pack: 32 packs must stay within the bus's per-connection limit of 512.
+PACK_PATHS: frozenset[str] = frozenset(RULES) - {CAPACITY, CONSUMED_AH}
+
+# Pack paths the engine does not read that change on every poll; the monitor keeps them out of
+# its match rules even where that costs a rule per wanted path beside them.
+NOISY_PATHS: frozenset[str] = frozenset({POWER})
 
 # A change of one of these must trigger an immediate (debounced) tick.
 SAFETY_PATHS: frozenset[str] = frozenset({

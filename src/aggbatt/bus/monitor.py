@@ -64,6 +64,9 @@ also admits the sub-tree's unwanted paths. `plan_rules` decides, per service:
   GetItems listed, plus the wanted ones) are at most 3x the wanted ones: each rule saved admits
   about two unwanted paths at most. Those still reach the handler, which drops and counts them
   (`unwanted_signals`).
+- A candidate never qualifies when it holds a `noisy` path the caller does not want: a path the
+  caller knows to change on every poll (serialbattery's /Dc/0/Power, exactly V x I) would alone
+  send as many signals as the wanted paths beside it.
 - Each wanted path is covered by its shallowest qualifying ancestor, else by a rule of its own.
 
 Why 3x: for a serialbattery pack (contract 4.1) and the engine's ~50 paths it selects /Alarms
@@ -241,10 +244,14 @@ def _ancestors(path: str) -> list[str]:
     return ["/".join(parts[:n]) for n in range(2, len(parts))]
 
 
-def plan_rules(wanted: Collection[str], known: Collection[str]) -> RulePlan:
+def plan_rules(wanted: Collection[str], known: Collection[str],
+               noisy: Collection[str] = ()) -> RulePlan:
     """Cover `wanted` with namespaces where they hold mostly wanted paths of the service's
-    `known` ones, and single paths elsewhere (module docstring, "Match-rule plan")."""
+    `known` ones and none of its unwanted `noisy` ones, and single paths elsewhere (module
+    docstring, "Match-rule plan")."""
     wanted = set(wanted)
+    excluded = {node for path in set(noisy).intersection(known).difference(wanted)
+                for node in _ancestors(path)}
     # A namespace also matches the path equal to it, so "in N" counts N itself.
     wanted_in: dict[str, int] = {}
     paths_in: dict[str, int] = {}
@@ -257,7 +264,8 @@ def plan_rules(wanted: Collection[str], known: Collection[str]) -> RulePlan:
     for path in wanted:
         for node in _ancestors(path):
             count = wanted_in[node]
-            if count >= NAMESPACE_MIN_WANTED and paths_in[node] <= NAMESPACE_MAX_RATIO * count:
+            if (count >= NAMESPACE_MIN_WANTED and paths_in[node] <= NAMESPACE_MAX_RATIO * count
+                    and node not in excluded):
                 namespaces.add(node)
                 break
     single = {p for p in wanted if not any(n in namespaces for n in (*_ancestors(p), p))}
@@ -294,6 +302,7 @@ class Monitor:
         retry_delay: float = 1.0,
         retry_max: float = 30.0,
         max_paths: int = MAX_PATHS,
+        noisy: Collection[str] = (),
     ) -> None:
         self.bus = bus
         self._classes = {cls: _frozen(paths) for cls, paths in classes.items()}
@@ -306,6 +315,7 @@ class Monitor:
         self.retry_delay = retry_delay
         self.retry_max = retry_max
         self.max_paths = max_paths
+        self._noisy = frozenset(noisy)
         self.services: dict[str, RemoteService] = {}
         # BusItem signals that reached the handler: shows what the match rules let through.
         self.signals_received = 0
@@ -718,7 +728,7 @@ class Monitor:
         elif tracked.crowded:
             plan = RulePlan(frozenset(), paths)
         else:
-            plan = plan_rules(paths, tracked.known)
+            plan = plan_rules(paths, tracked.known, self._noisy)
         async with self._switching:
             before = set(tracked.rules)
             error = await self._converge(tracked, _rules(owner, plan))
