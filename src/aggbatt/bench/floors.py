@@ -6,8 +6,7 @@ Rules:
   dbus-fast's `MessageBus.send` and `MessageBus._process_message`, which every message a connection
   writes or reads passes (replies and signals included). The cost is one Python call and one
   increment per message, in the daemon and the floors alike. dbus-daemon cannot count for us:
-  its Debug.Stats interface reports the messages queued at the moment, not totals. The daemon
-  hands the signals of one publish to `send` together (one write), so they count once in `sent`.
+  its Debug.Stats interface reports the messages queued at the moment, not totals.
 - Garbage collections are timed per generation through gc.callbacks (cProfile does not see them).
 - SIGUSR1 writes a report (JSON: sent, received, gc, loaded modules, whether dbus-fast is compiled)
   to `--report`; the runner sends it at the start and the end of the measured window. With

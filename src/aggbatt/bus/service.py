@@ -11,9 +11,7 @@ Theory of operation (victron-dbus-contract.md sections 1 and 6.1):
 - Local writes only record the new value. `publish()` sends what changed since the last publish:
   one ItemsChanged on `/` and, depending on `signals`, a PropertiesChanged per changed path.
   Signals are built as raw messages with NO_REPLY_EXPECTED because some peers reply to signals
-  without it (aiovelib 0f44690). The signals of one publish go to the socket in one write: each
-  write is a system call here and a wakeup of the bus daemon, and a publish sends several.
-  `coalesce=False` writes each on its own, as velib (libdbus) does: the simulated devices use it.
+  without it (aiovelib 0f44690).
 - The bus name is requested only by `register()`, after all paths exist, with DO_NOT_QUEUE so a
   second instance fails loudly instead of waiting silently in the queue.
 - A value the wire cannot carry (an integer beyond 64 bits, text with NUL or unpaired surrogates)
@@ -92,12 +90,10 @@ def unit_text(unit: str, decimals: int) -> TextFormatter:
 class BusItemService:
     """One published Victron service; see the module docstring for the wire behaviour."""
 
-    def __init__(self, bus: MessageBus, name: str, *, signals: SignalStyle = "both",
-                 coalesce: bool = True) -> None:
+    def __init__(self, bus: MessageBus, name: str, *, signals: SignalStyle = "both") -> None:
         self.bus = bus
         self.name = name
         self.signals = signals
-        self.coalesce = coalesce
         self._items: dict[str, _Item] = {}
         self._dirty: dict[str, None] = {}
         self._nodes: set[str] = {"/"}
@@ -182,17 +178,11 @@ class BusItemService:
         entries = {path: self._entry(self._items[path]) for path in changed if path in self._items}
         if not entries:
             return 0
-        signals = []
         if self.signals in ("both", "items"):
-            signals.append(_signal("/", "ItemsChanged", ITEMS_SIGNATURE, entries))
+            self.bus.send(_signal("/", "ItemsChanged", "a{sa{sv}}", entries))
         if self.signals in ("both", "properties"):
-            signals.extend(_signal(path, "PropertiesChanged", "a{sv}", entry)
-                           for path, entry in entries.items())
-        if self.coalesce and len(signals) > 1:
-            self.bus.send(_Signals(self.bus, signals))
-        else:
-            for signal in signals:
-                self.bus.send(signal)
+            for path, entry in entries.items():
+                self.bus.send(_signal(path, "PropertiesChanged", "a{sv}", entry))
         return len(entries)
 
     # ----- values --------------------------------------------------------------------------
@@ -404,28 +394,6 @@ class _MarshalledReply(Message):
         header = raw[: len(raw) - _body_length(raw)]
         _BODY_LENGTH.pack_into(header, 4, len(self._marshalled_body))
         return header + self._marshalled_body
-
-
-class _Signals(Message):
-    """Several signals marshalled into one buffer, so the bus connection writes them at once.
-
-    Only its `_marshall` is used: each signal gets its own serial there and the bytes of all of
-    them, one after the other as on any D-Bus stream, are what the connection sends."""
-
-    def __init__(self, bus: MessageBus, signals: list[Message]) -> None:
-        first = signals[0]
-        super().__init__(message_type=MessageType.SIGNAL, path=first.path,
-                         interface=first.interface, member=first.member,
-                         flags=MessageFlag.NO_REPLY_EXPECTED)
-        self._bus = bus
-        self._signals = signals
-
-    def _marshall(self, negotiate_unix_fd: bool) -> bytearray:
-        out = bytearray()
-        for signal in self._signals:
-            signal.serial = self._bus.next_serial()
-            out += signal._marshall(negotiate_unix_fd)
-        return out
 
 
 def _signal(path: str, member: str, signature: str, body: Any) -> Message:

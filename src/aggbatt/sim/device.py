@@ -118,8 +118,7 @@ class SimDevice:
         bus = await open_bus(bus_address)
         # Ahead of the service's own handler, so a GetItems fault wins over the normal answer.
         bus.add_message_handler(self._get_items)
-        # velib (libdbus) writes every signal on its own; so do the simulated devices.
-        svc = BusItemService(bus, self.service_name, signals=self.signals, coalesce=False)
+        svc = BusItemService(bus, self.service_name, signals=self.signals)
         values = self.current_values()
         for spec in self._paths().values():
             self._add(svc, spec, values.get(spec.path))
