@@ -51,20 +51,32 @@ def build_release(out: Path, version: str, *, tag: str = PYTHON_TAG, broken: boo
     return tarball
 
 
-def rewrite_release(tarball: Path, changes: dict[str, str]) -> None:
-    """Replace files of a release tarball, with consistent SHA256SUMS and .sha256 sidecar."""
+def rewrite_release(tarball: Path, changes: dict[str, Optional[str]]) -> None:
+    """Replace, add (text) or remove (None) files of a release tarball, with consistent
+    SHA256SUMS and .sha256 sidecar."""
     with tarfile.open(tarball) as tar:
         members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
     top = members[0][0].name.split("/")[0]
     contents = {m.name[len(top) + 1:]: data for m, data in members if data is not None}
     for rel, text in changes.items():
-        contents[rel] = text.encode()
+        if text is None:
+            contents.pop(rel, None)
+        else:
+            contents[rel] = text.encode()
+    old = {m.name[len(top) + 1:] for m, _ in members}
+    template = next(m for m, data in members if data is not None)
+    for rel in sorted(set(contents) - old):
+        member = tarfile.TarInfo(f"{top}/{rel}")
+        member.mode, member.mtime = template.mode, template.mtime
+        members.append((member, contents[rel]))
     contents["SHA256SUMS"] = "".join(
         f"{hashlib.sha256(data).hexdigest()}  {rel}\n"
         for rel, data in sorted(contents.items()) if rel != "SHA256SUMS").encode()
     with tarfile.open(tarball, "w:gz") as tar:
         for member, _ in members:
             rel = member.name[len(top) + 1:]
+            if member.isfile() and rel not in contents:
+                continue
             if member.isfile():
                 member.size = len(contents[rel])
                 tar.addfile(member, io.BytesIO(contents[rel]))
@@ -135,8 +147,21 @@ class Gx:
         return self.base / "data"
 
     @property
+    def apps(self) -> Path:
+        return self.base / "data" / "apps"
+
+    @property
     def root(self) -> Path:
-        return self.base / "data" / "apps" / "aggbatt"
+        return self.apps / "available" / "aggbatt"
+
+    @property
+    def enabled_link(self) -> Path:
+        return self.apps / "enabled" / "aggbatt"
+
+    @property
+    def old_root(self) -> Path:
+        """Where releases before the Venus app folders installed aggbatt."""
+        return self.apps / "aggbatt"
 
     @property
     def service_dir(self) -> Path:
@@ -163,6 +188,7 @@ class Gx:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGGBATT_")}
         env.update(
+            AGGBATT_APPS_DIR=str(self.apps),
             AGGBATT_ROOT=str(self.root),
             AGGBATT_SERVICE_DIR=str(self.service_dir),
             AGGBATT_RC_LOCAL=str(self.rc_local),

@@ -1,4 +1,4 @@
-"""aggregate.py: bank values from online packs (field-survey 3.2, without the mistakes of 3.11)."""
+"""aggregate.py: bank values from online packs (reference §2, without the defects of §11)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from aggbatt.aggregate import aggregate, cell_path, cell_voltage_values, charge_mode_summary
-from aggbatt.model import PackSnapshot
+from aggbatt.model import PackSnapshot, validate
 
 
 def pack(pid: str, **fields: Any) -> PackSnapshot:
@@ -160,3 +160,41 @@ def test_cell_voltage_paths() -> None:
     packs = [pack("SER 1/x", cell_voltages={1: 3.30, 2: 3.31}), pack("B", cell_voltages={})]
     assert cell_voltage_values(packs) == {"/Voltages/SER_1_x_Cell1": 3.30, "/Voltages/SER_1_x_Cell2": 3.31}
     assert cell_path("a@com.victronenergy.battery.tty0", 16) == "/Voltages/a_com_victronenergy_battery_tty0_Cell16"
+
+
+def test_stock_system_page_counts_every_known_pack_in_parallel() -> None:
+    values = aggregate([pack("A"), pack("B")], 1)
+    assert values["/System/NrOfBatteries"] == 3
+    assert values["/System/BatteriesParallel"] == 3
+    assert values["/System/BatteriesSeries"] == 1
+    assert "/NumberOfBmses" not in values  # it would switch the stock page to hiding its Alarms
+
+
+def test_history_sums_counters_and_takes_extremes_over_the_packs_that_report_them() -> None:
+    a = pack("A", history={"/History/ChargedEnergy": 120.5, "/History/DischargedEnergy": 100.25,
+                           "/History/MinimumCellVoltage": 2.95,
+                           "/History/MaximumCellVoltage": 3.61, "/History/MinimumVoltage": 49.1,
+                           "/History/MaximumVoltage": 57.0, "/History/MinimumTemperature": 4.0,
+                           "/History/MaximumTemperature": 35.0})
+    b = pack("B", history={"/History/ChargedEnergy": 30.0, "/History/DischargedEnergy": 20.0,
+                           "/History/MinimumCellVoltage": 3.01,
+                           "/History/MaximumCellVoltage": 3.65, "/History/MinimumVoltage": 48.7,
+                           "/History/MaximumVoltage": 56.2})
+    values = aggregate([a, b, pack("C")], 0)
+    assert values["/History/ChargedEnergy"] == pytest.approx(150.5)     # 120.5 + 30.0
+    assert values["/History/DischargedEnergy"] == pytest.approx(120.25)
+    assert values["/History/MinimumCellVoltage"] == 2.95
+    assert values["/History/MaximumCellVoltage"] == 3.65
+    assert values["/History/MinimumVoltage"] == 48.7
+    assert values["/History/MaximumVoltage"] == 57.0
+    assert values["/History/MinimumTemperature"] == 4.0                 # B has no sensor history
+    assert values["/History/MaximumTemperature"] == 35.0
+    assert aggregate([pack("C")], 0)["/History/ChargedEnergy"] is None
+
+
+def test_history_is_read_from_the_pack_and_garbage_is_left_out() -> None:
+    checked = validate({"/History/ChargedEnergy": 12.5, "/History/DischargedEnergy": -3.0,
+                        "/History/MaximumCellVoltage": 3.6, "/History/ChargeCycles": 4.0})
+    snap = PackSnapshot.build("A", "A", "com.victronenergy.battery.a", checked.values)
+    assert snap.history == {"/History/ChargedEnergy": 12.5, "/History/MaximumCellVoltage": 3.6}
+    assert "/History/DischargedEnergy" in checked.problems       # energy counters are never negative

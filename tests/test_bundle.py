@@ -6,8 +6,10 @@ words) only when pip cannot fetch a package at all. The --no-deps build needs no
 
 from __future__ import annotations
 
+import base64
 import glob
 import hashlib
+import json
 import os
 import re
 import stat
@@ -20,11 +22,16 @@ from pathlib import Path
 import pytest
 
 from aggbatt.config import default_config, parse_config
+from aggbatt.paths import PRODUCT_ID
 from tests.gxhelpers import BUNDLE, REPO
 
 # ELF e_machine values: EM_ARM = 40, EM_AARCH64 = 183.
 ELF_MACHINE = {"armv7l": 40, "aarch64": 183}
 EXECUTABLES = {"service/run", "service/log/run", "bin/aggbatt-ctl"}
+sys.path.insert(0, str(REPO / "scripts" / "lib"))
+import guiplugin  # noqa: E402 - the bundle's own plugin builder, found through the path above
+
+RCC = guiplugin.find_rcc()
 
 
 def project_version() -> str:
@@ -105,6 +112,7 @@ def test_layout_tags_and_modes(full_bundle: tuple[Path, Path, bool]) -> None:
     assert (release / "service" / "run").read_bytes() == (REPO / "service" / "run").read_bytes()
     assert (release / "bin" / "aggbatt-ctl").read_bytes() == (
         REPO / "scripts" / "aggbatt-ctl").read_bytes()
+    check_gui_plugin(release, project_version())
     with tarfile.open(tarball) as tar:
         for member in tar.getmembers():
             rel = member.name.split("/", 1)[1] if "/" in member.name else ""
@@ -205,6 +213,33 @@ def test_no_deps_build_and_commented_config(tmp_path: Path) -> None:
     assert assigned == []  # every option commented out: the user's file sets nothing yet
     assert "# max_charge_current = 200.0" in example
     assert parse_config(example) == default_config()
+
+
+def check_gui_plugin(release: Path, version: str) -> None:
+    plugin = json.loads((release / "gui-v2" / "aggbatt.json").read_text())
+    assert plugin["name"] == "aggbatt" and plugin["version"] == version
+    assert {i["productId"] for i in plugin["integrations"]} == {f"0x{PRODUCT_ID:X}"}
+    resource = base64.b64decode(plugin["resource"])
+    assert resource.startswith(b"qres")  # a Qt binary resource, as gui-v2 registers it
+
+
+@pytest.mark.skipif(RCC is None, reason="no Qt rcc (the gui extra; scripts/test installs it)")
+def test_the_release_carries_the_gui_plugin(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(BUNDLE), "--no-deps", "--compile", "none",
+                             "--version", "7.0.1", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    release = unpack(Path(result.stdout.strip()), tmp_path / "unpacked")
+    check_gui_plugin(release, "7.0.1")
+    assert "gui-v2 plugin aggbatt" in (release / "BUNDLE").read_text()
+
+
+def test_a_full_release_without_rcc_is_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "AGGBATT_RCC": str(tmp_path / "no-rcc")}
+    result = subprocess.run([sys.executable, str(BUNDLE), "--compile", "none", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert "rcc" in result.stderr
 
 
 def test_bad_arguments(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""bus/monitor.py against real services on a private dbus-daemon (contract sections 2 and 6.2)."""
+"""bus/monitor.py against real services on a private dbus-daemon (docs/victron-contract.md §2 and §6.2)."""
 
 from __future__ import annotations
 
@@ -524,7 +524,7 @@ async def test_set_paths_changes_the_subscription_at_runtime(connect):
 
 # ----- match-rule plan ---------------------------------------------------------------------------
 
-# What a dbus-serialbattery pack publishes (contract 4.1), with 24 cells.
+# What a dbus-serialbattery pack publishes (victron-contract §4.1), with 24 cells.
 SB_ROOT = ("/DeviceInstance", "/ProductId", "/ProductName", "/FirmwareVersion", "/HardwareVersion",
            "/Family", "/Connected", "/CustomName", "/Serial", "/DeviceName", "/Manufacturer",
            "/State", "/Mode", "/DeviceState", "/ErrorCode", "/ConnectionInformation", "/Soc", "/Soh",
@@ -556,7 +556,7 @@ SB_PATHS = frozenset((*SB_ROOT, *SB_DC, *SB_INFO, *SB_SYSTEM, *SB_IO, *SB_ALARMS
                       "/Voltages/Sum", "/Voltages/Diff", "/Mgmt/ProcessName", "/Mgmt/Connection",
                       *(f"/Balances/Cell{n}" for n in range(1, 25)),
                       "/History/ChargeCycles", "/History/TotalAhDrawn", "/Settings/HasSettings"))
-# A representative wanted set (the brief's list from contract 4.1): 54 paths.
+# A representative wanted set (what the rules read of victron-contract §4.1): 54 paths.
 WANTED_ROOT = ("/Soc", "/Capacity", "/InstalledCapacity", "/ConsumedAmphours", "/TimeToGo",
                "/Serial", "/CustomName", "/ProductName", "/Balancing", "/Connected", "/DeviceInstance")
 WANTED = frozenset((*WANTED_ROOT, *SB_DC[:4], *SB_INFO[:5], *SB_SYSTEM[:12], *SB_IO[:3], *SB_ALARMS,

@@ -1,4 +1,4 @@
-"""bus/settings.py against sim/settings.py on a private dbus-daemon (contract 1.6, 3.2, 5.6)."""
+"""bus/settings.py against sim/settings.py on a private dbus-daemon (victron-contract §1.6, §3.2, §5.6)."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ async def test_add_setting_fallback_for_localsettings_without_add_settings(conne
 
 
 async def test_sim_add_settings_wire_rules(connect):
-    """The simulator answers AddSettings like localsettings (contract 3.2)."""
+    """The simulator answers AddSettings like localsettings (victron-contract §3.2)."""
     sim = await start_sim(connect, initial={f"{DEVICES}/a/ClassAndVrmInstance": "battery:7"})
     bus = await connect()
 

@@ -195,10 +195,25 @@ def test_envelope_blocks_whatever_the_strategy_says() -> None:
 def test_absorption_hold_keeps_the_bank_charging_until_every_pack_floats() -> None:
     config = config_from_dict({"charge": {"passthrough": {"cvl_mode": "absorption_hold"}}})
     strategy = PassthroughCharge(config)
+    charging = [pack("A", cvl=55.2, charge_mode="Absorption"), pack("B", cvl=55.2, charge_mode="Bulk")]
+    strategy.limits(ctx(charging, config=config), NO_CURRENT)
     online = [pack("A", cvl=55.2, charge_mode="Absorption"), pack("B", cvl=53.6, charge_mode="Float")]
     # "min" would float the bank at 53.6 V while A still absorbs; the hold follows A.
     assert strategy.limits(ctx(online, config=config), NO_CURRENT).cvl == 55.2
     assert PassthroughCharge(DEFAULT).limits(ctx(online), NO_CURRENT).cvl == 53.6
+
+
+def test_absorption_hold_says_once_which_rule_sets_the_cvl() -> None:
+    config = config_from_dict({"charge": {"passthrough": {"cvl_mode": "absorption_hold"}}})
+    strategy = PassthroughCharge(config)
+    absorbing = [pack("A", cvl=56.8, charge_mode="Absorption"), pack("B", cvl=56.8, charge_mode="Bulk")]
+    strategy.limits(ctx(absorbing, config=config), NO_CURRENT)
+    strategy.limits(ctx(absorbing, config=config), NO_CURRENT)
+    lowered = [pack("A", cvl=55.2, charge_mode="Absorption"), pack("B", cvl=56.8, charge_mode="Bulk")]
+    first = strategy.limits(ctx(lowered, config=config), NO_CURRENT)
+    assert first.cvl == 55.2 and first.events == ("CVL now set by: Pack A lowers its CVL",)
+    again = strategy.limits(ctx(lowered, config=config), NO_CURRENT)
+    assert again.cvl == 55.2 and again.events == ()
 
 
 def test_unavailable_cvl_mode_is_refused() -> None:
@@ -207,3 +222,12 @@ def test_unavailable_cvl_mode_is_refused() -> None:
         "passthrough": config.charge.passthrough.model_copy(update={"cvl_mode": "max"})})})
     with pytest.raises(ValueError, match="cvl_mode = 'max'"):
         PassthroughCharge(broken)
+
+
+@pytest.mark.parametrize("capacity", [5e-324, 0.0, -5.0, 1e308, math.nan])
+def test_an_unusable_capacity_counts_as_unknown_never_as_a_zero_share(capacity: float) -> None:
+    # A snapshot built outside validation: a share of 0 would divide by zero; it counts as 1.
+    # A: share 1, CCL 60 / 1 = 60 A; B (the only known capacity): share 1, 100 / 1 = 100 A.
+    online = [pack("A", capacity, ccl=60.0), pack("B", 100.0, ccl=100.0)]
+    assert pack_shares(online, CHARGE, 2.0)["A"] == 1.0
+    assert limits(online).ccl == pytest.approx(60.0)

@@ -1,6 +1,6 @@
 """Config models, loader, error report and `aggbatt check-config`.
 
-Expected values come from the task brief and spec/field-survey.md section 3.6, not from the code.
+Expected values come from docs/reference-aggregator.md §6 and the reference's presets, not from the code.
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ def test_boundary_values_are_accepted(text: str) -> None:
 
 
 def test_balancing_voltage_below_every_monthly_voltage_is_allowed() -> None:
-    # field-survey 3.3, second case: normal charging already at or above the balancing voltage.
+    # reference §3, second case: normal charging already at or above the balancing voltage.
     config = parse_config("[charge.own]\nbalancing_cell_voltage = 3.30\n")
     assert config.charge.own.balancing_cell_voltage < min(config.charge.own.charge_cell_voltage)
 

@@ -22,9 +22,11 @@ from tests.gxhelpers import (
     BUS_NAME,
     CTL,
     PYTHON_TAG,
+    REPO,
     Gx,
     build_release,
     missing_tools,
+    rewrite_release,
     setting,
     start_localsettings,
     wait_for,
@@ -42,7 +44,7 @@ REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 # What aggbatt-ctl and service/run call; under BusyBox these are all applets.
 APPLETS = ("sh", "mv", "ln", "tar", "gzip", "sha256sum", "cut", "sed", "awk", "grep", "cp", "rm",
            "mkdir", "readlink", "cat", "tail", "head", "df", "dirname", "date", "sleep", "cmp",
-           "chmod", "tr", "ls", "uname", "printf", "echo", "basename")
+           "chmod", "tr", "ls", "uname", "printf", "echo", "basename", "rmdir")
 
 
 def busybox_env(gx: Gx) -> dict[str, str]:
@@ -91,7 +93,7 @@ def test_lifecycle(gx: Gx, userland: str) -> None:
     localsettings = None
     if full:
         env = gx.env
-        # Venus picks a pack as battery monitor and BMS until the aggregate is selected (issue 7.7).
+        # Venus picks a pack as battery monitor and BMS until the aggregate is selected.
         localsettings = start_localsettings(gx.bus_address, settings_file)
     else:
         if shutil.which("busybox") is None:
@@ -130,6 +132,7 @@ def lifecycle(gx: Gx, env: dict[str, str], full: bool, v1: Path, v2: Path, bad: 
     pid = gx.healthy_pid()
     assert pid is not None
     assert link(gx.root / "current") == "releases/1.0.0"
+    assert link(gx.enabled_link) == str(gx.root)
     config = (gx.root / "config.toml").read_text()
     assert config == (gx.root / "current" / "config.example.toml").read_text()
     assert load_config(gx.root / "config.toml") == default_config()
@@ -153,7 +156,8 @@ def lifecycle(gx: Gx, env: dict[str, str], full: bool, v1: Path, v2: Path, bad: 
         assert gx.healthy_pid() == pid
 
         # --- kill -9: supervise restarts it, state and config stay ---
-        state_before = {p.name: p.read_bytes() for p in (gx.root / "state").iterdir()}
+        state_before = {p.name: p.read_bytes() for p in (gx.root / "state").iterdir()
+                        if not p.name.startswith(".")}
         os.kill(pid, 9)
         pid = wait_for(lambda: (p := gx.healthy_pid()) != pid and p, 20, "a new daemon after kill -9")
         assert {p.name for p in (gx.root / "state").iterdir()} >= state_before.keys()
@@ -231,11 +235,14 @@ def lifecycle(gx: Gx, env: dict[str, str], full: bool, v1: Path, v2: Path, bad: 
     assert gx.owner_pid() is None
     after = gx.listing()
     assert before - after == set()
-    kept = {"data/apps/aggbatt/", "data/apps/aggbatt/config.toml", "data/apps/aggbatt/state/"}
-    assert after - before == kept | {p for p in after if p.startswith("data/apps/aggbatt/state/")}
+    # The app folders themselves are the system's: they stay.
+    folders = {"data/apps/available/", "data/apps/enabled/"}
+    app = "data/apps/available/aggbatt/"
+    kept = folders | {app, f"{app}config.toml", f"{app}state/"}
+    assert after - before == kept | {p for p in after if p.startswith(f"{app}state/")}
     result = ctl("uninstall", "--purge")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert gx.listing() == before
+    assert gx.listing() == before | folders
     assert (gx.rc_local.read_bytes() if gx.rc_local.exists() else None) == rc_local_before
 
 
@@ -283,12 +290,17 @@ def test_hook_goes_to_rc_local_disabled_and_is_removed_from_it(gx: Gx) -> None:
     result = gx.ctl("install", str(build_release(gx.dist, "1.0.0")), env=env)
     # No svscan in this test: the service cannot come up, and the error says what to do.
     assert result.returncode == 1
-    assert "system hooks are disabled in the GUI" in result.stderr
+    assert '"Disable custom startup scripts" is on' in result.stderr
     assert "aggbatt-ctl restart" in result.stderr
     assert not gx.rc_local.exists()
     assert len(hook_lines(disabled)) == 1
     doctor = gx.ctl("doctor", env=env)
-    assert "boot hook:  in" in doctor.stdout and "disabled in the GUI" in doctor.stdout
+    assert f"boot hook:  in {disabled}" in doctor.stdout
+    assert '"Disable custom startup scripts" is on' in doctor.stdout
+    assert "aggbatt is off after the next reboot" in doctor.stdout
+    status = gx.ctl("status", env=env)
+    assert f"warning: boot hook in {disabled}" in status.stderr
+    assert "aggbatt is off after the next reboot" in status.stderr
     result = gx.ctl("uninstall", env=env)
     assert result.returncode == 0, result.stderr
     assert disabled.read_text() == "#!/bin/sh\necho other\n"
@@ -307,6 +319,7 @@ def test_doctor_reports_where_dependencies_come_from(gx: Gx) -> None:
     assert f"pydantic:       {pydantic.VERSION} from {os.path.dirname(pydantic.__file__)}" in doctor.stdout
     assert "free space:" in doctor.stdout and " MB " in doctor.stdout
     assert "boot hook:  present in" in doctor.stdout
+    assert f"app:        enabled ({gx.enabled_link})" in doctor.stdout
 
 
 def test_logs_with_and_without_tai64nlocal(gx: Gx) -> None:
@@ -346,3 +359,150 @@ def test_relative_root_is_rejected(gx: Gx) -> None:
     result = gx.ctl("status", env=dict(gx.env, AGGBATT_ROOT="data/apps/aggbatt"))
     assert result.returncode == 1
     assert "not an absolute path" in result.stderr
+
+
+PLUGIN = "gui-v2/aggbatt.json"
+
+
+def old_hook_line(gx: Gx) -> str:
+    """The boot hook line that an install from before the app folders wrote."""
+    ctl = f"{gx.old_root}/current/bin/aggbatt-ctl"
+    return (f"[ -x '{ctl}' ] && AGGBATT_ROOT='{gx.old_root}' AGGBATT_SERVICE_DIR='{gx.service_dir}' "
+            f"'{ctl}' boot >/dev/null 2>&1 & {MARK}")
+
+
+def place_old_install(gx: Gx, tarball: Path) -> None:
+    """An install as releases before the app folders left it: everything in /data/apps/aggbatt,
+    the hook line on that path, and a service whose run script looks there."""
+    releases = gx.old_root / "releases"
+    releases.mkdir(parents=True)
+    with tarfile.open(tarball) as tar:
+        tar.extractall(releases)
+    unpacked = next(releases.iterdir())
+    version = (unpacked / "VERSION").read_text().strip()
+    unpacked.rename(releases / version)
+    (gx.old_root / "current").symlink_to(f"releases/{version}")
+    (gx.old_root / "state").mkdir()
+    gx.rc_local.write_text(f"#!/bin/sh\n{old_hook_line(gx)}\n")
+    gx.rc_local.chmod(0o755)
+    (gx.old_root / ".rc-local-record").write_text(f"{gx.rc_local} created\n")
+    shutil.copytree(releases / version / "service", gx.service)
+    run = gx.service / "run"
+    default = 'ROOT="${AGGBATT_ROOT:-/data/apps/available/aggbatt}"'
+    assert default in run.read_text()
+    run.write_text(run.read_text().replace(default, f'ROOT="{gx.old_root}"'))
+
+
+def test_update_moves_an_install_from_before_the_app_folders(gx: Gx) -> None:
+    v1 = build_release(gx.dist, "1.0.0")
+    rewrite_release(v1, {PLUGIN: None})
+    v2 = build_release(gx.dist, "2.0.0")
+    plugin = '{"name": "aggbatt", "version": "2.0.0"}\n'
+    rewrite_release(v2, {PLUGIN: plugin})
+    place_old_install(gx, v1)
+    example = (gx.old_root / "current" / "config.example.toml").read_text()
+    mine = example.replace("# readmit_after = 5.0\n", "readmit_after = 12.0\n")
+    assert mine != example
+    (gx.old_root / "config.toml").write_text(mine)
+    (gx.old_root / "state" / "mine.json").write_text('{"kept": true}\n')
+    gx.start_svscan()
+    old_pid = wait_for(gx.healthy_pid, 20, "the old install's daemon")
+    # Dot files are the daemon's temporary files of an atomic save in progress.
+    old_state = {p.name for p in (gx.old_root / "state").iterdir() if not p.name.startswith(".")}
+
+    result = gx.ctl("update", str(v2))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"moved {gx.old_root} to {gx.root}" in result.stdout
+    assert (gx.root / "config.toml").read_text() == mine
+    assert (gx.root / "state" / "mine.json").read_text() == '{"kept": true}\n'
+    assert {p.name for p in (gx.root / "state").iterdir()} >= old_state
+    assert link(gx.old_root) == str(gx.root)  # what still knows the old path finds the new one
+    assert link(gx.enabled_link) == str(gx.root)
+    assert (gx.enabled_link / PLUGIN).read_text() == plugin
+    assert link(gx.root / "current") == "releases/2.0.0"
+    assert link(gx.root / "previous") == "releases/1.0.0"
+    ctl = f"{gx.root}/current/bin/aggbatt-ctl"
+    assert gx.rc_local.read_text() == (
+        f"#!/bin/sh\n[ -x '{ctl}' ] && AGGBATT_ROOT='{gx.root}' "
+        f"AGGBATT_SERVICE_DIR='{gx.service_dir}' '{ctl}' boot >/dev/null 2>&1 & {MARK}\n")
+    pid = gx.healthy_pid()
+    assert pid is not None and pid != old_pid
+    assert load_config(gx.root / "config.toml").freshness.readmit_after == 12.0
+
+    again = gx.ctl("update", str(v2))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "moved" not in again.stdout and "already the current release" in again.stdout
+    assert gx.healthy_pid() == pid
+
+    # Back to a release without a plugin: its pages would show paths that release lacks.
+    result = gx.ctl("rollback")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "release 1.0.0 has no gui-v2 plugin: removed" in result.stdout
+    assert not (gx.root / PLUGIN).exists()
+    assert "gui-v2:     no plugin" in gx.ctl("doctor").stdout
+
+    result = gx.ctl("uninstall")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not os.path.lexists(gx.enabled_link) and not os.path.lexists(gx.old_root)
+    assert sorted(os.listdir(gx.root)) == ["config.toml", "state"]
+    assert (gx.root / "config.toml").read_text() == mine
+
+
+def test_move_never_replaces_a_file_in_the_new_place(gx: Gx) -> None:
+    """Both places exist: what the new place lacks moves, identical files are dropped, a file that
+    differs is left in the old place with a warning. Run again, nothing changes; once the user has
+    removed the differing file, the old place becomes a link."""
+    env = busybox_env(gx) if shutil.which("busybox") else gx.env
+    (gx.root / "state").mkdir(parents=True)
+    (gx.root / "config.toml").write_text("# newer\n")
+    (gx.root / "state" / "soc.json").write_text('{"soc": 50}\n')
+    release = gx.old_root / "releases" / "1.0.0"
+    release.mkdir(parents=True)
+    (release / "VERSION").write_text("1.0.0\n")
+    (gx.old_root / "current").symlink_to("releases/1.0.0")
+    (gx.old_root / "state").mkdir()
+    (gx.old_root / "config.toml").write_text("# older\n")
+    (gx.old_root / "state" / "soc.json").write_text('{"soc": 50}\n')
+    (gx.old_root / "state" / "balancing.json").write_text('{"last": 1}\n')
+
+    for attempt in range(2):
+        # The move comes first; the missing tarball stops the update right after it.
+        result = gx.ctl("update", str(gx.dist / "missing.tar.gz"), env=env)
+        assert result.returncode == 1 and "missing.tar.gz: no such file" in result.stderr
+        assert ("moved from" in result.stdout) == (attempt == 0), result.stdout
+        assert "differ" in result.stderr and " config.toml." in result.stderr
+        assert (gx.root / "config.toml").read_text() == "# newer\n"
+        assert (gx.old_root / "config.toml").read_text() == "# older\n"
+        assert (gx.root / "state" / "balancing.json").read_text() == '{"last": 1}\n'
+        assert (gx.root / "state" / "soc.json").read_text() == '{"soc": 50}\n'
+        assert sorted(p.name for p in gx.old_root.rglob("*") if p.is_file()) == ["config.toml"]
+        assert link(gx.root / "current") == "releases/1.0.0"
+        assert (gx.root / "current" / "VERSION").is_file()
+
+    (gx.old_root / "config.toml").unlink()
+    result = gx.ctl("update", str(gx.dist / "missing.tar.gz"), env=env)
+    assert link(gx.old_root) == str(gx.root), result.stdout + result.stderr
+    assert (gx.root / "config.toml").read_text() == "# newer\n"
+
+
+def test_move_interrupted_after_the_rename_is_finished_by_the_next_run(gx: Gx) -> None:
+    # A power cut right after the rename: the folder is in the new place with its marker.
+    (gx.root / "state").mkdir(parents=True)
+    (gx.root / "config.toml").write_text("# mine\n")
+    (gx.root / ".moved-from-old-place").touch()
+    result = gx.ctl("update", str(gx.dist / "missing.tar.gz"))
+    assert result.returncode == 1
+    assert link(gx.old_root) == str(gx.root)
+    assert not (gx.root / ".moved-from-old-place").exists()
+    assert (gx.root / "config.toml").read_text() == "# mine\n"
+
+
+def test_new_run_script_under_an_old_ctl_says_how_to_move(gx: Gx) -> None:
+    """An old release's aggbatt-ctl updating the old place starts the new service/run, which
+    looks in the app folder: its refusal (shown by the old ctl's rollback) says what to run."""
+    (gx.old_root / "current").mkdir(parents=True)
+    (gx.old_root / "current" / "VERSION").write_text("2.0.0\n")
+    result = subprocess.run(["sh", str(REPO / "service" / "run")], capture_output=True, text=True,
+                            env=dict(gx.env, AGGBATT_GUARD_SLEEP="0"), timeout=30)
+    assert f"this release lives in the Venus app folder {gx.root}" in result.stdout
+    assert "bin/aggbatt-ctl update aggbatt-<version>.tar.gz" in result.stdout

@@ -81,6 +81,36 @@ async def test_a_pack_blocking_charge_zeroes_bank_ccl_without_waiting_for_the_ti
         assert values["/Io/AllowToCharge"] == 0
 
 
+async def test_a_block_holds_on_the_bus_while_the_blocking_pack_is_gone(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280), bank_current=30.0) as h:
+        await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0
+                              and v["/System/NrOfModulesOnline"] == 2)
+        h.bank.packs[1].block_charge(True)
+        await wait_for_values(h.client, lambda v: v["/Info/MaxChargeCurrent"] == 0)
+        await h.bank.packs[1].vanish()
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
+        for _ in range(8):                   # several stale_after (0.5 s) periods
+            values = await aggregate_values(h.client)
+            assert values["/Info/MaxChargeCurrent"] == 0
+            assert "blocks charging" in values["/Info/ChargeLimitation"]
+            await asyncio.sleep(0.25)
+        h.bank.packs[1].block_charge(False)
+        await h.bank.packs[1].reappear()     # fresh data from the same pack lifts the block
+        await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0)
+
+
+async def test_a_hung_driver_at_rest_is_found_by_a_probe_and_a_quiet_live_one_is_not(
+        bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:   # at rest: both are quiet
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+        h.bank.packs[1].hang(True)
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
+        assert values["/System/NrOfModulesOnline"] == 1
+        reasons = {p["id"]: p["reason"] for p in h.daemon.status()["packs"]}
+        assert reasons["P0"] is None                          # answered every probe
+        assert "did not answer a probe" in reasons["P1"]
+
+
 async def test_frozen_pack_goes_offline_and_limits_come_from_the_rest(bus_address, tmp_path):
     async with running(bus_address, tmp_path, packs(280, 280, 280), bank_current=30.0) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 3)
@@ -200,6 +230,19 @@ async def test_known_packs_survive_a_restart_and_a_missing_one_counts_offline(bu
     async with running(bus_address, tmp_path, packs(280)) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
         assert values["/System/NrOfModulesOffline"] == 1
+
+
+async def test_a_block_survives_a_restart_while_its_pack_is_missing(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+        h.bank.packs[1].block_charge(True)
+        await wait_for_values(h.client, lambda v: v["/Info/MaxChargeCurrent"] == 0)
+    async with running(bus_address, tmp_path, packs(280)) as h:   # P1 is missing after it
+        values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
+        assert values["/Info/MaxChargeCurrent"] == 0
+        assert "P1 blocks charging" in values["/Info/ChargeLimitation"]
+    async with running(bus_address, tmp_path, packs(280, 280)) as h:   # back, not blocking
+        await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0)
 
 
 async def test_forget_packs_drops_a_pack_removed_for_good(bus_address, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -165,7 +167,8 @@ def test_frozen_pack_goes_offline_after_stale_after_while_current_flows() -> Non
     result = run(engine, bank, 10.5, 10.5)[0]
     a = status(result, "A")
     assert not a.online and a.state == "offline"
-    assert "Pack A: offline: no value changed for 10.5 s (limit 10 s while current flows)" in result.events
+    assert ("Pack A: offline: no value changed for 10.5 s while it reports 20.0 A (limit 10 s)"
+            in result.events)
     v = result.values
     assert v["/System/NrOfModulesOnline"] == 1 and v["/System/NrOfModulesOffline"] == 1
     assert v["/Alarms/BmsCable"] == 1
@@ -178,22 +181,268 @@ def test_quiet_pack_at_rest_does_not_flap() -> None:
     bank.add("ttyUSB0", 0.0, "A", current=0.0)
     bank.add("ttyUSB1", 0.0, "B", current=0.3)
     engine = Engine(default_config())
-    results = run(engine, bank, 0.0, 120.0, step=5.0)
-    assert all(status(r, "A").online for r in results)        # 120 s quiet at rest is fine
-    result = run(engine, bank, 120.5, 120.5)[0]
+    results = run(engine, bank, 0.0, 900.0, step=5.0)
+    assert all(status(r, "A").online for r in results)        # silence at rest proves nothing
+    assert all(r.events == [] for r in results[1:])
+
+
+def test_a_quiet_pack_at_zero_amps_goes_stale_when_the_bank_current_passes_it_by() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=0.0)
+    bank.add("ttyUSB1", 0.0, "B", current=0.0)
+    engine = Engine(default_config())                         # stale_after 10 s, idle_current 2 A
+    run(engine, bank, 0.0, 300.0, step=5.0)                   # at rest: A quiet for 300 s, online
+    bank.update("ttyUSB1", 300.5, current=25.0)                # the bank starts charging (B sees it)
+    results = run(engine, bank, 300.5, 311.0)
+    assert all(status(r, "A").online for r in results)        # a live pack has 10 s to show it
+    result = run(engine, bank, 311.5, 311.5)[0]
     assert not status(result, "A").online
-    assert "Pack A: offline: no value changed for 120.5 s (limit 120 s at rest)" in result.events
+    assert any("Pack A: offline: no value changed for 311.5 s while the bank carried 25.0 A "
+               "charging, which it does not block" in e for e in result.events)
+    bank.update("ttyUSB1", 312.0, current=0.0)                 # rest again: A stays stale until
+    assert not status(run(engine, bank, 312.0, 400.0)[-1], "A").online   # a value of it changes
 
 
-def test_a_quiet_pack_goes_stale_sooner_once_current_flows() -> None:
+def test_a_pack_that_blocks_charging_is_quiet_by_nature_while_the_bank_charges() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=0.0, ccl=0.0, allow_charge=0)
+    bank.add("ttyUSB1", 0.0, "B", current=40.0)
+    engine = Engine(default_config())
+    results = run(engine, bank, 0.0, 600.0, step=5.0)
+    assert all(status(r, "A").online for r in results)
+    assert all(r.values["/Info/MaxChargeCurrent"] == 0.0 for r in results)
+
+
+def test_a_quiet_pack_whose_driver_does_not_answer_a_probe_is_stale() -> None:
     bank = Bank()
     bank.add("ttyUSB0", 0.0, "A", current=0.0)
     bank.add("ttyUSB1", 0.0, "B", current=0.0)
     engine = Engine(default_config())
-    run(engine, bank, 0.0, 30.0, step=5.0)                    # at rest: A quiet for 30 s, online
-    bank.update("ttyUSB1", 30.5, current=25.0)                 # the bank starts charging (B sees it)
-    result = tick(engine, bank, 30.5)
-    assert not status(result, "A").online                     # 30.5 s > stale_after 10 s
+    run(engine, bank, 0.0, 200.0, step=10.0)
+    hung = [replace(r, unresponsive=True) if r.service.endswith("ttyUSB0") else r
+            for r in bank.readings()]
+    result = engine.tick(201.0, hung)
+    assert not status(result, "A").online and status(result, "B").online
+    assert "Pack A: offline: no value changed for 201.0 s and its driver did not answer a probe" \
+        in result.events
+
+
+def test_a_pack_without_a_current_reading_for_minutes_while_the_bank_charges() -> None:
+    bank = charging_bank()
+    engine = Engine(default_config())
+    run(engine, bank, 0.0, 5.0, moving=("ttyUSB0", "ttyUSB1"))
+    bank.update("ttyUSB0", 5.5, voltage=None, current=None, online=0)   # serialbattery link loss
+    results = run(engine, bank, 5.5, 300.0, step=5.0)
+    assert all(status(r, "A").reason == "BMS reports its link lost (NrOfModulesOnline 0)"
+               for r in results)
+
+
+def test_staleness_judges_by_the_configured_current_source() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=0.0)
+    bank.add("ttyUSB1", 0.0, "B", current=0.0)
+    multi = "com.victronenergy.vebus.ttyS4"
+    engine = Engine(cfg(current={"source": "victron_devices"}))
+    results = []
+    for second in range(0, 30):
+        # the Multi charges the bank with 100 A while both packs stay frozen at 0 A
+        bank.services[multi] = [{"/Connected": 1, "/Dc/0/Current": 100.0 + second % 2},
+                                float(second), 0.0]
+        results.append(tick(engine, bank, float(second)))
+    assert results[5].values["/Dc/0/Current"] == pytest.approx(100.0, abs=1.0)
+    assert status(results[10], "A").online
+    assert not status(results[-1], "A").online and not status(results[-1], "B").online
+    assert "100.0 A charging" in (status(results[-1], "A").reason or "")
+
+
+# ---- a block or a limit is never released by losing a pack ---------------------------------------
+
+
+def blocked_bank() -> Bank:
+    """A blocks charging (its FET is open: 0 A); B takes the charge current."""
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=0.0, ccl=0.0, allow_charge=0)
+    bank.add("ttyUSB1", 0.0, "B", current=40.0)
+    return bank
+
+
+@pytest.mark.parametrize("fault", ["vanish", "link_loss", "invalid_limits"])
+def test_a_block_holds_while_the_blocking_pack_is_offline(fault: str) -> None:
+    bank = blocked_bank()
+    engine = Engine(default_config())
+    assert tick(engine, bank, 0.0).values["/Info/MaxChargeCurrent"] == 0.0
+    if fault == "vanish":
+        bank.remove("ttyUSB0")
+    elif fault == "link_loss":
+        bank.update("ttyUSB0", 1.0, voltage=None, current=None, online=0, ccl=None)
+    else:
+        bank.update("ttyUSB0", 1.0, ccl=None, allow_charge=None, **{"/Io/AllowToCharge": None})
+    results = run(engine, bank, 1.0, 600.0, step=5.0)
+    assert all(not status(r, "A").online for r in results)
+    assert all(r.values["/Info/MaxChargeCurrent"] == 0.0 for r in results)
+    assert all(r.values["/Io/AllowToCharge"] == 0 for r in results)
+    assert all(r.values["/System/NrOfModulesBlockingCharge"] == 1 for r in results)
+    assert "A blocks charging" in results[-1].values["/Info/ChargeLimitation"]
+    a = status(results[-1], "A")
+    assert a.holds is not None and "CCL 0" in a.holds
+    assert sum("Pack A: not online; its last fresh data still counts" in e
+               for r in results for e in r.events) == 1
+
+
+def test_saved_blocks_are_restored_for_known_packs_until_fresh_data_lifts_them() -> None:
+    bank = blocked_bank()
+    first = Engine(default_config())
+    saved = tick(first, bank, 0.0).blocks
+    assert saved == {"A": ("charge",)}
+    bank.remove("ttyUSB0")                                 # A is missing after a restart
+    engine = Engine(default_config(), known_packs=["A", "B"], blocks=dict(saved or {}))
+    result = tick(engine, bank, 0.0)
+    assert result.values["/Info/MaxChargeCurrent"] == 0.0
+    assert result.blocks == {"A": ("charge",)}
+    bank.add("ttyUSB0", 1.0, "A", current=0.0)              # back, not blocking
+    assert tick(engine, bank, 1.0).values["/Info/MaxChargeCurrent"] == pytest.approx(100.0)
+    garbage = Engine(default_config(), known_packs=["A"], blocks={"A": "charge", "Z": ["charge"]})
+    assert tick(garbage, Bank(), 0.0).blocks == {}         # a garbage entry, an unknown pack
+
+
+def test_fresh_data_from_the_blocking_pack_lifts_its_block() -> None:
+    bank = blocked_bank()
+    engine = Engine(default_config())
+    tick(engine, bank, 0.0)
+    values_a = bank.services[SB + "ttyUSB0"][0]
+    bank.remove("ttyUSB0")
+    assert tick(engine, bank, 1.0).values["/Info/MaxChargeCurrent"] == 0.0
+    bank.services[SB + "ttyUSB0"] = [dict(values_a, **{"/Info/MaxChargeCurrent": 100.0,
+                                                        "/Io/AllowToCharge": 1}), 2.0, 2.0]
+    result = tick(engine, bank, 2.0)
+    assert status(result, "A").state == "readmitting"
+    # unblocked, but while it is readmitted its fresh limit still counts: 100 A at 50 % share
+    assert result.values["/Info/MaxChargeCurrent"] == pytest.approx(100.0)
+
+
+def test_forgetting_the_blocking_pack_releases_its_block() -> None:
+    bank = blocked_bank()
+    engine = Engine(default_config())
+    tick(engine, bank, 0.0)
+    bank.remove("ttyUSB0")
+    assert tick(engine, bank, 1.0).values["/Info/MaxChargeCurrent"] == 0.0
+    assert engine.forget_missing() == ["Pack A"]
+    assert tick(engine, bank, 2.0).values["/Info/MaxChargeCurrent"] == pytest.approx(100.0)
+
+
+def test_a_readmitting_pack_whose_fresh_data_blocks_counts_at_once() -> None:
+    bank = charging_bank()
+    engine = Engine(default_config())
+    tick(engine, bank, 0.0)
+    values_a = bank.services[SB + "ttyUSB0"][0]
+    bank.remove("ttyUSB0")
+    tick(engine, bank, 1.0)
+    bank.services[SB + "ttyUSB0"] = [dict(values_a, **{"/Info/MaxDischargeCurrent": 0.0,
+                                                        "/Io/AllowToDischarge": 0}), 2.0, 2.0]
+    result = tick(engine, bank, 2.0)
+    assert status(result, "A").state == "readmitting"
+    assert result.values["/Info/MaxDischargeCurrent"] == 0.0
+    assert result.values["/Io/AllowToDischarge"] == 0
+
+
+def test_a_present_stale_pack_whose_data_blocks_counts_at_once() -> None:
+    bank = charging_bank()
+    engine = Engine(default_config())
+    run(engine, bank, 0.0, 10.5)                       # A frozen at 20 A: stale
+    bank.services[SB + "ttyUSB0"][0]["/Io/AllowToDischarge"] = 0   # no change stamp: still stale
+    result = tick(engine, bank, 11.0)
+    assert not status(result, "A").online
+    assert result.values["/Info/MaxDischargeCurrent"] == 0.0
+
+
+def test_going_offline_never_raises_a_limit() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, cvl=54.0, dcl=20.0, ccl=30.0)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0)
+    engine = Engine(default_config())
+    before = tick(engine, bank, 0.0).values
+    assert before["/Info/MaxChargeVoltage"] == 54.0
+    bank.update("ttyUSB0", 1.0, voltage=None, current=None, online=0)
+    after = tick(engine, bank, 1.0).values
+    for path in ("/Info/MaxChargeVoltage", "/Info/MaxChargeCurrent", "/Info/MaxDischargeCurrent"):
+        assert after[path] <= before[path], path
+    assert after["/Info/MaxChargeVoltage"] == 54.0
+
+
+def test_what_an_unhealthy_pack_showed_still_counts_after_it_leaves() -> None:
+    # A goes offline (invalid voltage), then shows a block and a lower CVL while offline, then
+    # leaves the bus: what it showed last is the newest information and keeps counting.
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, cvl=55.2)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0)
+    engine = Engine(default_config())
+    tick(engine, bank, 0.0)
+    bank.update("ttyUSB0", 1.0, voltage=None)
+    tick(engine, bank, 1.0)
+    bank.update("ttyUSB0", 2.0, allow_charge=0, cvl=54.0)
+    shown = tick(engine, bank, 2.0).values
+    assert (shown["/Info/MaxChargeCurrent"], shown["/Info/MaxChargeVoltage"]) == (0.0, 54.0)
+    bank.remove("ttyUSB0")
+    gone = tick(engine, bank, 3.0).values
+    assert (gone["/Info/MaxChargeCurrent"], gone["/Info/MaxChargeVoltage"]) == (0.0, 54.0)
+
+
+def test_a_block_flag_that_turns_invalid_does_not_lift_the_block() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, allow_charge=0)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0)
+    engine = Engine(default_config())
+    assert tick(engine, bank, 0.0).values["/Info/MaxChargeCurrent"] == 0.0
+    for step, garbage in enumerate((None, "x", float("nan")), 1):
+        bank.update("ttyUSB0", float(step), allow_charge=garbage)
+        result = tick(engine, bank, float(step))
+        assert status(result, "A").online
+        assert result.values["/Info/MaxChargeCurrent"] == 0.0, garbage
+    bank.update("ttyUSB0", 5.0, allow_charge=1)                     # a valid value lifts it
+    assert tick(engine, bank, 5.0).values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)
+
+
+def test_a_pack_frozen_at_a_restart_keeps_capping_after_it_leaves() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, cvl=54.0, ccl=30.0)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0)
+    engine = Engine(default_config(), known_packs=["A", "B"])
+    bank.update("ttyUSB1", 20.0, current=10.5)       # A frozen at 10 A for 20 s: stale at once
+    first = tick(engine, bank, 20.0)
+    assert not status(first, "A").online
+    assert first.values["/Info/MaxChargeVoltage"] == 54.0
+    bank.remove("ttyUSB0")
+    gone = tick(engine, bank, 21.0).values
+    assert gone["/Info/MaxChargeVoltage"] == 54.0
+    assert gone["/Info/MaxChargeCurrent"] <= first.values["/Info/MaxChargeCurrent"]
+
+
+def test_under_own_charge_control_a_pack_going_offline_keeps_capping_the_cvl_by_its_cells() -> None:
+    bank = Bank()
+    # a 15S pack whose BMS allows 3.6 V per cell, next to a 16S pack
+    bank.add("ttyUSB0", 0.0, "A", current=10.0, voltage=50.0, cvl=54.0,
+             **{"/System/NrOfCellsPerBattery": 15})
+    bank.add("ttyUSB1", 0.0, "B", current=10.0, **{"/System/NrOfCellsPerBattery": 16})
+    engine = Engine(cfg(charge={"strategy": "own", "own": {"max_cell_voltage": 3.45}}))
+    noon = datetime(2025, 6, 1, 12, 0)
+    before = engine.tick(0.0, bank.readings(), wall=noon).values["/Info/MaxChargeVoltage"]
+    assert before <= 15 * 3.45 + 1e-9
+    bank.update("ttyUSB0", 1.0, voltage=None, current=None, online=0)
+    after = engine.tick(1.0, bank.readings(), wall=noon).values["/Info/MaxChargeVoltage"]
+    assert after <= 15 * 3.45 + 1e-9
+
+
+def test_a_block_follows_a_pack_renamed_while_it_is_offline() -> None:
+    bank = blocked_bank()
+    bank.update("ttyUSB0", 0.0, serial="", name="Left")      # no serial: known by its name
+    engine = Engine(default_config())
+    assert tick(engine, bank, 0.0).values["/Info/MaxChargeCurrent"] == 0.0
+    # its link is lost (limits and flags invalid too), then it is renamed in the GUI
+    bank.update("ttyUSB0", 1.0, voltage=None, current=None, online=0, ccl=None, allow_charge=None)
+    bank.update("ttyUSB0", 1.0, name="Right")
+    results = run(engine, bank, 1.0, 20.0)
+    assert any("now reports the id 'Right'" in e for r in results for e in r.events)
+    assert all(r.values["/Info/MaxChargeCurrent"] == 0.0 for r in results)
 
 
 def test_readmission_needs_readmit_after_seconds_of_fresh_data() -> None:
@@ -410,7 +659,7 @@ def test_absurd_values() -> None:
     engine = Engine(default_config())
     result = tick(engine, bank, 0.0)
     assert "Pack A: ignoring /Dc/0/Voltage: 1000.0 is outside (0, 100]" in result.events
-    assert "Pack B: ignoring /InstalledCapacity: -100.0 is outside (0, 100000]" in result.events
+    assert "Pack B: ignoring /InstalledCapacity: -100.0 is outside [1, 100000]" in result.events
     assert status(result, "A").reason == "no valid /Dc/0/Voltage"
     # B's capacity is unknown: share 1; C holds all known capacity: share 1.
     # CCL = min(80 / 1, 100 / 1) = 80 A
@@ -540,6 +789,56 @@ def test_fail_safe_block_policy_and_garbage() -> None:
     assert v["/Info/MaxChargeVoltage"] is None and v["/Alarms/InternalFailure"] == 2
 
 
+@pytest.mark.parametrize("block", [{"/Io/AllowToDischarge": 0},
+                                   {"/System/NrOfModulesBlockingDischarge": 1}])
+def test_fail_safe_honours_a_discharge_block(block: dict[str, int]) -> None:
+    bank = charging_bank()
+    bank.update("ttyUSB0", 0.0, **block)
+    engine = Engine(default_config())                       # on_internal_error = "dcl_min_pack"
+    assert tick(engine, bank, 0.0).values["/Info/MaxDischargeCurrent"] == 0.0
+    v = engine.fail_safe(1.0, bank.readings(), KeyError("x")).values
+    assert v["/Info/MaxDischargeCurrent"] == 0.0
+    assert "Pack A blocks discharging" in v["/Info/DischargeLimitation"]
+
+
+def test_fail_safe_honours_the_block_of_a_pack_that_is_gone() -> None:
+    bank = charging_bank()
+    bank.update("ttyUSB0", 0.0, **{"/Io/AllowToDischarge": 0})
+    engine = Engine(default_config())
+    tick(engine, bank, 0.0)
+    bank.remove("ttyUSB0")
+    v = engine.fail_safe(1.0, bank.readings(), KeyError("x")).values
+    assert v["/Info/MaxDischargeCurrent"] == 0.0
+
+
+def test_a_failed_tick_never_publishes_more_than_the_last_good_one() -> None:
+    bank = charging_bank()
+    engine = Engine(cfg(freshness={"on_pack_lost": "block"}))   # fail-safe: smallest pack DCL
+    bank.update("ttyUSB0", 0.0, voltage=None)               # A offline: the policy blocks both
+    good = tick(engine, bank, 0.0).values
+    assert good["/Info/MaxDischargeCurrent"] == 0.0
+    v = engine.fail_safe(1.0, bank.readings(), KeyError("x")).values
+    assert v["/Info/MaxDischargeCurrent"] == 0.0
+    assert v["/Info/MaxChargeVoltage"] <= good["/Info/MaxChargeVoltage"]
+
+
+def test_the_last_line_of_the_fail_safe_keeps_the_known_packs_and_the_last_cvl(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    bank = charging_bank()
+    engine = Engine(default_config())
+    good = tick(engine, bank, 0.0).values
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("fail-safe broke too")
+
+    monkeypatch.setattr(engine, "_fail_safe", broken)
+    result = engine.fail_safe(1.0, bank.readings(), KeyError("x"))
+    assert result.known_packs == frozenset({"A", "B"})
+    assert result.values["/Info/MaxChargeVoltage"] == good["/Info/MaxChargeVoltage"]
+    assert result.values["/Info/MaxChargeCurrent"] == 0.0
+    assert result.values["/Info/MaxDischargeCurrent"] == 0.0
+
+
 def test_paths_for_the_monitor() -> None:
     assert SAFETY_PATHS <= PACK_PATHS
     assert {"/Info/MaxChargeCurrent", "/Io/AllowToCharge", "/Serial"} <= PACK_PATHS
@@ -573,3 +872,52 @@ def test_a_service_that_comes_back_is_parsed_afresh_even_with_the_same_stamps() 
     back = pack_values("A", voltage=52.0)  # the driver restarted between two ticks
     result = engine.tick(4.0, [ServiceReading(SB + "ttyUSB0", back, 4.0, 3.5, stamps)])
     assert status(result, "A").voltage == 52.0
+
+
+def test_an_implausibly_small_capacity_is_ignored_and_the_tick_works() -> None:
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", capacity=100.0, ccl=100.0)
+    bank.add("ttyUSB1", 0.0, "B", capacity=5e-324, ccl=50.0)
+    engine = Engine(default_config())
+    first = tick(engine, bank, 1.0)
+    # B's capacity is unknown, so its share is the whole bank: CCL = min(100 / 1, 50 / 1) = 50 A
+    assert first.values["/Info/MaxChargeCurrent"] == pytest.approx(50.0)
+    assert first.values["/InstalledCapacity"] == 100.0
+    assert first.values["/Alarms/InternalFailure"] == 0
+    assert "Pack B: ignoring /InstalledCapacity: 5e-324 is outside [1, 100000]" in first.events
+    bank.update("ttyUSB0", 2.0, soc=51.0)
+    again = tick(engine, bank, 2.0)
+    assert not any("InstalledCapacity" in event for event in again.events)
+    assert again.values["/Info/MaxChargeCurrent"] == pytest.approx(50.0)
+
+
+def test_the_last_measured_share_still_counts_when_charging_starts_again() -> None:
+    # A takes 80 % of the charge current (lower internal resistance), B 20 %; capacities are equal,
+    # so the capacity shares are 0.5. While 50 A flow, CCL = min(50 / 0.8, 100 / 0.5) = 62.5 A.
+    bank = Bank()
+    bank.add("ttyUSB0", 0.0, "A", current=40.0, ccl=50.0)
+    bank.add("ttyUSB1", 0.0, "B", current=10.0, ccl=100.0)
+    engine = Engine(default_config())
+    assert tick(engine, bank, 1.0).values["/Info/MaxChargeCurrent"] == pytest.approx(62.5)
+    # Rest for 60 s, then discharge 50 A split 30 / 70: no charge current to measure. The charge
+    # share remembered for A fades towards 0.5 with a half-life of an hour:
+    # 0.5 + 0.3 x 0.5 ** (60 / 3600) = 0.79654, CCL = 50 / 0.79654 = 62.77 A (without it: 100 A,
+    # and A would take 80 A against its own 50 A on the first tick of charging).
+    for service in ("ttyUSB0", "ttyUSB1"):
+        bank.update(service, 2.0, current=0.0)
+    bank.update("ttyUSB0", 61.0, soc=51.0)
+    rest = tick(engine, bank, 61.0).values
+    assert rest["/Info/MaxChargeCurrent"] == pytest.approx(50.0 / (0.5 + 0.3 * 0.5 ** (60 / 3600)))
+    bank.update("ttyUSB0", 62.0, current=-15.0)
+    bank.update("ttyUSB1", 62.0, current=-35.0)
+    reversed_ = tick(engine, bank, 62.0).values
+    assert reversed_["/Info/MaxChargeCurrent"] == pytest.approx(
+        50.0 / (0.5 + 0.3 * 0.5 ** (61 / 3600)))
+    # DCL from the measured discharge split: min(100 / 0.5, 100 / 0.7) = 142.9 A
+    assert reversed_["/Info/MaxDischargeCurrent"] == pytest.approx(100.0 / 0.7)
+    # Ten hours later the remembered share has faded to the capacity share (within 0.1 %)
+    for service in ("ttyUSB0", "ttyUSB1"):
+        bank.update(service, 36062.0, current=0.0, soc=52.0)
+    late = tick(engine, bank, 36062.0).values
+    assert late["/Info/MaxChargeCurrent"] == pytest.approx(100.0, rel=1e-3)
+    assert late["/Info/MaxDischargeCurrent"] == pytest.approx(200.0, rel=1e-3)

@@ -1,6 +1,6 @@
 """aggbatt migrate-ini: the reference's example configs and state files into our TOML and state.
 
-Expected numbers are the reference presets as listed by hand in spec/field-survey.md 3.6 and 3.8,
+Expected numbers are the reference presets as listed by hand in docs/reference-aggregator.md §6 and §8,
 not read back from the converter.
 """
 
@@ -200,7 +200,7 @@ def test_state_sentinels_legacy_names_and_no_overwrite(tmp_path: Path) -> None:
 
 
 def test_reference_fixture_state_samples(tmp_path: Path) -> None:
-    # The reference repository ships -1 and 359 (field-survey 3.8).
+    # The reference repository ships -1 and 359 (reference §8).
     state = tmp_path / "state"
     result = run(REF / "config_LTO.ini", tmp_path / "c.toml", state_dir=state)
     assert not (state / "soc.json").exists()

@@ -9,8 +9,8 @@ import pytest
 
 from aggbatt import model
 from aggbatt.model import (
-    PackSnapshot, PackState, PackTracker, data_age, fault_of, needs_urgent_tick, pack_paths,
-    revalidate, stale_limit, validate,
+    PackSnapshot, PackState, PackTracker, data_age, expected_current, fault_of, needs_urgent_tick,
+    pack_paths, revalidate, stale_verdict, validate,
 )
 
 GOOD = {
@@ -121,6 +121,10 @@ def test_pack_paths() -> None:
     assert pack_paths(False) == model.PACK_PATHS
     # pack power is V x I (what serialbattery publishes), so its signals are not subscribed to
     assert "/Dc/0/Power" not in pack_paths(True)
+    # /History needs a match rule of its own per pack: read only when the bank's is published
+    assert not any(p.startswith("/History/") for p in pack_paths(True))
+    assert "/History/ChargedEnergy" in pack_paths(False, history=True)
+    assert "/Voltages/Cell1" in pack_paths(True, history=True)
 
 
 def test_safety_paths_and_urgent_ticks() -> None:
@@ -226,12 +230,54 @@ def test_a_known_pack_never_seen_starts_offline() -> None:
 # ---- freshness ----------------------------------------------------------------------------------
 
 
-def test_stale_limit_depends_on_current_flow() -> None:
-    # stale_after 10 s while |I| >= idle_current (2 A), else stale_after_idle 120 s
-    assert stale_limit(0.5, 0.1, 2.0, 10.0, 120.0) == (120.0, False)
-    assert stale_limit(-2.0, 0.0, 2.0, 10.0, 120.0) == (10.0, True)    # bank discharging 2 A
-    assert stale_limit(0.0, 3.0, 2.0, 10.0, 120.0) == (10.0, True)     # the pack's own current
-    assert stale_limit(None, None, 2.0, 10.0, 120.0) == (120.0, False)
+def test_a_pack_reporting_current_must_change_within_stale_after() -> None:
+    pack = _snap(current=12.0)
+    assert stale_verdict(pack, 10.0, 0.0, None, False, 10.0, 2.0) is None   # at the limit: fresh
+    verdict = stale_verdict(pack, 10.5, 0.0, None, False, 10.0, 2.0)
+    assert verdict is not None and "10.5 s" in verdict and "12.0 A" in verdict
+
+
+def test_a_quiet_pack_at_zero_amps_is_stale_only_on_evidence() -> None:
+    quiet = _snap(current=0.0)
+    # silence alone, however long, proves nothing
+    assert stale_verdict(quiet, 3600.0, 0.0, None, False, 10.0, 2.0) is None
+    # the bank carried current it does not block for longer than stale_after
+    evidence = expected_current(quiet, 60.0, 0.5, 2.0)
+    assert evidence is not None and "60.0 A charging" in evidence
+    assert stale_verdict(quiet, 30.0, 10.0, evidence, False, 10.0, 2.0) is None
+    assert "charging" in stale_verdict(quiet, 30.0, 10.5, evidence, False, 10.0, 2.0)  # type: ignore[operator]
+    # a driver that did not answer the daemon's probe
+    assert "probe" in stale_verdict(quiet, 300.0, 0.0, None, True, 10.0, 2.0)  # type: ignore[operator]
+
+
+def test_evidence_against_a_pack_without_a_valid_current_is_reported_without_raising() -> None:
+    lost = _snap(current=None, modules_online=0)
+    evidence = expected_current(lost, 60.0, 0.5, 2.0)
+    assert evidence is not None
+    verdict = stale_verdict(lost, 30.0, 10.5, evidence, False, 10.0, 2.0)
+    assert verdict is not None and "no valid current" in verdict
+
+
+def test_no_evidence_when_the_pack_blocks_the_flowing_direction_or_its_share_is_small() -> None:
+    blocked = _snap(current=0.0, ccl=0.0)
+    assert expected_current(blocked, 60.0, 0.5, 2.0) is None        # charging: its FET is open
+    assert expected_current(blocked, -60.0, 0.5, 2.0) is not None   # discharging it must carry
+    assert expected_current(_snap(current=0.0, allow_discharge=0), -60.0, 0.5, 2.0) is None
+    assert expected_current(_snap(current=0.0), 3.0, 0.5, 2.0) is None   # 1.5 A share: noise
+    assert expected_current(_snap(current=5.0), 60.0, 0.5, 2.0) is None  # the own-current rule
+    assert expected_current(_snap(current=0.0), None, 0.5, 2.0) is None
+
+
+def test_evidence_must_hold_without_a_break_and_a_stale_verdict_sticks_until_a_change() -> None:
+    tracker = PackTracker("a")
+    assert tracker.evidence_for(100.0, "flows", 50.0) == 0.0
+    assert tracker.evidence_for(108.0, "flows", 50.0) == 8.0
+    assert tracker.evidence_for(109.0, "flows", 105.0) == 4.0      # its data changed at 105 s
+    assert tracker.evidence_for(110.0, None, 105.0) == 0.0          # a break starts it anew
+    assert tracker.evidence_for(111.0, "flows", 105.0) == 0.0
+    assert tracker.staleness("frozen", 50.0) == "frozen"
+    assert tracker.staleness(None, 50.0) == "frozen"                # the bank went to rest
+    assert tracker.staleness(None, 120.0) is None                   # a value changed
 
 
 def test_data_age() -> None:
@@ -249,19 +295,16 @@ def _snap(**fields: object) -> PackSnapshot:
 
 
 def test_fault_reasons_in_order() -> None:
-    assert fault_of(None, None, 10.0, True, seen_before=True) == "service gone"
-    assert fault_of(None, None, 10.0, True, seen_before=False) == "known pack not present"
-    assert "link lost" in fault_of(_snap(modules_online=0, voltage=None), 1.0, 10.0, True, True)  # type: ignore[operator]
-    assert fault_of(_snap(voltage=None), 1.0, 10.0, True, True) == "no valid /Dc/0/Voltage"
-    assert fault_of(_snap(current=None), 1.0, 10.0, True, True) == "no valid /Dc/0/Current"
-    assert "CVL" in fault_of(_snap(cvl=None), 1.0, 10.0, True, True)  # type: ignore[operator]
-    assert "CCL" in fault_of(_snap(ccl=None), 1.0, 10.0, True, True)  # type: ignore[operator]
-    assert "DCL" in fault_of(_snap(dcl=None), 1.0, 10.0, True, True)  # type: ignore[operator]
-    assert fault_of(_snap(), 10.0, 10.0, True, True) is None          # exactly at the limit: fresh
-    stale = fault_of(_snap(), 10.5, 10.0, True, True)
-    assert stale is not None and "10.5 s" in stale and "while current flows" in stale
-    assert "at rest" in fault_of(_snap(), 130.0, 120.0, False, True)  # type: ignore[operator]
-    assert fault_of(_snap(modules_online=1), 0.0, 10.0, True, True) is None
+    assert fault_of(None, None, seen_before=True) == "service gone"
+    assert fault_of(None, None, seen_before=False) == "known pack not present"
+    assert "link lost" in fault_of(_snap(modules_online=0, voltage=None), 1.0, True)  # type: ignore[operator]
+    assert fault_of(_snap(voltage=None), 1.0, True) == "no valid /Dc/0/Voltage"
+    assert fault_of(_snap(current=None), 1.0, True) == "no valid /Dc/0/Current"
+    assert "CVL" in fault_of(_snap(cvl=None), 1.0, True)  # type: ignore[operator]
+    assert "CCL" in fault_of(_snap(ccl=None), 1.0, True)  # type: ignore[operator]
+    assert "DCL" in fault_of(_snap(dcl=None), 1.0, True)  # type: ignore[operator]
+    assert fault_of(_snap(), None, True) == "no receive time"
+    assert fault_of(_snap(modules_online=1), 0.0, True) is None
 
 
 # ---- incremental validation ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -47,8 +48,8 @@ def pack(name: str, cells: int = 16, cell: float = 3.30, high: float | None = No
 
 
 def ctx(cfg, packs, wall: datetime, now: float = 0.0) -> SimpleNamespace:
-    return SimpleNamespace(now=now, config=cfg, online=tuple(packs), offline=(), services=(),
-                           wall=wall)
+    return SimpleNamespace(now=now, config=cfg, online=tuple(packs), offline=(), held=(),
+                           services=(), wall=wall, shares={})
 
 
 NO_CURRENT = CurrentResult(current=0.0, power=0.0, source="test")
@@ -182,6 +183,63 @@ def test_blocking_pack_makes_ccl_zero():
     assert limits.ccl == 0.0 and "a" in limits.charge_reason
 
 
+def test_dcl_cut_off_survives_invalid_cell_readings_and_a_low_pack_going_offline():
+    own = strategy()
+    cfg = config()
+    wall = datetime(2024, 6, 5)
+    low, high = pack("a", cell=3.0, low=2.85), pack("b", cell=3.3)
+    assert own.limits(ctx(cfg, [low, high], wall), NO_CURRENT).dcl == 0.0
+    # a's cell readings turn invalid: b's healthy cells say nothing about a.
+    blind = replace(low, min_cell_voltage=None, max_cell_voltage=None)
+    limits = own.limits(ctx(cfg, [blind, high], wall, now=1.0), NO_CURRENT)
+    assert limits.dcl == 0.0 and "a has no valid cell voltage" in limits.discharge_reason
+    assert any("cut-off kept" in event for event in limits.events)
+    # a drops out of the online set: still cut off until a is seen above the release voltage.
+    offline = ctx(cfg, [high], wall, now=2.0)
+    offline.offline = (SimpleNamespace(id="a", name="a", reason="gone"),)
+    limits = own.limits(offline, NO_CURRENT)
+    assert limits.dcl == 0.0 and "a (at the cut-off) is offline" in limits.discharge_reason
+    # No cell reading at all keeps it too.
+    limits = own.limits(ctx(cfg, [blind, replace(high, min_cell_voltage=None,
+                                                 max_cell_voltage=None)], wall, now=3.0), NO_CURRENT)
+    assert limits.dcl == 0.0
+    recovered = pack("a", cell=3.3)
+    assert own.limits(ctx(cfg, [recovered, high], wall, now=4.0), NO_CURRENT).dcl > 0.0
+
+
+def test_a_pack_losing_its_cell_readings_keeps_the_charge_table_where_it_was():
+    own = strategy()
+    cfg = config()
+    wall = datetime(2024, 6, 5)
+    full, other = pack("a", cell=3.30, high=3.44), pack("b", cell=3.30)
+    tapered = own.limits(ctx(cfg, [full, other], wall), CHARGING).ccl
+    assert tapered < 50.0
+    blind = replace(full, max_cell_voltage=None, min_cell_voltage=None)
+    assert own.limits(ctx(cfg, [blind, other], wall, now=1.0), CHARGING).ccl == tapered
+    offline = ctx(cfg, [other], wall, now=2.0)
+    offline.offline = (SimpleNamespace(id="a", name="a", reason="gone"),)
+    assert own.limits(offline, CHARGING).ccl == tapered
+    # Forgotten by the user: only b counts.
+    assert own.limits(ctx(cfg, [other], wall, now=3.0), CHARGING).ccl > tapered
+
+
+def test_losing_a_packs_cell_count_or_the_pack_never_raises_the_cvl():
+    own = strategy()
+    cfg = config()
+    wall = datetime(2024, 6, 5)
+    p15, p16 = pack("a", cells=15, cell=3.45), pack("b", cells=16)
+    assert own.limits(ctx(cfg, [p15, p16], wall), NO_CURRENT).cvl == pytest.approx(15 * 3.35)
+    # a's count turns invalid: its own CVL (58 V) would allow 16 x 3.35 V for b.
+    unknown = replace(p15, cells=None)
+    assert own.limits(ctx(cfg, [unknown, p16], wall, now=1.0), NO_CURRENT).cvl \
+        == pytest.approx(15 * 3.35)
+    offline = ctx(cfg, [p16], wall, now=2.0)
+    offline.offline = (SimpleNamespace(id="a", name="a", reason="gone"),)
+    assert own.limits(offline, NO_CURRENT).cvl == pytest.approx(15 * 3.35)
+    # Forgotten by the user: b alone.
+    assert own.limits(ctx(cfg, [p16], wall, now=3.0), NO_CURRENT).cvl == pytest.approx(16 * 3.35)
+
+
 def test_pack_without_cell_count_caps_with_its_own_cvl():
     own = strategy()
     anon = PackSnapshot(id="can", name="can", service="com.victronenergy.battery.can", cvl=52.0,
@@ -191,9 +249,45 @@ def test_pack_without_cell_count_caps_with_its_own_cvl():
     assert "can: cell count unknown" in limits.values[CHARGE_MODE]
 
 
+def test_a_cell_count_that_does_not_fit_the_pack_voltage_is_not_trusted():
+    own = strategy()
+    cfg = config()
+    wall = datetime(2024, 6, 5)
+    # A 16-cell pack at 53 V whose BMS is configured for 24 cells: 2.21 V per cell.
+    liar = replace(pack("a", cell=53.0 / 16, cvl=55.2), cells=24)
+    limits = own.limits(ctx(cfg, [liar], wall), NO_CURRENT)
+    assert limits.cvl == 55.2
+    assert "a: cell count does not fit its voltage" in limits.values[CHARGE_MODE]
+    said = [event for event in limits.events if "cell count 24 not used" in event]
+    assert len(said) == 1 and "2.21 V per cell" in said[0]
+    # Said once, not every tick.
+    again = own.limits(ctx(cfg, [liar], wall, now=1.0), NO_CURRENT)
+    assert again.cvl == 55.2 and not any("not used" in event for event in again.events)
+    # A voltage swinging in and out of the range does not repeat it either.
+    fits = replace(liar, voltage=70.0, voltages_sum=70.0, min_cell_voltage=2.917,
+                   max_cell_voltage=2.917)
+    assert own.limits(ctx(cfg, [fits], wall, now=2.0), NO_CURRENT).cvl == pytest.approx(24 * 3.35)
+    swing = own.limits(ctx(cfg, [liar], wall, now=3.0), NO_CURRENT)
+    assert not any("not used" in event for event in swing.events)
+    # Inside the configured range but not matching the pack's own cell readings (17 for 16).
+    near = replace(pack("b", cell=3.30, cvl=55.2), cells=17)
+    limits = strategy().limits(ctx(cfg, [near], wall), NO_CURRENT)
+    assert limits.cvl == 55.2
+    assert any("its cells read 3.300-3.300 V" in event for event in limits.events)
+    # Without cell readings the configured range alone judges; /Voltages/Sum counts as well.
+    bare = replace(pack("c", cell=3.30, cvl=55.2), cells=24, min_cell_voltage=None,
+                   max_cell_voltage=None, voltage=None)
+    limits = strategy().limits(ctx(cfg, [bare], wall), NO_CURRENT)
+    assert limits.cvl == 55.2 and any("cell sum 52.80 V" in event for event in limits.events)
+    # A count that fits is used as before.
+    honest = pack("d", cell=3.30, cvl=60.0)
+    assert strategy().limits(ctx(cfg, [honest], wall), NO_CURRENT).cvl == pytest.approx(16 * 3.35)
+
+
 def test_without_wall_clock_the_strategy_refuses():
     own = strategy()
-    bad = SimpleNamespace(now=0.0, config=config(), online=(pack("a"),), offline=(), services=())
+    bad = SimpleNamespace(now=0.0, config=config(), online=(pack("a"),), offline=(), held=(),
+                          services=())
     with pytest.raises(ValueError):
         own.limits(bad, NO_CURRENT)
 
@@ -217,8 +311,10 @@ def test_limits_never_exceed_cell_limits_tables_or_share_caps(specs, month, bala
     own = strategy(record=None if balancing_due else RECENT)
     charge_table = Table.of(p.cell_charge_voltages, p.cell_charge_factors)
     discharge_table = Table.of(p.cell_discharge_voltages, p.cell_discharge_factors)
+    # Each pack's own CVL keeps to the per-cell cap too: it is what caps the bank while a pack's
+    # cell count does not fit its voltage (a deep discharge below the configured cell range).
     packs = [pack(f"p{i}", cells=cells, cell=base, high=base + spread, low=max(1.0, base - spread),
-                  ccl=ccl, dcl=dcl, capacity=cap, current=cur)
+                  ccl=ccl, dcl=dcl, capacity=cap, current=cur, cvl=cells * p.max_cell_voltage)
              for i, (cells, base, spread, ccl, dcl, cap, cur) in enumerate(specs)]
     now = 0.0
     for gap in gaps:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,6 +91,29 @@ def test_hold_then_bounded_recovery_then_idle():
     assert dyn.update(70.0 + 1549.0, TARGET, [pack("a", OK)], FLOOR).active
     done = dyn.update(70.0 + 1550.0, TARGET, [pack("a", OK)], FLOOR)
     assert (done.cvl, done.active) == (TARGET, False)
+
+
+def test_missing_cell_readings_hold_the_lowered_cvl():
+    dyn = DynamicCvl(PARAMS)
+    dyn.update(0.0, TARGET, [pack("a", HIGH), pack("b", OK)], FLOOR)
+    blind = replace(pack("a", OK, with_cells=False), max_cell_voltage=None, min_cell_voltage=None)
+    # Long past the hold time: a reading that is missing is no proof that the cell came down.
+    held = dyn.update(200.0, TARGET, [blind, pack("b", OK)], FLOOR)
+    assert abs(held.cvl - 54.45) < 1e-9 and "no cell reading from a" in (held.reason or "")
+    held = dyn.update(400.0, TARGET, [pack("b", OK)], FLOOR)  # a offline
+    assert abs(held.cvl - 54.45) < 1e-9 and held.active
+    # a is back and fine: the hold counts from the last moment a was unknown, then the ramp.
+    assert abs(dyn.update(459.0, TARGET, [pack("a", OK), pack("b", OK)], FLOOR).cvl - 54.45) < 1e-9
+    ramp = dyn.update(470.0, TARGET, [pack("a", OK), pack("b", OK)], FLOOR)
+    assert abs(ramp.cvl - 54.46) < 1e-9
+
+
+def test_a_forgotten_pack_no_longer_holds_the_lowered_cvl():
+    dyn = DynamicCvl(PARAMS)
+    dyn.update(0.0, TARGET, [pack("a", HIGH), pack("b", OK)], FLOOR)
+    assert dyn.update(100.0, TARGET, [pack("b", OK)], FLOOR, known={"a", "b"}).cvl == 54.45
+    ramp = dyn.update(200.0, TARGET, [pack("b", OK)], FLOOR, known={"b"})
+    assert ramp.active and "held" not in (ramp.reason or "")
 
 
 def test_target_dropping_below_the_limit_ends_the_reduction():

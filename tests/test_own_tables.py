@@ -12,7 +12,7 @@ from aggbatt.strategies.current_tables import (
     CurrentTables, Latch, Limit, Table, TableInputs, TableParams,
 )
 
-# The reference's LFP preset (field-survey 3.6): 200 A x factors.
+# The reference's LFP preset (reference §6): 200 A x factors.
 LFP = TableParams(
     max_charge_current=200.0, max_discharge_current=200.0,
     charge=Table.of([2.90, 2.95, 3.30, 3.40, 3.45], [0.2, 1.0, 1.0, 0.1, 0.0]),
@@ -77,12 +77,27 @@ def test_first_reading_above_the_release_starts_open():
     assert tables.latch is Latch.OPEN
 
 
-def test_missing_min_cell_keeps_the_latch():
+def test_missing_min_cell_keeps_the_latch_and_dcl_at_zero():
     tables = CurrentTables(LFP)
     run(tables, min_cell=2.8)
     _, dcl = run(tables, min_cell=None, discharge_cap=Limit(50.0, "cap"))
     assert tables.latch is Latch.CUT
-    assert (dcl.value, dcl.reason) == (50.0, "cap")  # no cell voltage: the cap alone
+    assert dcl.value == 0.0 and "no valid cell voltages" in dcl.reason
+
+
+def test_a_partly_known_lowest_cell_never_releases_the_latch():
+    tables = CurrentTables(LFP)
+    run(tables, min_cell=2.8)
+    inputs = TableInputs(3.3, 3.3, None, None, NO_CAP, NO_CAP, missing="b has no valid cell voltage")
+    _, dcl = tables.update(inputs)
+    assert tables.latch is Latch.CUT
+    assert dcl.value == 0.0 and "b has no valid cell voltage" in dcl.reason
+    # Before any cut-off, a partial reading may still cut but not decide that all is well.
+    fresh = CurrentTables(LFP)
+    fresh.update(TableInputs(3.3, 3.3, None, None, NO_CAP, NO_CAP, missing="b"))
+    assert fresh.latch is Latch.UNKNOWN
+    fresh.update(TableInputs(3.3, 2.95, None, None, NO_CAP, NO_CAP, missing="b"))
+    assert fresh.latch is Latch.CUT
 
 
 def test_blocking_pack_zeroes_its_direction_only():

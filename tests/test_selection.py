@@ -24,7 +24,7 @@ from aggbatt.sim.settings import SimSettings
 from tests.busclient import aggregate_values
 from tests.daemonharness import fast_config, running
 
-# What systemcalc creates on a GX (contract 5.6): automatic battery monitor and BMS.
+# What systemcalc creates on a GX (victron-contract §5.6): automatic battery monitor and BMS.
 SYSTEMCALC = {BATTERY_SERVICE: "default", BMS_INSTANCE: -1}
 
 

@@ -1,4 +1,4 @@
-"""Simulated serialbattery pack: wire contract (victron-dbus-contract.md 4.1), physics, faults."""
+"""Simulated serialbattery pack: wire contract (docs/victron-contract.md §4.1), physics, faults."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ MANDATORY = ["/Mgmt/ProcessName", "/Mgmt/ProcessVersion", "/Mgmt/Connection", "/
              "/ProductId", "/ProductName", "/FirmwareVersion", "/HardwareVersion", "/Connected",
              "/CustomName", "/Serial"]
 
-# Wire types of contract 4.1 ("d" double, "i" int, "s" string) for the values a valid pack carries.
+# Wire types of victron-contract §4.1 ("d" double, "i" int, "s" string) for the values a valid pack carries.
 SERIALBATTERY_TYPES = {
     "/DeviceInstance": "i", "/ProductId": "i", "/ProductName": "s", "/FirmwareVersion": "s",
     "/Connected": "i", "/CustomName": "s", "/Serial": "s", "/State": "i", "/Mode": "i",

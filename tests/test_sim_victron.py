@@ -1,4 +1,4 @@
-"""Simulated Victron devices: service names, mandatory paths (contract 3.1), paths of 5.1-5.4."""
+"""Simulated Victron devices: service names, mandatory paths (victron-contract §3.1), §5.1-§5.4."""
 
 from __future__ import annotations
 

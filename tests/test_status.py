@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from aggbatt.bus.service import BusItemService
 from aggbatt.sim.pack import PackParams
-from aggbatt.status import main, render_text
+from aggbatt.status import main, notes, render_text
 from tests.busclient import aggregate_values, wait_for_values
 from tests.daemonharness import running
 
@@ -30,13 +30,15 @@ def packs(*capacities: float) -> list[PackParams]:
 
 
 @asynccontextmanager
-async def systemcalc(bus_address: str, battery: str | None, bms: str | None) -> AsyncIterator[None]:
-    """A com.victronenergy.system publishing only what status reads (contract 5.5)."""
+async def systemcalc(bus_address: str, battery: str | None, bms: str | None,
+                     multiple_batteries: int | None = None) -> AsyncIterator[None]:
+    """A com.victronenergy.system publishing only what status reads (victron-contract §5.5)."""
     bus = await MessageBus(bus_address=bus_address).connect()
     svc = BusItemService(bus, "com.victronenergy.system")
     svc.add_path("/ActiveBatteryService", battery, kind=str)
     svc.add_path("/ActiveBmsService", bms, kind=str)
     svc.add_path("/ActiveBmsInstance", None, kind=int)
+    svc.add_path("/Dvcc/Alarms/MultipleBatteries", multiple_batteries, kind=int)
     await svc.register()
     try:
         yield
@@ -88,13 +90,39 @@ async def test_json_matches_what_the_aggregate_publishes(bus_address, tmp_path):
             assert report["aggregate"][path] == published[path]
         assert report["system"] == {"present": True,
                                     "ActiveBatteryService": f"com.victronenergy.battery/{instance}",
-                                    "ActiveBmsService": AGG, "ActiveBmsInstance": None}
+                                    "ActiveBmsService": AGG, "ActiveBmsInstance": None,
+                                    "Dvcc/Alarms/MultipleBatteries": None}
         assert report["warnings"] == []  # Venus uses the aggregate: nothing to warn about
         assert report["selection"]["select_as_battery"] is False
 
 
-async def test_offline_pack_shows_its_reason_and_a_warning(bus_address, tmp_path):
+async def test_multiple_batteries_alarm_is_explained_as_expected(bus_address, tmp_path):
     async with running(bus_address, tmp_path, packs(280, 280)) as h:
+        await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
+        instance = (await aggregate_values(h.client))["/DeviceInstance"]
+        async with systemcalc(bus_address, f"com.victronenergy.battery/{instance}", AGG,
+                              multiple_batteries=1):
+            code, text, err = await status(bus_address)
+            _, out, _ = await status(bus_address, as_json=True)
+    assert code == 0, err
+    assert "MultipleBatteries = 1" in text.split("Notes:")[1]
+    assert "expected with aggbatt" in text
+    report = json.loads(out)
+    assert report["system"]["Dvcc/Alarms/MultipleBatteries"] == 1
+    assert report["warnings"] == []
+
+
+def test_multiple_batteries_is_no_note_when_another_bms_controls_dvcc():
+    system = {"present": True, "ActiveBmsService": "com.victronenergy.battery.ttyUSB0",
+              "Dvcc/Alarms/MultipleBatteries": 1}
+    assert notes({"service": AGG}, system) == []
+    assert notes({"service": AGG}, {**system, "ActiveBmsService": AGG}) != []
+    assert notes({"service": AGG}, {**system, "ActiveBmsService": AGG,
+                                    "Dvcc/Alarms/MultipleBatteries": 0}) == []
+
+
+async def test_offline_pack_shows_its_reason_and_a_warning(bus_address, tmp_path):
+    async with running(bus_address, tmp_path, packs(280, 280), bank_current=30.0) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         h.bank.packs[1].freeze(True)
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
@@ -158,7 +186,8 @@ def test_printer_copes_with_missing_keys_garbage_and_new_keys():
         "service": AGG, "aggregate": {"/Dc/0/Voltage": "53.2", "/Soc": float("nan"),
                                       "/Alarms/HighVoltage": 2},
         "packs": [{"id": "A", "online": False, "state": "offline", "reason": "service gone",
-                   "age": None, "voltage": None}, "junk", {"name": 7}],
+                   "age": None, "voltage": None, "holds": "CCL 0: AllowToCharge 0, DCL 50 A"},
+                  "junk", {"name": 7}],
         "balancing": {"phase": "holding", "next": "2025-07-01"},
         "feedin": {"mode": "holding", "setting": 0},
         "config": None, "warnings": ["something"],
@@ -168,6 +197,7 @@ def test_printer_copes_with_missing_keys_garbage_and_new_keys():
     assert "feedin: mode=holding, setting=0" in text
     assert "HighVoltage=2" in text
     assert "service gone" in text
+    assert "its last fresh data still counts: CCL 0: AllowToCharge 0, DCL 50 A" in text
     assert "! something" in text
 
 

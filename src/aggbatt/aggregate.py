@@ -1,6 +1,6 @@
 """Online packs -> bank values. Pure functions; the packs are already validated and online.
 
-Formulas (field-survey 3.2, with the reference's mistakes of 3.11 avoided). Packs are in parallel,
+Formulas (docs/reference-aggregator.md §2, its defects of §11 avoided). Packs are in parallel,
 so every pack sees the bank voltage:
 
 - /Dc/0/Voltage: mean of the online packs (divided by the packs actually used, never by a
@@ -29,6 +29,12 @@ so every pack sees the bank voltage:
 - /Info/BatteryLowVoltage: max over the packs: the Multi then stops before the weakest pack does.
 - /Info/ChargeMode: the common mode, or "Mixed: 2 Absorption, 1 Float".
 - /Balancing: max (1 while any pack balances).
+- /System/NrOfBatteries and /System/BatteriesParallel: the known packs (online and offline), all in
+  parallel, so /System/BatteriesSeries is 1. These fill the stock page's System sub-page.
+- /History/*: only where the bank's value follows from the packs' values: the charged and
+  discharged energy are summed, the lowest and highest voltages and temperatures are the
+  extremes. Per-pack counters such as cycles or deepest discharge have no bank meaning and are
+  left out (and so are the fast-moving ones, see model.HISTORY_PATHS).
 Per-pack cell voltages (optional) go to /Voltages/<pack id>_Cell<n> with the id reduced to the
 characters a D-Bus object path allows.
 """
@@ -46,12 +52,17 @@ from aggbatt.model import (
     INSTALLED_CAPACITY, INTERNAL_FAILURE, MAX_CELL_TEMPERATURE, MAX_CELL_VOLTAGE,
     MAX_TEMPERATURE_CELL_ID, MAX_VOLTAGE_CELL_ID, MIN_CELL_TEMPERATURE, MIN_CELL_VOLTAGE,
     MIN_TEMPERATURE_CELL_ID, MIN_VOLTAGE_CELL_ID, MODULES_ONLINE, TEMPERATURE, VOLTAGE,
-    VOLTAGES_SUM, PackSnapshot,
+    HISTORY_MAX, HISTORY_MIN, HISTORY_PATHS, HISTORY_SUM, VOLTAGES_SUM, PackSnapshot,
 )
 
 MODULES_OFFLINE = "/System/NrOfModulesOffline"
 VOLTAGES_DIFF = "/Voltages/Diff"
 TEMPERATURE_MODES = ("max", "mean", "min")
+NR_OF_BATTERIES = "/System/NrOfBatteries"
+BATTERIES_PARALLEL = "/System/BatteriesParallel"
+BATTERIES_SERIES = "/System/BatteriesSeries"
+# Paths for the stock battery page's System and History sub-pages.
+STOCK_PAGE_PATHS = (NR_OF_BATTERIES, BATTERIES_PARALLEL, BATTERIES_SERIES, *HISTORY_PATHS)
 
 
 def _present(values: Iterable[float | int | None]) -> list[Any]:
@@ -123,6 +134,15 @@ def alarms(packs: Sequence[PackSnapshot], n_offline: int, expected_packs: int) -
     return out
 
 
+def history(packs: Sequence[PackSnapshot]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for paths, combine in ((HISTORY_SUM, sum), (HISTORY_MIN, min), (HISTORY_MAX, max)):
+        for path in paths:
+            found = _present(p.history.get(path) for p in packs)
+            out[path] = combine(found) if found else None
+    return out
+
+
 def aggregate(packs: Sequence[PackSnapshot], n_offline: int, expected_packs: int = 0,
               temperature_mode: str = "max") -> dict[str, Any]:
     """Bank values of the online `packs` (sorted by id) that no strategy decides."""
@@ -165,8 +185,12 @@ def aggregate(packs: Sequence[PackSnapshot], n_offline: int, expected_packs: int
         BATTERY_LOW_VOLTAGE: max(low_voltages) if low_voltages else None,
         CHARGE_MODE: charge_mode_summary(packs),
         BALANCING: max(balancing) if balancing else None,
+        NR_OF_BATTERIES: len(packs) + n_offline,
+        BATTERIES_PARALLEL: len(packs) + n_offline,
+        BATTERIES_SERIES: 1,
     }
     values.update(alarms(packs, n_offline, expected_packs))
+    values.update(history(packs))
     return values
 
 

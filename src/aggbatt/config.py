@@ -181,6 +181,7 @@ class DiscoveryConfig(_Table):
     product_name_contains: list[Text] = Field(description="a list of non-empty /ProductName substrings")
     expected_packs: int = _integer(ge=0, note="0 = no expectation")
     cell_voltages: bool
+    history: bool
 
     @field_validator("exclude")
     @classmethod

@@ -2,7 +2,7 @@
 
 Theory of operation:
 
-- Two connections. The aggregate service has its own (contract 6.1: consumers map one unique
+- Two connections. The aggregate service has its own (victron-contract §6.1: consumers map one unique
   sender to one service); the monitor and the settings client share the other.
 - The engine tick runs every `service.tick_interval` seconds and, debounced by `service.debounce`,
   as soon as a safety input changes (a pack's limits, AllowTo*, blocking, alarms, cell extremes)
@@ -10,7 +10,7 @@ Theory of operation:
 - A tick that raises publishes the engine's fail-safe limits and /Alarms/InternalFailure; each
   kind of exception is logged once. A watchdog thread exits the process when ticks stop for
   `safety.watchdog_timeout` seconds so the supervisor restarts it (a frozen daemon would leave
-  DVCC applying stale limits forever: systemcalc has no timeout, contract 4.6).
+  DVCC applying stale limits forever: systemcalc has no timeout, victron-contract §4.6).
 - The bus name is claimed after the first tick, so the first GetItems a consumer makes already
   holds a computed aggregate, and with DO_NOT_QUEUE so a second instance exits with a message.
   That first tick waits at most START_SCAN_WAIT for the packs' scans: a pack that does not answer
@@ -20,6 +20,11 @@ Theory of operation:
 - Run-time changes: SIGHUP re-reads the config file (rules and what it resets: aggbatt.reload),
   /LogLevel sets the log level, and `service.select_as_battery` makes the aggregate Venus' battery
   monitor and BMS once the name is ours, in the background (aggbatt.selection).
+- Liveness probe: a pack whose values have not changed for `freshness.stale_after_idle` seconds
+  gets one GetValue (then one per further `stale_after_idle` while it stays quiet), answered within
+  min(PROBE_TIMEOUT, `stale_after`) seconds by any live driver. A driver that does not answer is
+  hung: its readings go to the engine marked `unresponsive` until one of its values changes.
+  Nothing else is polled.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +65,7 @@ from aggbatt.engine import (
     pack_paths,
 )
 from aggbatt.model import NOISY_PATHS
+from aggbatt.pages import info_values
 from aggbatt.paths import PRODUCT_ID, add_spec_path
 from aggbatt.persist import read_json, write_json_atomic
 from aggbatt.reload import (
@@ -88,8 +95,10 @@ from aggbatt.strategies.victron_current import SERVICE_PATHS, VictronDevices
 log = logging.getLogger("aggbatt")
 
 PACKS_FILE = "packs.json"
+BLOCKS_FILE = "blocks.json"  # the packs whose last fresh data blocks a direction
 START_SCAN_WAIT = 1.5
 STATE_VERSION = 1
+PROBE_TIMEOUT = 2.0  # s: a live driver answers a GetValue at once, even when it is busy
 BUS_DAEMON = "org.freedesktop.DBus"
 BATTERY_PREFIX = "com.victronenergy.battery."
 # Ample for any name a person gives a bank; the bound keeps any client on the bus from storing
@@ -108,7 +117,8 @@ class Daemon:
         self.state_dir = state_dir
         self.clock = clock
         self.wall_clock = wall_clock
-        self.engine = Engine(config, known_packs=self._load_known_packs())
+        self.engine = Engine(config, known_packs=self._load_known_packs(),
+                             blocks=self._load_blocks())
         soc = self.engine.strategies.soc
         self._counter = soc if isinstance(soc, CoulombSoc) else None
         self._min_soc: Any = None  # ESS minimum SoC from localsettings, for the own /TimeToGo
@@ -127,12 +137,19 @@ class Daemon:
         self._last: TickResult | None = None
         self._saved_known: frozenset[str] | None = None  # as in packs.json after our last write
         self._known_failing = False
+        self._saved_blocks: Mapping[str, tuple[str, ...]] | None = None  # as in blocks.json
+        self._blocks_failing = False
         self.ticks = 0
         self.exit_code = 0
         self._watches: list[asyncio.Task[None]] = []
         self._closing = False
         self._selection: asyncio.Task[None] | None = None
         self._level_before: int | None = None  # the aggbatt logger's level, restored by close()
+        # Liveness probes (module header): when each quiet service was last probed, the probes
+        # under way, and the change stamp of each service that did not answer.
+        self._probed: dict[str, float] = {}
+        self._probing: dict[str, asyncio.Task[None]] = {}
+        self._unresponsive: dict[str, float] = {}
         self._refused_uids: set[int | None] = set()  # callers of ForgetMissingPacks told off once
         self._name_to_save: str | None = None  # the latest /CustomName not yet sent to settings
         self._name_writer: asyncio.Task[None] | None = None
@@ -195,7 +212,7 @@ class Daemon:
 
     def _monitored(self) -> dict[str, Any]:
         """Service classes and paths to follow: packs, plus the Victron devices of VictronDevices."""
-        battery = pack_paths(self.config.discovery.cell_voltages)
+        battery = pack_paths(self.config.discovery.cell_voltages, self.config.discovery.history)
         if not isinstance(self.engine.strategies.current, VictronDevices):
             return {"battery": battery}
         classes: dict[str, Any] = {c: frozenset(p) for c, p in SERVICE_PATHS.items()}
@@ -322,9 +339,14 @@ class Daemon:
 
     def _readings(self) -> list[ServiceReading]:
         assert self.monitor is not None
+        for name, stamp in list(self._unresponsive.items()):
+            remote = self.monitor.services.get(name)
+            if remote is None or remote.last_change != stamp:
+                del self._unresponsive[name]
         readings = [
             ServiceReading(service=s.name, values=s.values, last_change=s.last_change,
-                           appeared_at=s.appeared_at, changed_at=s.changed_at)
+                           appeared_at=s.appeared_at, changed_at=s.changed_at,
+                           unresponsive=s.name in self._unresponsive)
             for s in self.monitor.services.values()
         ]
         if self._min_soc is not None:
@@ -344,12 +366,41 @@ class Daemon:
         self.ticks += 1
         try:
             self._apply(result)
+            self._probe_quiet(now, result)
             if self._counter is not None and self._owns_name():
                 self._save_soc(self._counter.take_save())
             if self._own is not None:
                 self._own.after_tick(now, self._owns_name())
         except Exception as exc:  # noqa: BLE001 - publishing or saving must not end the loop either
             self._log_once(exc, "publishing or saving after a tick failed; the next tick retries")
+
+    def _probe_quiet(self, now: float, result: TickResult) -> None:
+        """Start a liveness probe for each pack that has been quiet for stale_after_idle."""
+        if self.monitor is None or self._closing:
+            return
+        quiet_for = self.config.freshness.stale_after_idle
+        for pack in result.packs:
+            name = pack.service
+            if name is None or pack.age is None or pack.age < quiet_for or name in self._probing:
+                continue
+            last = self._probed.get(name)
+            remote = self.monitor.services.get(name)
+            if remote is None or (last is not None and now - last < quiet_for):
+                continue
+            self._probed[name] = now
+            self._probing[name] = asyncio.create_task(self._probe(name, remote.last_change))
+
+    async def _probe(self, name: str, stamp: float) -> None:
+        try:
+            assert self.monitor is not None
+            timeout = min(PROBE_TIMEOUT, self.config.freshness.stale_after)
+            if not await self.monitor.answers(name, timeout):
+                remote = self.monitor.services.get(name)
+                if remote is not None and remote.last_change == stamp:
+                    self._unresponsive[name] = stamp
+                    self._schedule_urgent()
+        finally:
+            self._probing.pop(name, None)
 
     def _log_once(self, exc: BaseException,
                   what: str = "tick failed, publishing fail-safe limits") -> None:
@@ -361,7 +412,7 @@ class Daemon:
     def _apply(self, result: TickResult) -> None:
         assert self.service is not None
         svc = self.service
-        for path, value in result.values.items():
+        for path, value in {**result.values, **self._info_values()}.items():
             if path in svc:
                 try:
                     svc[path] = value
@@ -375,6 +426,7 @@ class Daemon:
         for event in result.events:
             log.info("%s", event)
         self._save_known_packs()
+        self._save_blocks()
 
     async def run_forever(self) -> None:
         interval = self.config.service.tick_interval
@@ -400,7 +452,10 @@ class Daemon:
         if self._urgent is not None:
             self._urgent.cancel()
             self._urgent = None
+        for task in list(self._probing.values()):
+            task.cancel()
         self._save_known_packs()
+        self._save_blocks()
         if self._counter is not None and self._owns_name():
             self._save_soc(self._counter.counter.shutdown())
         if self._own is not None:
@@ -511,6 +566,30 @@ class Daemon:
             return []
         return known
 
+    def _load_blocks(self) -> dict[str, Any]:
+        read = read_json(self.state_dir / BLOCKS_FILE, STATE_VERSION)
+        blocks = read.data.get("blocks") if read.data is not None else None
+        if read.data is not None and not isinstance(blocks, dict):
+            log.warning("%s holds no pack blocks; starting without saved blocks",
+                        self.state_dir / BLOCKS_FILE)
+        return blocks if isinstance(blocks, dict) else {}
+
+    def _save_blocks(self) -> None:
+        """Write the packs' blocks when they differ from what was last written successfully."""
+        blocks = self._last.blocks if self._last is not None else None
+        if blocks is None or not self._owns_name() or blocks == self._saved_blocks:
+            return
+        try:
+            write_json_atomic(self.state_dir / BLOCKS_FILE, {
+                "version": STATE_VERSION,
+                "blocks": {pack_id: list(directions) for pack_id, directions in blocks.items()}})
+            self._saved_blocks = blocks
+            self._blocks_failing = False
+        except OSError as exc:
+            if not self._blocks_failing:  # retried at every tick: one line, not one per tick
+                log.error("cannot save pack blocks to %s: %s", self.state_dir, exc)
+            self._blocks_failing = True
+
     def _save_soc(self, decision: SaveDecision | None) -> None:
         if decision is None:
             return
@@ -562,6 +641,17 @@ class Daemon:
             "selection": selection_status(self.state_dir, self.config.service.select_as_battery),
             **({"own_charge": self._own.status()} if self._own is not None else {}),
         }
+
+    def _info_values(self) -> dict[str, Any]:
+        """The bank's decisions for the GX page (aggbatt.pages), from what `status` reports."""
+        own = self._own.status() if self._own is not None else {}
+        due = (self._own.strategy.next_balancing(date.fromtimestamp(self.wall_clock()))
+               if self._own is not None else None)
+        return info_values(current_source=self._current_status().get("source"),
+                           soc_strategy=self.config.soc.strategy,
+                           charge_strategy=self.config.charge.strategy,
+                           balancing=own.get("balancing"), next_due=due,
+                           feedin_guard=own.get("feedin_guard"))
 
     def _current_status(self) -> dict[str, Any]:
         """Which current source is in use, why not the configured one, shunts not found."""

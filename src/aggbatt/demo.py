@@ -83,6 +83,8 @@ def render(daemon: Daemon, bank: SimBank, selected: int, toggles: list[PackToggl
         st = by_service.get(pack.service_name, {})
         flags = [name for name, on in vars(toggles[index]).items() if on]
         state = "online" if st.get("online") else f"OFFLINE ({st.get('reason') or 'not seen'})"
+        if st.get("holds"):
+            state += f", still counts: {st['holds']}"
         lines.append(
             f"{'>' if index == selected else ' '} {index + 1} {_label(pack, st):<18}"
             f"{_fmt(st.get('voltage'), '.2f')}{_fmt(st.get('current'))}{_fmt(st.get('soc'))}"
@@ -145,11 +147,16 @@ def _cbreak(stream: TextIO) -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
-async def run_demo(config: Config, options: DemoOptions, out: TextIO = sys.stdout) -> int:
+def demo_packs(options: DemoOptions) -> list[PackParams]:
+    """The demo's simulated packs: unequal SoCs, and a BMS's reading noise under current."""
     capacities = options.capacities or [280.0] * options.packs
-    params = [PackParams(cells=options.cells, capacity_ah=c, serial=f"DEMO{i + 1:03d}",
-                         soc=55.0 - 5 * i, noise_a=0.05, noise_mv=1.0)
-              for i, c in enumerate(capacities)]
+    return [PackParams(cells=options.cells, capacity_ah=c, serial=f"DEMO{i + 1:03d}",
+                       soc=55.0 - 5 * i, noise_a=0.05, noise_mv=1.0)
+            for i, c in enumerate(capacities)]
+
+
+async def run_demo(config: Config, options: DemoOptions, out: TextIO = sys.stdout) -> int:
+    params = demo_packs(options)
     with start_private_bus() as bus, tempfile.TemporaryDirectory(prefix="aggbatt-demo-") as tmp:
         settings = SimSettings(await open_bus(bus.address), str(Path(tmp) / "settings.json"))
         await settings.start()

@@ -9,8 +9,10 @@ right type and lies in a plausible range; anything else is *missing* for that pa
 
 - numbers must be int or float (never bool), finite, and inside the path's range: pack voltage
   (0, 100] V, cell voltage (0, 5] V, current and limits |I| < 5000 A, SoC 0..100 %, installed
-  capacity > 0 Ah, consumed Ah <= 0, temperature -50..120 degC. A pack at 0 V is a broken reading,
-  not a flat pack, so voltage ranges exclude 0.
+  capacity 1..100000 Ah, consumed Ah <= 0, temperature -50..120 degC. A pack at 0 V is a broken
+  reading, not a flat pack, so voltage ranges exclude 0. No pack of a bank holds less than 1 Ah: a
+  smaller capacity is a wrong unit or garbage, and taken as true it would give the pack a share of
+  the bank current near 0 (the share limits divide by it), so it is treated as unknown.
 - counts, flags and alarm levels must be integral numbers in range (1.0 is accepted as 1; bools
   are accepted for 0/1 flags only, since a CAN driver may publish them that way).
 - texts must be str.
@@ -21,7 +23,7 @@ engine can log it once per pack and path.
 Online/offline state machine
 ----------------------------
 One `PackTracker` per known pack id. Each tick the engine works out whether the pack is healthy
-(`fault_of`) and feeds one `Health` event into the tracker:
+(`fault_of`, then `stale_verdict`) and feeds one `Health` event into the tracker:
 
 - FAULT:   the pack must not be used (reason text attached),
 - FRESH:   the pack is healthy but has not yet been healthy for `readmit_after` seconds,
@@ -41,20 +43,27 @@ daemon publishes a valid aggregate at once; only a pack that has been offline in
 A pack is unhealthy (FAULT) when, checked in this order:
 1. its service is not on the bus (gone, or a known pack not seen yet),
 2. it reports its own link loss: /System/NrOfModulesOnline == 0 (serialbattery after 10 s of failed
-   polls; contract 4.1),
+   polls; victron-contract §4.1),
 3. /Dc/0/Voltage, /Dc/0/Current, /Info/MaxChargeVoltage, /Info/MaxChargeCurrent or
    /Info/MaxDischargeCurrent is missing (serialbattery's link loss makes V and I invalid but keeps
    the old limits, so both checks are needed),
-4. none of its values changed for longer than the staleness limit.
+4. its data is proven frozen (`stale_verdict`).
 
-Staleness decision: a healthy pack at rest can legitimately publish the same rounded values for
-minutes (current 0.0 A, flat LFP voltage). So the limit is `stale_after` while current flows and the
-longer `stale_after_idle` while the bank is idle. "Current flows" means the bank current (sum over
-the packs online before this tick) or the pack's own last current has a magnitude of at least
-`idle_current`. Only online packs count towards the bank current, so a frozen pack that is already
-offline cannot shorten the limit for the healthy ones; its own frozen current does shorten its own
-limit. A liveness probe (GetValue) was rejected: the engine is pure and a probe only shows that the
-driver's D-Bus thread answers, not that its BMS link works.
+Quiet is not dead: velib publishes only changes, so a healthy pack at rest, or one that blocks the
+direction the bank current flows in (its FET is open, it carries 0 A), may publish nothing for
+minutes. Silence alone therefore never makes a pack stale; evidence does:
+- a pack that reports current of its own (|I| >= `idle_current`) jitters every second, so no value
+  changing for `stale_after` seconds proves it frozen;
+- a pack that reports ~0 A is frozen when, for `stale_after` seconds without any change of its
+  values, the bank current (the configured current source, else the sum of the online packs) was
+  large enough that its capacity share is at least `idle_current`, in a direction it does not
+  block: a live pack would have reported that current;
+- a driver that hangs answers nothing: the daemon probes a pack quiet for `stale_after_idle`
+  seconds with one GetValue, and one that got no answer is stale (`ServiceReading.unresponsive`).
+A pack whose data froze while its driver still answers is found when the bank current next flows;
+until then its data is what a live pack's would be, and its last limits and blocks count anyway.
+A stale verdict sticks until a value of the pack changes: a frozen pack must not come back just
+because the bank went to rest and the evidence ended.
 """
 
 from __future__ import annotations
@@ -76,6 +85,8 @@ class ServiceReading:
     # path -> monotonic time its value last changed, for every path in `values`; lets the engine
     # parse only the values that changed (`revalidate`). Empty = unknown: parse everything.
     changed_at: Mapping[str, float] = field(default_factory=dict)
+    # The daemon's liveness probe got no answer since the last change: the driver hangs.
+    unresponsive: bool = False
 
 
 # ---- paths ------------------------------------------------------------------------------------
@@ -123,6 +134,16 @@ ALARM_NAMES = (
 ALARM_PATHS = tuple(f"/Alarms/{name}" for name in ALARM_NAMES)
 BMS_CABLE = "/Alarms/BmsCable"
 INTERNAL_FAILURE = "/Alarms/InternalFailure"
+
+# Lifetime counters and extremes of each pack; the bank's value is their sum, min or max. Counters
+# that move every second under load (TotalAhDrawn, TimeSinceLastFullCharge) are not read: each
+# would add a signal per pack per second in and one per second out, for a page a person reads.
+HISTORY_SUM = ("/History/ChargedEnergy", "/History/DischargedEnergy")
+HISTORY_MIN = ("/History/MinimumVoltage", "/History/MinimumCellVoltage",
+               "/History/MinimumTemperature")
+HISTORY_MAX = ("/History/MaximumVoltage", "/History/MaximumCellVoltage",
+               "/History/MaximumTemperature")
+HISTORY_PATHS = HISTORY_SUM + HISTORY_MIN + HISTORY_MAX
 
 CELL_PREFIX = "/Voltages/Cell"
 MAX_CELLS = 32  # serialbattery publishes /Voltages/Cell1..32 at most
@@ -205,7 +226,7 @@ RULES: dict[str, Rule] = {
     TEMPERATURE: _TEMP,
     SOC: Rule(Kind.NUMBER, 0.0, 100.0),
     CAPACITY: _AH,
-    INSTALLED_CAPACITY: Rule(Kind.NUMBER, 0.0, 100_000.0, low_open=True),
+    INSTALLED_CAPACITY: Rule(Kind.NUMBER, 1.0, 100_000.0),
     CONSUMED_AH: Rule(Kind.NUMBER, -100_000.0, 0.0),
     CVL: _PACK_V,
     CCL: _LIMIT_A,
@@ -230,6 +251,14 @@ RULES: dict[str, Rule] = {
     VOLTAGES_SUM: _PACK_V,
     BALANCING: _COUNT,
     **{path: Rule(Kind.INTEGER, 0, 2) for path in ALARM_PATHS},
+    "/History/ChargedEnergy": Rule(Kind.NUMBER, 0.0, 1e7),  # kWh
+    "/History/DischargedEnergy": Rule(Kind.NUMBER, 0.0, 1e7),
+    "/History/MinimumVoltage": _PACK_V,
+    "/History/MaximumVoltage": _PACK_V,
+    "/History/MinimumCellVoltage": _CELL_V,
+    "/History/MaximumCellVoltage": _CELL_V,
+    "/History/MinimumTemperature": _TEMP,
+    "/History/MaximumTemperature": _TEMP,
 }
 
 _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL_PATHS}}
@@ -241,7 +270,9 @@ _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL
 # (serialbattery computes them from the SoC, or copies the BMS's own remaining Ah that its SoC
 # comes from), the SoC strategy derives them when they are absent, and each would cost a match
 # rule per pack: 32 packs must stay within the bus's per-connection limit of 512.
-PACK_PATHS: frozenset[str] = frozenset(RULES) - {CAPACITY, CONSUMED_AH}
+# /History/* is read only when asked for: it needs a match rule of its own per pack.
+PACK_PATHS: frozenset[str] = (frozenset(RULES) - frozenset(HISTORY_PATHS)
+                              - {CAPACITY, CONSUMED_AH})
 
 # Pack paths the engine does not read that change on every poll; the monitor keeps them out of
 # its match rules even where that costs a rule per wanted path beside them.
@@ -258,9 +289,11 @@ SAFETY_PATHS: frozenset[str] = frozenset({
 _LINK_PATHS = (VOLTAGE, CURRENT)
 
 
-def pack_paths(cell_voltages: bool) -> frozenset[str]:
-    """The pack paths to subscribe to; per-cell voltages only when they are published."""
-    return PACK_PATHS | frozenset(CELL_PATHS) if cell_voltages else PACK_PATHS
+def pack_paths(cell_voltages: bool, history: bool = False) -> frozenset[str]:
+    """The pack paths to subscribe to; per-cell voltages only when they are published, /History
+    only when the bank's history is."""
+    paths = PACK_PATHS | frozenset(HISTORY_PATHS) if history else PACK_PATHS
+    return paths | frozenset(CELL_PATHS) if cell_voltages else paths
 
 
 def needs_urgent_tick(changed: Mapping[str, Any]) -> bool:
@@ -390,6 +423,7 @@ class PackSnapshot:
     voltages_sum: float | None = None
     balancing: int | None = None
     alarms: Mapping[str, int] = field(default_factory=dict)  # alarm path -> level 0/1/2
+    history: Mapping[str, float] = field(default_factory=dict)  # /History/* path -> value
     cell_voltages: Mapping[int, float] = field(default_factory=dict)  # cell number -> V
 
     @classmethod
@@ -416,6 +450,7 @@ class PackSnapshot:
             max_temperature_cell_id=get(MAX_TEMPERATURE_CELL_ID),
             voltages_sum=get(VOLTAGES_SUM), balancing=get(BALANCING),
             alarms={path: values[path] for path in ALARM_PATHS if path in values},
+            history={path: values[path] for path in HISTORY_PATHS if path in values},
             cell_voltages={n: values[path] for n, path in enumerate(CELL_PATHS, 1) if path in values},
         )
 
@@ -481,10 +516,34 @@ class PackTracker:
     reason: str | None = "not seen yet"  # why the pack is not online; None while online
     healthy_since: float | None = None
     since: float | None = None  # when the present state was entered
+    # Liveness evidence (module header): since when it has held without a break, and the change
+    # stamp of the pack's data when it was ruled stale (the verdict sticks until that moves).
+    evidence_since: float | None = None
+    stale_stamp: float | None = None
+    stale_reason: str | None = None
 
     @property
     def online(self) -> bool:
         return self.state is PackState.ONLINE
+
+    def evidence_for(self, now: float, evidence: str | None, last_change: float) -> float:
+        """Seconds `evidence` has held without a break and without a change of the pack's data."""
+        if evidence is None:
+            self.evidence_since = None
+            return 0.0
+        if self.evidence_since is None:
+            self.evidence_since = now
+        return max(0.0, now - max(self.evidence_since, last_change))
+
+    def staleness(self, verdict: str | None, stamp: float) -> str | None:
+        """The stale verdict to use: a new one, or the old one while the data has not changed."""
+        if verdict is not None:
+            self.stale_stamp, self.stale_reason = stamp, verdict
+        elif self.stale_stamp is not None and stamp == self.stale_stamp:
+            return self.stale_reason
+        else:
+            self.stale_stamp = self.stale_reason = None
+        return verdict
 
     def update(self, now: float, fault: str | None, readmit_after: float) -> PackState:
         """Feed one tick's verdict; returns the state before it (compare with `.state`)."""
@@ -508,12 +567,44 @@ def is_current_flowing(current: float | None, idle_current: float) -> bool:
     return current is not None and abs(current) >= idle_current
 
 
-def stale_limit(bank_current: float | None, pack_current: float | None, idle_current: float,
-                stale_after: float, stale_after_idle: float) -> tuple[float, bool]:
-    """(limit in seconds, whether current flows) for one pack; see the module header."""
-    flowing = (is_current_flowing(bank_current, idle_current)
-               or is_current_flowing(pack_current, idle_current))
-    return (stale_after if flowing else stale_after_idle), flowing
+def expected_current(snapshot: PackSnapshot, bank_current: float | None, share: float,
+                     idle_current: float) -> str | None:
+    """What a live pack reporting ~0 A should be showing instead (module header), or None.
+
+    `share` is the pack's part of the bank current (its capacity share). None when the pack reports
+    current of its own (the `stale_after` rule covers it), when its share of the bank current is
+    below `idle_current`, or when the pack blocks the direction the bank current flows in.
+    """
+    if bank_current is None or is_current_flowing(snapshot.current, idle_current):
+        return None
+    if abs(bank_current) * share < idle_current:
+        return None
+    charging = bank_current > 0.0
+    if (snapshot.charge_block() if charging else snapshot.discharge_block()) is not None:
+        return None
+    return (f"the bank carried {abs(bank_current):.1f} A {'charging' if charging else 'discharging'}, "
+            "which it does not block")
+
+
+def stale_verdict(snapshot: PackSnapshot, age: float, evidence_for: float, evidence: str | None,
+                  unresponsive: bool, stale_after: float, idle_current: float) -> str | None:
+    """Why the pack's data is proven frozen, or None; see "Quiet is not dead" in the module header.
+
+    `age`: seconds since any value of the pack changed; `evidence_for`: seconds, within `age`, that
+    `evidence` (from `expected_current`) has held without a break.
+    """
+    current = snapshot.current
+    if is_current_flowing(current, idle_current) and age > stale_after:
+        return (f"no value changed for {age:.1f} s while it reports {current:.1f} A "
+                f"(limit {stale_after:g} s)")
+    if evidence is not None and evidence_for > stale_after:
+        # a pack whose link is lost reports no current at all (it is offline for that anyway)
+        reports = f"{current:.1f} A" if current is not None else "no valid current"
+        return (f"no value changed for {age:.1f} s while {evidence} and it reports "
+                f"{reports} (limit {stale_after:g} s)")
+    if unresponsive:
+        return f"no value changed for {age:.1f} s and its driver did not answer a probe"
+    return None
 
 
 def data_age(now: float, last_change: Any, appeared_at: Any) -> float | None:
@@ -534,9 +625,9 @@ _REQUIRED = (
 )
 
 
-def fault_of(snapshot: PackSnapshot | None, age: float | None, limit: float, flowing: bool,
-             seen_before: bool) -> str | None:
-    """Why the pack must not be used right now, or None when it is healthy."""
+def fault_of(snapshot: PackSnapshot | None, age: float | None, seen_before: bool) -> str | None:
+    """Why the pack must not be used right now (checks 1-3 of the module header), or None; only
+    then is `stale_verdict` asked (check 4)."""
     if snapshot is None:
         return "service gone" if seen_before else "known pack not present"
     if snapshot.modules_online == 0:
@@ -546,7 +637,4 @@ def fault_of(snapshot: PackSnapshot | None, age: float | None, limit: float, flo
             return f"no valid {label}"
     if age is None:
         return "no receive time"
-    if age > limit:
-        return (f"no value changed for {age:.1f} s "
-                f"(limit {limit:g} s {'while current flows' if flowing else 'at rest'})")
     return None

@@ -65,6 +65,7 @@ RESTART_ONLY: dict[str, str] = {
     "discovery.exclude": _DIRECTORY,
     "discovery.product_name_contains": _DIRECTORY,
     "discovery.cell_voltages": _SUBSCRIPTIONS,
+    "discovery.history": _SUBSCRIPTIONS,
     "current.source": _SUBSCRIPTIONS,
     "current.include_dcdc": _SUBSCRIPTIONS,
     "soc.strategy": _STRATEGY,

@@ -1,7 +1,7 @@
 """Make the aggregate the system's battery monitor and DVCC BMS, and give the choice back.
 
 Why: Venus picks its battery monitor and its DVCC BMS automatically as the lowest DeviceInstance
-among the batteries that publish a CVL (victron-dbus-contract.md 4.3, 4.4), so a serialbattery
+among the batteries that publish a CVL (docs/victron-contract.md §4.3, §4.4), so a serialbattery
 pack wins and the aggregate is ignored until it is selected explicitly in two settings that
 dbus-systemcalc-py owns:
 

@@ -2,7 +2,7 @@
 
 The daemon answers `GetStatus` (interface io.github.aggbatt.Status, any path) on the aggregate's
 own connection with one JSON object (Daemon.status). This module asks for it, asks
-com.victronenergy.system which battery monitor and BMS Venus really uses (contract 4.3, 4.4,
+com.victronenergy.system which battery monitor and BMS Venus really uses (victron-contract §4.3, §4.4,
 5.5), adds warnings, and prints text or JSON.
 
 Rules:
@@ -39,10 +39,12 @@ CALL_TIMEOUT = 3.0
 
 _ABSENT = frozenset({"org.freedesktop.DBus.Error.ServiceUnknown",
                      "org.freedesktop.DBus.Error.NameHasNoOwner"})
-_SYSTEM_PATHS = ("/ActiveBatteryService", "/ActiveBmsService", "/ActiveBmsInstance")
+_SYSTEM_PATHS = ("/ActiveBatteryService", "/ActiveBmsService", "/ActiveBmsInstance",
+                 "/Dvcc/Alarms/MultipleBatteries")
+MULTIPLE_BATTERIES = "Dvcc/Alarms/MultipleBatteries"
 # Keys the text printer lays out itself; any other key is printed generically.
 _KNOWN = frozenset({"service", "version", "ticks", "aggregate", "packs", "config", "current_source",
-                    "selection", "system", "warnings", "not_answering"})
+                    "selection", "system", "warnings", "not_answering", "notes"})
 
 FIX_SELECTION = (
     "to fix: run 'aggbatt-ctl enable' (or 'aggbatt select-battery on'), or set "
@@ -129,6 +131,7 @@ async def gather(address: str | None, service: str = DEFAULT_SERVICE,
         bus.disconnect()
     status["system"] = system
     status["warnings"] = warnings(status, system)
+    status["notes"] = notes(status, system)
     return status
 
 
@@ -173,6 +176,7 @@ def warnings(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
     offline = [p for p in packs if not p.get("online")]
     if offline:
         names = ", ".join(f"{p.get('name', p.get('id', '?'))} ({p.get('reason') or p.get('state')})"
+                          + (f" still counting {p.get('holds')}" if p.get("holds") else "")
                           for p in offline)
         found.append(f"{len(offline)} of {len(packs)} pack(s) not online: {names}")
     silent = _unanswered(status)
@@ -183,6 +187,17 @@ def warnings(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
     if isinstance(failure, (int, float)) and failure:
         found.append("internal failure: aggbatt publishes fail-safe limits; see its log")
     return found
+
+
+def notes(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
+    """Things Venus shows that look wrong but are expected with aggbatt."""
+    service = status.get("service") if isinstance(status.get("service"), str) else DEFAULT_SERVICE
+    if system.get(MULTIPLE_BATTERIES) == 1 and system.get("ActiveBmsService") == service:
+        return ["Venus reports /Dvcc/Alarms/MultipleBatteries = 1 (a 'multiple BMS' notification): "
+                "expected with aggbatt. The packs publish a charge voltage limit as well as the "
+                "aggregate, and Venus counts every battery that does; DVCC follows only the "
+                "selected BMS, which is the aggregate, so the notification can be acknowledged"]
+    return []
 
 
 # ----- printing -----------------------------------------------------------------------------
@@ -268,12 +283,14 @@ def render_text(report: Mapping[str, Any]) -> str:
         rows = [["NAME", "STATE", "AGE", "V", "A", "SOC", "CVL", "CCL", "DCL", "SERVICE / REASON"]]
         for p in packs:
             why = p.get("reason")
+            holds = p.get("holds")
             rows.append([
                 _plain(p.get("name", p.get("id"))), _plain(p.get("state")), _age(p.get("age")),
                 _num(p.get("voltage"), 2), _num(p.get("current"), 1, sign=True),
                 _num(p.get("soc"), 1), _num(p.get("cvl"), 2), _num(p.get("ccl"), 1),
                 _num(p.get("dcl"), 1),
-                _plain(p.get("service")) + (f"  ({why})" if why and not p.get("online") else ""),
+                _plain(p.get("service")) + (f"  ({why})" if why and not p.get("online") else "")
+                + (f"  [its last fresh data still counts: {_plain(holds)}]" if holds else ""),
             ])
         lines += _table(rows)
     else:
@@ -293,6 +310,9 @@ def render_text(report: Mapping[str, Any]) -> str:
         lines.append(f"  service.select_as_battery = {_plain(selection.get('select_as_battery'))}"
                      + (f"; saved to restore: {_plain(selection.get('previous'))}"
                         if selection.get("previous") else ""))
+    remarks = _list(report.get("notes"))
+    if remarks:
+        lines += ["", "Notes:"] + [f"  - {n}" for n in remarks]
     found = _list(report.get("warnings"))
     if found:
         lines += ["", "Warnings:"] + [f"  ! {w}" for w in found]

@@ -1,4 +1,4 @@
-"""Numbers -> statistics, the targets (issue 8 item 4, issue 14), one table and the JSON file.
+"""Numbers -> statistics, the performance goals, one table and the JSON file.
 
 The targets are goals the benchmark reports as met or missed, never a pass/fail verdict: the issue
 sets them for the 16 x 24 bank; they are shown for every bank so trends are visible.
@@ -19,7 +19,7 @@ CPU_VS_ALL = 0.6
 RSS_MARGIN_MB = 5.0
 CCL0_P95_MS = 50.0
 FIRST_VALID_S = 2.0
-# Issue 14: half of what a velib DbusMonitor (dbus-python + GLib) spends only receiving the packs,
+# Half of what a velib DbusMonitor (dbus-python + GLib) spends only receiving the packs,
 # a bounded memory peak, and GetItems on the aggregate served from a cache.
 CPU_VS_VELIB = 0.5
 RSS_PEAK_MB = 40.0
@@ -58,7 +58,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def targets(run: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 8 item 4 with this run's value and met/missed (None: not measured)."""
+    """Each performance goal with this run's value and met/missed (None: not measured)."""
     procs = run["processes"]
     daemon = procs["daemon"]
     imports = procs.get("import_floor", {})
@@ -111,7 +111,7 @@ COLUMNS = (
 
 
 def table(runs: Sequence[Mapping[str, Any]]) -> str:
-    """One row per bank and build; targets marked met/MISSED (set for 16x24)."""
+    """One row per bank and build; targets marked met/MISSED (set by the performance goals for 16x24)."""
     lines = ["  ".join(name.rjust(width) for name, width in COLUMNS)]
     for run in runs:
         p = run["processes"]
@@ -160,7 +160,7 @@ CCL0 p95: from a pack publishing CCL 0 to a client seeing the aggregate's ItemsC
 stale s: median from a frozen pack's last publish to the aggregate's NrOfModulesOffline rising.
 start s: from spawning `aggbatt run` to the first valid aggregate (limits valid, all packs online).
 +prof: the daemon ran under cProfile (--profile), which inflates its CPU figures.
-met/MISSED: the goals of issues 8 and 14, set for the 16x24 bank; reported, not pass/fail."""
+met/MISSED: the performance goals, set for the 16x24 bank; reported, not pass/fail."""
 
 
 def default_path(directory: Path, stamp: str) -> Path:

@@ -22,8 +22,8 @@ dbus-daemon; no measured process shares a process with the packs or with this ru
    aggregate's NrOfModulesOffline rises is recorded; it thaws and is re-admitted before the next.
 8. Everything stops; the private bus goes with its temp dir.
 
-The bank carries a charging current (`current_per_pack`), so the daemon's `stale_after` applies
-rather than the longer `stale_after_idle` of a bank at rest.
+The bank carries a charging current (`current_per_pack`), so a frozen pack still reports current of
+its own and the daemon's `stale_after` proves it frozen (a quiet pack at rest is never stale).
 """
 
 from __future__ import annotations

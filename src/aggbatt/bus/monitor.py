@@ -1,6 +1,6 @@
 """Follow other Victron services: discovery, one GetItems scan, signal routing by sender.
 
-Rules (victron-dbus-contract.md sections 2 and 6.2):
+Rules (docs/victron-contract.md §2 and §6.2):
 
 - The message handler is added first, then the NameOwnerChanged match (arg0namespace
   com.victronenergy), then ListNames, so no service can appear unseen in between. The handler
@@ -26,10 +26,10 @@ Rules (victron-dbus-contract.md sections 2 and 6.2):
   and its wanted paths get one rule each, since its namespaces cannot be judged.
 
 Theory of operation. Owner changes of one well-known name are handled strictly in order by one
-worker task per name, so a quick vanish + return cannot race (contract 2.5). Signals are applied
+worker task per name, so a quick vanish + return cannot race (victron-contract §2.5). Signals are applied
 synchronously in the handler. The scan reply is applied only to paths no signal has updated since
 the record was created: asyncio resumes `await call()` after signals that arrived later were
-already dispatched, so the reply may be older than what the cache holds (contract 2.3).
+already dispatched, so the reply may be older than what the cache holds (victron-contract §2.3).
 
 | Event (in order, per name)        | name not tracked         | name tracked with owner A           |
 |-----------------------------------|--------------------------|-------------------------------------|
@@ -69,7 +69,7 @@ also admits the sub-tree's unwanted paths. `plan_rules` decides, per service:
   send as many signals as the wanted paths beside it.
 - Each wanted path is covered by its shallowest qualifying ancestor, else by a rule of its own.
 
-Why 3x: for a serialbattery pack (contract 4.1) and the engine's ~50 paths it selects /Alarms
+Why 3x: for a serialbattery pack (victron-contract §4.1) and the engine's ~50 paths it selects /Alarms
 (17 wanted of 17), /System (12 of 22), /Io (3 of 4) and /Info (5 of 13-15); /Dc holds the noisy
 /Dc/0/Power, so its 3 wanted paths get a rule each. With the root-level paths and /Voltages/Sum as
 single rules a pack costs 15 rules (ItemsChanged included), so 32 packs take 481. At 2x /Info
@@ -112,7 +112,7 @@ NAME_OWNER_RULE = (
     f"type='signal',sender='{DBUS}',path='{DBUS_PATH}',interface='{DBUS}',"
     "member='NameOwnerChanged',arg0namespace='com.victronenergy'"
 )
-# Classes that have no /DeviceInstance by design (contract 2.1 step 6).
+# Classes that have no /DeviceInstance by design (victron-contract §2.1 step 6).
 NO_INSTANCE_CLASSES = frozenset({"settings"})
 # When a path_namespace rule replaces per-path rules (module docstring, "Match-rule plan").
 NAMESPACE_MIN_WANTED = 3
@@ -349,6 +349,22 @@ class Monitor:
         await self._dbus("AddMatch", "s", [NAME_OWNER_RULE])
         await self._scan_listed(None, settle)
 
+    async def answers(self, name: str, timeout: float) -> bool:
+        """Whether `name`'s owner answers one GetValue within `timeout` seconds (a liveness probe
+        for a quiet service). An error reply is an answer too: the driver's bus thread runs."""
+        tracked = self._by_name.get(name)
+        if tracked is None:
+            return True
+        msg = Message(destination=tracked.service.owner, path="/Dc/0/Voltage", interface=BUSITEM,
+                      member="GetValue")
+        try:
+            await asyncio.wait_for(self.bus.call(msg), timeout)
+        except asyncio.TimeoutError:
+            return False
+        except Exception:  # noqa: BLE001 - a closed connection or a gone owner is no hang
+            return True
+        return True
+
     def of_class(self, service_class: str) -> list[RemoteService]:
         return [s for s in self.services.values() if s.service_class == service_class]
 
@@ -445,7 +461,7 @@ class Monitor:
     def _apply(self, tracked: _Tracked, changes: Mapping[str, Any]) -> None:
         # A value counts as changed only when it differs from the cached one. Our own publisher
         # (and some peers) send ItemsChanged AND PropertiesChanged for one change, and clients
-        # must subscribe to both because Victron publishers use one or the other (contract 1.7,
+        # must subscribe to both because Victron publishers use one or the other (victron-contract §1.7,
         # 2.4). Comparing with the cache, as velib's DbusMonitor does, processes that change once.
         service = tracked.service
         values = service.values

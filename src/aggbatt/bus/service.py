@@ -1,6 +1,6 @@
 """Publish one Victron BusItem service on its own dbus-fast connection.
 
-Theory of operation (victron-dbus-contract.md sections 1 and 6.1):
+Theory of operation (docs/victron-contract.md §1 and §6.1):
 
 - Every path answers GetValue/GetText/SetValue on interface com.victronenergy.BusItem; `/` also
   answers GetItems, and `/` plus every intermediate node answer GetValue/GetText for their sub-tree
@@ -53,7 +53,7 @@ SignalStyle = Literal["both", "items", "properties"]
 TextFormatter = Callable[[Any], str]
 ChangeCallback = Callable[[str, Any], bool]
 
-# SetValue return codes as velib sends them (contract 1.6).
+# SetValue return codes as velib sends them (victron-contract §1.6).
 SET_OK = 0
 SET_NOT_WRITEABLE = 1
 SET_REJECTED = 2
@@ -129,7 +129,7 @@ class BusItemService:
             self._dirty[path] = None
 
     def remove_path(self, path: str) -> None:
-        """Remove a path; like velib, nothing is emitted (contract 1.7)."""
+        """Remove a path; like velib, nothing is emitted (victron-contract §1.7)."""
         self._items.pop(path, None)
         self._dirty.pop(path, None)
         self._items_body = None

@@ -1,6 +1,6 @@
 """Client of com.victronenergy.settings (localsettings): add our settings, read, write, watch.
 
-Rules (victron-dbus-contract.md 1.6, 3.2, 5.6):
+Rules (docs/victron-contract.md §1.6, §3.2, §5.6):
 
 - Only settings aggbatt owns are created with AddSettings. Calling AddSettings for a setting
   another component owns (systemcalc's /Settings/SystemSetup/..., ESS's /Settings/CGwacs/...)
@@ -45,7 +45,7 @@ _UNREACHABLE = frozenset({
 })
 _UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
 
-# AddSetting(s) error codes of localsettings (contract 3.2).
+# AddSetting(s) error codes of localsettings (victron-contract §3.2).
 ADD_SETTING_ERRORS = {
     -1: "generic error",
     -2: "a path element starts with an underscore",

@@ -1,6 +1,6 @@
 """Victron BusItem value encoding on the wire.
 
-Rules (victron-dbus-contract.md 1.3): an invalid value is an empty array (`ai`); readers accept any
+Rules (docs/victron-contract.md §1.3): an invalid value is an empty array (`ai`); readers accept any
 empty array as invalid. Publishers never send `b`: booleans go out as int 0/1. Ints that do not
 fit int32 go out as `x`. Numbers arriving as `i`, `x`, `u`, `y` or `d` are all numbers to a reader.
 """

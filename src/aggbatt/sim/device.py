@@ -1,11 +1,12 @@
 """The connection life cycle every simulated device shares, and how its paths are published.
 
 Each device owns one dbus-fast connection and claims its well-known name only after every path
-exists (contract 1.1, 0.2-0.3). Faults are flags that `publish()` honours, so they can be switched
-at any time, in any order: frozen (on the bus, silent), vanished (connection closed), invalidated
-paths, raw overrides (published bypassing the path's type). Two more shape what GetItems sees: a
-driver that answers it with an error or late (busy at boot, or wedged for good), and one that lists
-a huge number of extra paths (a driver publishing whole configuration trees).
+exists (victron-contract §1.1). Faults are flags that `publish()` honours, so they can be switched
+at any time, in any order: frozen (on the bus, silent), hung (silent and answering no call),
+vanished (connection closed), invalidated paths, raw overrides (published bypassing the path's
+type). Two more shape what GetItems sees: a driver that answers it with an error or late (busy at
+boot, or wedged for good), and one that lists a huge number of extra paths (a driver publishing
+whole configuration trees).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def _raw(value: Any) -> Any:
     return value
 
 
+def _swallow_calls(msg: Message) -> bool:
+    """Mark every method call handled without a reply, so the caller waits in vain."""
+    return msg.message_type is MessageType.METHOD_CALL
+
+
 def _full_text(value: Any) -> Any:
     """Override text as a ready Variant: the publisher cuts plain text, and a hostile device
     must be able to send all of it."""
@@ -84,6 +90,7 @@ class SimDevice:
         self._bus: MessageBus | None = None
         self._svc: BusItemService | None = None
         self._frozen = False
+        self._hung = False
         self._invalid: set[str] = set()
         self._overrides: dict[str, Any] = {}
         self._spec_by_path: dict[str, PathSpec] = {}
@@ -133,6 +140,7 @@ class SimDevice:
     async def stop(self) -> None:
         """Close the connection; the name disappears from the bus."""
         bus, self._bus, self._svc, self.unique_name = self._bus, None, None, None
+        self._hung = False
         self._held_calls.clear()
         if bus is None:
             return
@@ -208,8 +216,22 @@ class SimDevice:
     # ----- faults -------------------------------------------------------------------------------
 
     def freeze(self, on: bool = True) -> None:
-        """Stay on the bus but stop sending (a hung driver)."""
+        """Stay on the bus but stop sending (frozen data; the driver still answers calls)."""
         self._frozen = on
+
+    def hang(self, on: bool = True) -> None:
+        """A hung driver: on the bus, sends nothing and answers no call (not even an error)."""
+        self._frozen = on
+        bus, svc = self._bus, self._svc
+        if bus is None or svc is None or on == self._hung:
+            return
+        self._hung = on
+        if on:
+            bus.remove_message_handler(svc._handle)
+            bus.add_message_handler(_swallow_calls)
+        else:
+            bus.remove_message_handler(_swallow_calls)
+            bus.add_message_handler(svc._handle)
 
     def invalidate(self, path: str, on: bool = True) -> None:
         """Publish `path` as invalid (empty array) until called with on=False."""
@@ -285,7 +307,7 @@ class SimDevice:
 
 
 def mandatory_specs(firmware_kind: type = str) -> list[PathSpec]:
-    """The generic paths every device service carries (contract 3.1); serialbattery publishes
+    """The generic paths every device service carries (victron-contract §3.1); serialbattery publishes
     its firmware as a string, Victron products as an int."""
     return [
         PathSpec("/Mgmt/ProcessName", str),

@@ -5,9 +5,9 @@ Theory of operation:
 - Physics and publishing are separate. `step(dt, current)` advances the pack (SoC integrates the
   current, cells follow OCV + I*R + per-cell offsets, the BMS recomputes its limits); `publish()`
   writes the resulting values into the BusItem service, which sends one PropertiesChanged per
-  changed path, as serialbattery does through velib (contract 4.1).
+  changed path, as serialbattery does through velib (victron-contract §4.1).
 - Each device owns one dbus-fast connection and claims its well-known name only after every path
-  exists (contract 1.1, 0.2-0.3).
+  exists (victron-contract §1.1).
 - Faults are flags that `publish()` honours, so they can be switched at any time, in any order:
   frozen (on the bus, silent), vanished (connection closed), link lost (serialbattery's comm-loss
   values), invalidated paths, raw overrides (published bypassing the path's type), blocked
@@ -114,8 +114,9 @@ class PackParams:
     float_cell_voltage: float = 3.375
     absorption_seconds: float = 900.0
     rebulk_soc: float = 80.0
-    # Measurement noise of a real BMS (uniform, +-): a pack whose readings never change is not
-    # realistic, and the daemon's staleness rule relies on a live pack's readings moving.
+    # Measurement noise of a real BMS (uniform, +-) while the pack carries current: its readings
+    # then move every second. A pack carrying no current (at rest, or its FET open because it
+    # blocks the flowing direction) reads steady values, so velib publishes nothing for minutes.
     noise_a: float = 0.0
     noise_mv: float = 0.0
 
@@ -214,7 +215,7 @@ class SimPack(SimDevice):
         p = self.params
         current = float(current) if self.accepts(current) else 0.0
         self.current = current
-        self.measured_current = current + self._jitter(p.noise_a)
+        self.measured_current = current + self._jitter(p.noise_a) if current else 0.0
         self.elapsed += dt
         self.soc = min(100.0, max(0.0, self.soc + current * dt / 36.0 / p.capacity_ah))
         self._update_cells()
@@ -228,7 +229,7 @@ class SimPack(SimDevice):
     def _update_cells(self) -> None:
         p = self.params
         base = p.ocv(self.soc / 100.0) + self.current * p.internal_resistance
-        noise = self.params.noise_mv / 1000.0
+        noise = self.params.noise_mv / 1000.0 if self.current else 0.0
         self.cell_voltages = [base + o + d + self._jitter(noise)
                               for o, d in zip(self._offsets, self._drift)]
 

@@ -1,6 +1,6 @@
 """A simulated com.victronenergy.settings (localsettings) for tests and the demo.
 
-Behaves like localsettings where aggbatt depends on it (victron-dbus-contract.md 1.4, 1.6, 3.2):
+Behaves like localsettings where aggbatt depends on it (docs/victron-contract.md §1.4, §1.6, §3.2):
 
 - Every setting is a BusItem leaf answering GetValue/GetText/SetValue; `/` answers GetItems and
   `/` plus groups answer GetValue with the sub-tree. Changes are signalled with PropertiesChanged

@@ -1,7 +1,7 @@
 """Simulated Victron devices the daemon reads: Multi (vebus), MPPT, SmartShunt, DC-DC converter.
 
-Each is one service on its own connection with the mandatory paths (contract 3.1) and the paths of
-contract 5.1-5.4 that a battery aggregator reads. Sign conventions are the devices' own:
+Each is one service on its own connection with the mandatory paths (victron-contract §3.1) and the paths of
+victron-contract §5.1-§5.4 that a battery aggregator reads. Sign conventions are the devices' own:
 
 | Service                        | /Dc/0/Current positive means                                  |
 |--------------------------------|---------------------------------------------------------------|
@@ -9,7 +9,7 @@ contract 5.1-5.4 that a battery aggregator reads. Sign conventions are the devic
 | solarcharger (MPPT)            | charging the battery                                          |
 | battery (SmartShunt)           | charging the battery                                          |
 | dcload (SmartShunt as DC load) | consumption, i.e. out of the battery                          |
-| dcdc (Orion)                   | into the battery (contract 5.4: unverified, by analogy)       |
+| dcdc (Orion)                   | into the battery (victron-contract §5.4: unverified, by analogy)       |
 
 `set_connected(False)` only changes /Connected; the Multi keeps publishing its last current, as a
 vebus service without a product may, so a reader has to honour /Connected itself.

@@ -11,7 +11,7 @@ clock is `ctx.now` (and `ctx.wall` for calendar rules), and anything to persist 
 Whatever a ChargeStrategy returns, the engine passes its CCL/DCL through
 `strategies.charge.apply_envelope`, which caps them at the per-pack-share limit of the online packs,
 zeroes them when a pack blocks or `on_pack_lost` demands it, and invalidates them when no pack is
-online: no strategy can push a pack beyond its own limits (ARCHITECTURE.md property 3).
+online: no strategy can push a pack beyond its own limits (docs/safety.md §1).
 
 To add a strategy: implement the Protocol and register a factory in `build_strategies`.
 """
@@ -43,6 +43,13 @@ class TickContext:
     # Wall-clock time for calendar rules (epoch seconds or a datetime); None when the caller gave
     # none. Durations always use `now`: a wall-clock step must not stretch or shrink them.
     wall: float | datetime | None = None
+    # Per direction ("charge"/"discharge"), per pack id: (last measured share, weight 0..1 of that
+    # measurement now), kept by the engine's strategies.charge.ShareMemory; empty = none yet.
+    shares: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
+    # The last fresh data of the known packs that are not online (stale, offline, readmitting),
+    # with any block their present data shows: they never count as measurements, but their blocks
+    # and limits keep bounding CCL, DCL and CVL (strategies.charge.apply_envelope).
+    held: Sequence[PackSnapshot] = ()
 
 
 @dataclass(frozen=True)

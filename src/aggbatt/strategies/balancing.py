@@ -1,6 +1,6 @@
 """Periodic balancing charge: a small state machine over calendar dates.
 
-Rules (field-survey 3.3, with the defects of 3.11 items 1 and 2 fixed):
+Rules (docs/reference-aggregator.md §3, with the defects of §11 items 1 and 2 fixed):
 
 - The bank is charged to the balancing voltage every `repetition` days. The last balancing is a
   calendar date (not a day of the year), so month and year changes, leap days and gaps of years

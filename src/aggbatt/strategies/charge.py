@@ -1,6 +1,6 @@
 """Charge limits: the per-pack-share cap, the safety envelope, and PassthroughCharge.
 
-Per-pack-share cap (field-survey 2.1 item 4, 3.11 item 7; issue 4 item 3)
+Per-pack-share cap (reference §12 item 4, §11 item 7; docs/safety.md §1)
 -------------------------------------------------------------------------
 In a parallel bank pack i carries a share s_i of the bank current. The bank limit L keeps every
 online pack within its own limit when s_i x L <= limit_i for all i, so
@@ -17,27 +17,45 @@ online pack within its own limit when s_i x L <= limit_i for all i, so
   really carries. The max of both shares is used because the present split (internal resistance,
   SoC differences) and the long-run split (capacity) can each be the worse one; min x N is only
   right for identical packs.
-Every share is > 0 (installed capacity is validated > 0), so L is always defined.
+- remembered share: below the measurable current (rest, the first tick after a reversal) the
+  present split cannot be measured, yet the packs' internal resistances still split the current
+  the same way when it starts again. Dropping the measured share there would give a pack that
+  really takes 80 % a capacity share of, say, 50 % for the first tick of charging: 80 A against
+  its own 50 A. So the engine keeps each pack's last measured share per direction
+  (`ShareMemory`) and uses it, fading from the measured value towards the capacity share with a
+  half-life of `SHARE_HALF_LIFE` (the split drifts only slowly with SoC and temperature).
+Every share is > 0, so L is always defined: installed capacity is validated >= 1 Ah, and a
+capacity share that still comes out as 0 or not finite (extreme values in a snapshot built
+elsewhere) counts as unknown, i.e. 1.
 
 Safety envelope (applied by the engine to every charge strategy's result), per direction:
 1. no pack online -> CVL, CCL and DCL invalid, so Venus applies its own "BMS lost" handling
-   (contract 4.6) instead of stale limits;
-2. any online pack blocking (CCL/DCL 0, AllowTo* 0, its blocking count > 0) -> 0 at once;
+   (victron-contract §4.6) instead of stale limits;
+2. any pack blocking (CCL/DCL 0, AllowTo* 0, its blocking count > 0) -> 0 at once: an online
+   pack, or one that is not online (stale, offline, readmitting) whose last fresh data or whose
+   present data blocks (`TickContext.held`); such a pack's block holds until fresh data from it
+   lifts it or it is forgotten;
 3. `freshness.on_pack_lost`: "block_charge" -> CCL 0 while any known pack is offline, "block" ->
    CCL and DCL 0; "degrade" -> nothing extra (the limits come from the online packs only);
 4. otherwise the strategy's limit, capped at the per-pack-share limit L (an invalid limit from the
-   strategy becomes L, a negative one 0).
+   strategy becomes L, a negative one 0). With held packs L is the lower of two cases: they left
+   the circuit (L of the online packs alone) or they are still in it with their last fresh limits,
+   capacity and current (L over all of them), so a pack dropping out never raises L.
+CVL is capped at the lowest last fresh CVL of the held packs, and under own charge control also at
+their cell count x charge.own.max_cell_voltage.
 An invalid CVL from a strategy while packs are online is replaced by the lowest pack CVL: an
-invalid CVL would deselect the BMS (contract 4.6) and leave the bank unlimited.
+invalid CVL would deselect the BMS (victron-contract §4.6) and leave the bank unlimited.
 
 PassthroughCharge: CCL/DCL = the envelope itself; CVL per `charge.passthrough.cvl_mode`: "min" =
 the lowest CVL of the online packs, "absorption_hold" = strategies.cvl_arbitration.AbsorptionHold
-(the bank stays in absorption until every pack has finished; a pack lowering its CVL still wins).
+(the bank stays in absorption until every pack has finished; no pack is given more than its own
+charge CVL, and a pack lowering its CVL still wins, also after it was offline).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -75,8 +93,12 @@ def measurable_current(config: Any) -> float:
 
 def capacity_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...]) -> dict[str, float]:
     total = sum(p.installed_capacity for p in packs if p.installed_capacity is not None)
-    return {p.id: (p.installed_capacity / total if p.installed_capacity is not None else 1.0)
-            for p in packs}
+    return {p.id: _share(p.installed_capacity, total) for p in packs}
+
+
+def _share(capacity: float | None, total: float) -> float:
+    share = capacity / total if capacity is not None and total > 0.0 else 0.0
+    return share if 0.0 < share < math.inf else 1.0
 
 
 def measured_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
@@ -90,10 +112,42 @@ def measured_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direct
 
 
 def pack_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
-                min_current: float) -> dict[str, float]:
+                min_current: float,
+                remembered: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
+    """max(capacity, measured, remembered share) per pack; `remembered`: id -> (last measured
+    share in `direction`, its weight now), see ShareMemory."""
     capacity = capacity_shares(packs)
     measured = measured_shares(packs, direction, min_current) or {}
-    return {p.id: max(capacity[p.id], measured.get(p.id, 0.0)) for p in packs}
+    out = {}
+    for p in packs:
+        share = max(capacity[p.id], measured.get(p.id, 0.0))
+        last, weight = (remembered or {}).get(p.id, (0.0, 0.0))
+        out[p.id] = max(share, capacity[p.id] + (last - capacity[p.id]) * weight)
+    return out
+
+
+SHARE_HALF_LIFE = 3600.0  # s: a remembered share loses half its excess over the capacity share
+
+
+class ShareMemory:
+    """Each pack's last measured share per direction, for the ticks without a measurement."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, dict[str, tuple[float, float]]] = {CHARGE.key: {}, DISCHARGE.key: {}}
+
+    def update(self, now: float, packs: list[PackSnapshot] | tuple[PackSnapshot, ...],
+               min_current: float) -> dict[str, dict[str, tuple[float, float]]]:
+        """Remember this tick's measured shares; per direction, id -> (share, weight now)."""
+        out: dict[str, dict[str, tuple[float, float]]] = {}
+        for direction in (CHARGE, DISCHARGE):
+            memory = self._last[direction.key]
+            measured = measured_shares(packs, direction, min_current)
+            for pack_id, share in (measured or {}).items():
+                memory[pack_id] = (share, now)
+            out[direction.key] = {
+                pack_id: (share, 0.5 ** (max(0.0, now - when) / SHARE_HALF_LIFE))
+                for pack_id, (share, when) in memory.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -110,10 +164,11 @@ class ShareLimit:
 
 
 def share_limit(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
-                min_current: float) -> ShareLimit:
+                min_current: float,
+                remembered: Mapping[str, tuple[float, float]] | None = None) -> ShareLimit:
     """The per-pack-share cap L (module header). Packs without a valid limit are skipped; the
     engine never passes such a pack as online."""
-    shares = pack_shares(packs, direction, min_current)
+    shares = pack_shares(packs, direction, min_current, remembered)
     best = ShareLimit(None, None, 0.0, 0.0)
     for pack in packs:
         own = direction.limit(pack)
@@ -134,26 +189,54 @@ class Bound:
     source: str  # stable key: "none", "block:<id>", "pack_lost", "share"
 
 
+def limiting_packs(ctx: TickContext) -> tuple[PackSnapshot, ...]:
+    """The packs whose blocks and limits bound the bank: the online ones, plus the last fresh
+    data of those that are not online (going quiet or offline never raises a limit)."""
+    return (*ctx.online, *ctx.held)
+
+
 def bound(ctx: TickContext, direction: Direction) -> Bound:
     if not ctx.online:
         return Bound(None, "no pack online", "none")
-    for pack in ctx.online:
+    held = {id(pack) for pack in ctx.held}
+    for pack in limiting_packs(ctx):
         why = direction.block(pack)
         if why is not None:
-            return Bound(0.0, f"{pack.name} blocks {direction.verb} ({why})", f"block:{pack.id}")
+            last = ", its last fresh data; not online" if id(pack) in held else ""
+            return Bound(0.0, f"{pack.name} blocks {direction.verb} ({why}{last})",
+                         f"block:{pack.id}")
     policy = ctx.config.freshness.on_pack_lost
     blocks = policy == "block" or (policy == "block_charge" and direction is CHARGE)
     if blocks and ctx.offline:
         lost = ctx.offline[0]
         return Bound(0.0, f"{lost.name} offline, on_pack_lost = {policy}", "pack_lost")
-    share = share_limit(ctx.online, direction, measurable_current(ctx.config))
+    minimum = measurable_current(ctx.config)
+    remembered = ctx.shares.get(direction.key)
+    share = share_limit(ctx.online, direction, minimum, remembered)
+    if ctx.held:
+        # A pack that is not online may have left the circuit (the online packs then carry all
+        # the current) or still be in it, taking its share: the limit must hold in both cases.
+        with_held = share_limit(limiting_packs(ctx), direction, minimum, remembered)
+        if with_held.limit is not None and (share.limit is None or with_held.limit < share.limit):
+            share = with_held
     if share.limit is None:
         return Bound(0.0, f"no pack with a valid {direction.label}", "no_limit")
     return Bound(share.limit, share.reason(direction), "share")
 
 
 def min_pack_cvl(ctx: TickContext) -> float | None:
-    cvls = [p.cvl for p in ctx.online if p.cvl is not None]
+    cvls = [p.cvl for p in limiting_packs(ctx) if p.cvl is not None]
+    return min(cvls) if cvls else None
+
+
+def held_cvl(ctx: TickContext) -> float | None:
+    """The highest CVL the packs that are not online allow: their last fresh CVL and, under own
+    charge control (which goes by cells, not by the packs' CVL), their cells x the per-cell cap."""
+    cvls = [p.cvl for p in ctx.held if p.cvl is not None]
+    charge = ctx.config.charge
+    if charge.strategy == "own":
+        per_cell = charge.own.max_cell_voltage
+        cvls += [cells * per_cell for p in ctx.held if (cells := p.cells or len(p.cell_voltages))]
     return min(cvls) if cvls else None
 
 
@@ -170,6 +253,9 @@ def apply_envelope(limits: ChargeLimits, ctx: TickContext) -> ChargeLimits:
     out = limits
     if not _usable(limits.cvl) or limits.cvl <= 0.0:  # type: ignore[operator]
         out = replace(out, cvl=min_pack_cvl(ctx))
+    held = held_cvl(ctx)
+    if held is not None and out.cvl is not None and out.cvl > held:
+        out = replace(out, cvl=held)
     charge, discharge = bound(ctx, CHARGE), bound(ctx, DISCHARGE)
     if not _usable(out.ccl) or out.ccl > charge.cap:  # type: ignore[operator]
         out = replace(out, ccl=charge.cap, charge_reason=charge.reason, charge_source=charge.source)
@@ -190,12 +276,22 @@ class PassthroughCharge:
             raise ValueError(f"charge.passthrough.cvl_mode = {mode!r} is not available in this "
                              "version (available: min, absorption_hold)")
         self._hold = AbsorptionHold() if mode == "absorption_hold" else None
+        self._cvl_source = ""
 
     def limits(self, ctx: TickContext, current: CurrentResult) -> ChargeLimits:
         charge, discharge = bound(ctx, CHARGE), bound(ctx, DISCHARGE)
-        cvl = self._hold.arbitrate(ctx.online).cvl if self._hold is not None else min_pack_cvl(ctx)
+        events: list[str] = []
+        if self._hold is not None:
+            known = {p.id for p in ctx.online} | {p.id for p in ctx.offline}
+            held = self._hold.arbitrate(ctx.online, known)
+            cvl = held.cvl
+            if held.source != self._cvl_source:
+                self._cvl_source = held.source
+                events.append(f"CVL now set by: {held.reason}")
+        else:
+            cvl = min_pack_cvl(ctx)
         return ChargeLimits(
             cvl=cvl, ccl=charge.cap, dcl=discharge.cap,
             charge_reason=charge.reason, discharge_reason=discharge.reason,
-            charge_source=charge.source, discharge_source=discharge.source,
+            charge_source=charge.source, discharge_source=discharge.source, events=tuple(events),
         )

@@ -5,7 +5,7 @@ Rules:
 - Charge Q (Ah) integrates the bank current I (A, + = charging) over the MONOTONIC clock the caller
   passes in. The wall clock is read only to judge the state record at `load()` and to stamp a
   record when it is written (`SaveDecision.record(wall)`), so an NTP or RTC step never creates or
-  destroys charge (the reference integrates wall time: field-survey 3.11.9).
+  destroys charge (the reference integrates wall time: reference §11 item 9).
 - Between two ticks the current is taken as a straight line from the previous to the present
   reading (trapezoid rule); a reading that is missing (None) uses the other end. Charge efficiency
   applies to the charging part only, also when the line crosses zero inside the interval.

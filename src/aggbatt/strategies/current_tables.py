@@ -1,6 +1,6 @@
 """Own CCL/DCL: piecewise-linear tables over the extreme cell voltages, with a DCL cut-off latch.
 
-Rules (field-survey 3.6, with the defects of 3.11 items 8 and 15 addressed):
+Rules (docs/reference-aggregator.md §6, with the defects of §11 items 8 and 15 addressed):
 
 - CCL = max_charge_current x f_c(highest cell voltage of the bank); DCL = max_discharge_current x
   f_d(lowest cell voltage). f is linear between the knots and flat outside them (the first or last
@@ -16,6 +16,10 @@ Rules (field-survey 3.6, with the defects of 3.11 items 8 and 15 addressed):
   whether a cut-off happened before the restart, and an almost empty bank is the side to err on.
 - Without any cell voltage (no online pack publishes them) the tables cannot apply; the caps alone
   then set the limits and the reason says so.
+- Missing data never releases the cut-off: while a pack's lowest cell is unknown (its readings are
+  invalid, or a pack that was low is offline; the caller names it in `missing`), a CUT latch stays
+  CUT and DCL stays 0, and the latch takes no step other than towards CUT. The lowest reading of the
+  other packs says nothing about the pack that cannot be read.
 
 Latch transitions (v = lowest cell voltage, low = min_cell_voltage, high = low + hysteresis):
 
@@ -120,6 +124,9 @@ class TableInputs:
     discharge_blocked_by: str | None
     charge_cap: Limit  # the pass-through per-pack-share CCL of the online packs
     discharge_cap: Limit
+    # Why the bank's lowest cell is not fully known (a pack without valid cell readings, a low pack
+    # offline), else None; `min_cell` then covers only the packs that can be read.
+    missing: str | None = None
 
 
 class CurrentTables:
@@ -141,7 +148,9 @@ class CurrentTables:
         """(CCL, DCL) for this tick; moves the latch."""
         p = self.params
         if inputs.min_cell is not None:
-            self.latch = LATCH_TRANSITIONS[(self.latch, self._band(inputs.min_cell))]
+            latch = LATCH_TRANSITIONS[(self.latch, self._band(inputs.min_cell))]
+            if inputs.missing is None or latch is Latch.CUT:
+                self.latch = latch
 
         if inputs.charge_blocked_by is not None:
             ccl = Limit(0.0, f"{inputs.charge_blocked_by} blocks charging", "block")
@@ -152,12 +161,15 @@ class CurrentTables:
             ccl = Limit(p.max_charge_current * factor, _table_reason(
                 "max cell", inputs.max_cell, factor, p.charge.highest), "table")
 
+        release = p.min_cell_voltage + p.min_cell_hysteresis
         if inputs.discharge_blocked_by is not None:
             dcl = Limit(0.0, f"{inputs.discharge_blocked_by} blocks discharging", "block")
+        elif self.latch is Latch.CUT and (inputs.min_cell is None or inputs.missing is not None):
+            unknown = inputs.missing or "no valid cell voltages"
+            dcl = Limit(0.0, f"cut off until above {release:.3f} V, kept: {unknown}", "cut_off")
         elif inputs.min_cell is None:
             dcl = Limit(math.inf, "no cell voltages: table not applied", "no_cells")
         elif self.latch is Latch.CUT:
-            release = p.min_cell_voltage + p.min_cell_hysteresis
             dcl = Limit(0.0, f"min cell {inputs.min_cell:.3f} V: cut off until above {release:.3f} V",
                         "cut_off")
         else:

@@ -2,7 +2,7 @@
 
 Rules:
 
-- Error signal, per online pack i (the reference's penalty sum, field-survey 3.4):
+- Error signal, per online pack i (the reference's penalty sum, reference §4):
   OV_i = sum over its cells of max(0, U_k - max_cell_voltage). A pack that publishes only its
   highest cell gives OV_i = max(0, max cell - max_cell_voltage), a lower bound of the sum.
 - While any OV_i > 0 the pack asks for cap_i = S_i - gain x OV_i, with S_i the pack's own cell sum
@@ -19,6 +19,9 @@ Rules:
   ramp) is the "CVL reduced for an over-voltage cell" condition of the feed-in guard.
 - Because cap_i uses the present measured sum, repeated ticks with unchanged readings give the same
   cap: the law is proportional, not an integrator, so the tick rate does not change its strength.
+- Missing data is not a recovery: while a pack that was over in the present episode is absent
+  from `packs` (offline) or has no valid cell reading, the limit is held as if that pack were still
+  over. It is dropped from the episode only when it is no longer known at all (`known`).
 
 Nothing here is persisted: after a restart a cell that is still over lowers the CVL on the first
 tick.
@@ -27,7 +30,7 @@ tick.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from aggbatt.model import PackSnapshot
@@ -82,9 +85,11 @@ class DynamicCvl:
         self._last_now: float | None = None
         self._over_pack: str | None = None
         self._over_text: str | None = None
+        self._over_ids: dict[str, str] = {}  # packs over in the present episode: id -> name
 
     def update(self, now: float, target: float, packs: Sequence[PackSnapshot],
-               floor: float) -> DynamicResult:
+               floor: float, known: Collection[str] | None = None) -> DynamicResult:
+        """`known`: every known pack id, online or not (None: keep every pack of the episode)."""
         p = self.params
         previous = self._last_now
         self._last_now = now
@@ -102,6 +107,7 @@ class DynamicCvl:
                 self._over_pack = pack.name
             self.limit = lowered
             self._last_over = now
+            self._over_ids.update({ask[1].id: ask[1].name for ask in asks})
             self._over_text = (f"{pack.name} cell {highest_cell(pack) or 0.0:.3f} V "
                                f"over {p.max_cell_voltage:.3f} V")
             return DynamicResult(min(target, self.limit), True,
@@ -109,6 +115,16 @@ class DynamicCvl:
 
         if self.limit is None:
             return DynamicResult(target, False, None, None)
+
+        if known is not None:
+            self._over_ids = {pid: name for pid, name in self._over_ids.items() if pid in known}
+        readable = {pack.id for pack in packs if highest_cell(pack) is not None}
+        unread = [name for pid, name in self._over_ids.items() if pid not in readable]
+        if unread:
+            self._last_over = now
+            return DynamicResult(min(target, self.limit), True,
+                                 f"{self._over_text}: lowered CVL held, no cell reading from "
+                                 f"{', '.join(unread)}", self._over_pack)
 
         assert self._last_over is not None
         hold_end = self._last_over + p.hold_time
@@ -120,6 +136,7 @@ class DynamicCvl:
         if self.limit >= target:
             self.limit = None
             self._over_pack = self._over_text = None
+            self._over_ids.clear()
             return DynamicResult(target, False, None, None)
         return DynamicResult(self.limit, True,
                              f"{self._over_text}: CVL recovering", self._over_pack)

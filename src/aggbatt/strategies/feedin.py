@@ -1,9 +1,9 @@
 """DC-coupled PV feed-in guard: a pure state machine that emits actions for the daemon to execute.
 
 Why: with ESS "feed in excess DC-coupled PV" on (/Settings/CGwacs/OvervoltageFeedIn = 1) DVCC
-drives the MPPTs at maximum and ignores CCL (contract 4.5), so a lowered CVL alone cannot stop a
+drives the MPPTs at maximum and ignores CCL (victron-contract §4.5), so a lowered CVL alone cannot stop a
 cell from being pushed further. While the condition holds the guard turns feed-in off, and turns it
-back on afterwards - a user's setting, so it is handled with care (field-survey 3.5, 3.11 item 5,
+back on afterwards - a user's setting, so it is handled with care (reference §5, §11 item 5,
 section 4 item 10).
 
 Rules:

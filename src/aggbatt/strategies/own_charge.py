@@ -1,11 +1,17 @@
 """OwnCharge: aggbatt decides CVL, CCL and DCL for the whole bank (charge.strategy = "own").
 
-Rules (issue 6, field-survey 3.3-3.6; the reference's defects of 3.11 items 1-5, 8, 15 addressed):
+Rules (docs/reference-aggregator.md §3-§6; the reference's defects of §11 items 1-5, 8, 15 addressed):
 
 - Per-cell settings become bank volts per pack: a pack with n cells gets n x the cell voltage, and
   the bank value is the minimum over the online packs, so packs with different cell counts in
   parallel each stay within their own per-cell limits. The cell count is /System/NrOfCellsPerBattery,
   else the number of cell voltages the pack publishes.
+- A count is trusted only when it fits the pack's voltages: the pack voltage and /Voltages/Sum
+  divided by the count must lie within the configured cell range (min_cell_voltage to
+  max_cell_voltage, widened by CELL_RANGE_SLACK for sag and overshoot), and within the pack's own
+  lowest and highest cell reading (CELL_READING_SLACK) when it publishes them. A wrong count would
+  scale every per-cell limit (24 reported cells on a 16-cell pack: CVL 24 x 3.4 V = 81.6 V), so a
+  count that does not fit is unknown: the pack's own CVL caps (rule 5 below), logged once.
 - CVL, in order:
   1. the month's charge voltage (charge_cell_voltage[month - 1], local calendar month);
   2. balancing (balancing.py) may raise it to the balancing voltage;
@@ -13,9 +19,14 @@ Rules (issue 6, field-survey 3.3-3.6; the reference's defects of 3.11 items 1-5,
      3.45 V max cell voltage, 3.11 item 3: those months are capped, and say so);
   4. dynamic CVL (dynamic_cvl.py) lowers it while a cell is over max_cell_voltage;
   5. a pack whose cell count is unknown cannot be held to per-cell limits; its own CVL caps the bank.
+     The last trusted count of a known pack still counts while its count is unknown or it is
+     offline (until it is forgotten): losing the count never raises the CVL.
   With no cell count at all the lowest pack CVL is used.
 - CCL/DCL: the tables of current_tables.py, capped by the pass-through per-pack-share limit
   (strategies.charge.bound), 0 while any pack blocks. The engine applies the same envelope again.
+  A known pack whose cell readings are missing or that is offline counts in the tables with the
+  last highest and lowest cell it showed (a forgotten pack no longer does): losing a reading never
+  raises CCL or DCL.
 - /Info/ChargeMode names the rule that sets the CVL now; /Info/ChargeLimitation and
   /Info/DischargeLimitation name the rule that sets CCL and DCL.
 - A due balancing starts while the bank current (the configured current source) is at least
@@ -34,7 +45,7 @@ latch and the dynamic CVL controller are not persisted (see their modules).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -51,6 +62,12 @@ from aggbatt.strategies.current_tables import (
 from aggbatt.strategies.dynamic_cvl import DynamicCvl, DynamicParams, highest_cell
 
 BALANCING_FILE = "balancing.json"
+# A pack's mean cell voltage may lie this fraction beyond the configured cell range (load sag,
+# charge overshoot) before its cell count is distrusted.
+CELL_RANGE_SLACK = 0.1
+# V: how far the mean cell voltage may lie outside the pack's own lowest and highest cell reading
+# (cable and shunt drop between the cells and the pack terminals, readings taken at other moments).
+CELL_READING_SLACK = 0.05
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December")
 
@@ -112,6 +129,25 @@ def cell_count(pack: PackSnapshot) -> int | None:
     return len(pack.cell_voltages) or None
 
 
+def count_misfit(pack: PackSnapshot, cells: int, low: float, high: float) -> str | None:
+    """Why `cells` cannot be the cell count of `pack` with a configured cell range of
+    `low`..`high` V, or None when its voltages fit."""
+    lo, hi = low * (1.0 - CELL_RANGE_SLACK), high * (1.0 + CELL_RANGE_SLACK)
+    cell_low, cell_high = lowest_cell(pack), highest_cell(pack)
+    for label, volts in (("pack voltage", pack.voltage), ("cell sum", pack.voltages_sum)):
+        if volts is None:
+            continue
+        mean = volts / cells
+        if not lo <= mean <= hi:
+            return (f"{label} {volts:.2f} V / {cells} = {mean:.2f} V per cell, "
+                    f"outside {lo:.2f}-{hi:.2f} V")
+        if (cell_low is not None and cell_high is not None
+                and not cell_low - CELL_READING_SLACK <= mean <= cell_high + CELL_READING_SLACK):
+            return (f"{label} {volts:.2f} V / {cells} = {mean:.2f} V per cell, but its cells read "
+                    f"{cell_low:.3f}-{cell_high:.3f} V")
+    return None
+
+
 def lowest_cell(pack: PackSnapshot) -> float | None:
     known = [u for u in pack.cell_voltages.values() if isinstance(u, float) and math.isfinite(u)]
     if pack.min_cell_voltage is not None:
@@ -164,7 +200,21 @@ class OwnCharge:
         self._loaded: tuple[Mapping[str, Any] | None, str | None] = (None, None)
         self._dynamic_active = False
         self._latch = self.tables.latch
+        self._latch_kept: str | None = None
+        # Packs that have shown a valid lowest cell in this process, and the packs whose lowest cell
+        # was inside the cut-off band while the DCL latch is cut (id -> name): their readings
+        # going missing must not release the latch.
+        self._read_low: set[str] = set()
+        self._low_packs: dict[str, str] = {}
+        # pack id -> its last valid (highest, lowest) cell voltage: a pack whose readings go missing
+        # or that goes offline keeps counting in the tables with what it last showed.
+        self._last_cells: dict[str, tuple[float | None, float | None]] = {}
+        # pack id -> its last snapshot with a trusted cell count, and that count: a pack whose count
+        # turns unknown or that goes offline keeps its per-cell limits in the bank CVL.
+        self._last_counted: dict[str, tuple[PackSnapshot, int]] = {}
         self._cvl_source = ""
+        # pack id -> the last distrusted count: said once per count, not at every voltage swing
+        self._misfits: dict[str, int] = {}
         self.last: OwnDecision | None = None
 
     def load(self, data: Mapping[str, Any] | None, problem: str | None) -> None:
@@ -174,9 +224,10 @@ class OwnCharge:
     # ----- the strategy ----------------------------------------------------------------------
 
     def limits(self, ctx: TickContext, current: CurrentResult) -> ChargeLimits:
+        known = {p.id for p in ctx.online} | {p.id for p in ctx.offline}
         decision = self.decide(ctx.now, local_time(ctx), ctx.online,
                                _cap(bound(ctx, CHARGE)), _cap(bound(ctx, DISCHARGE)),
-                               charging=_charging(current.current, self.idle_current))
+                               charging=_charging(current.current, self.idle_current), known=known)
         self.last = decision
         return ChargeLimits(
             cvl=decision.cvl, ccl=decision.ccl.value, dcl=decision.dcl.value,
@@ -188,16 +239,20 @@ class OwnCharge:
     # ----- the decision ----------------------------------------------------------------------
 
     def decide(self, now: float, wall: datetime, packs: Sequence[PackSnapshot],
-               charge_cap: Limit, discharge_cap: Limit, charging: bool = True) -> OwnDecision:
-        """`charging`: the bank takes charge current now (or its current is unknown)."""
+               charge_cap: Limit, discharge_cap: Limit, charging: bool = True,
+               known: Collection[str] | None = None) -> OwnDecision:
+        """`charging`: the bank takes charge current now (or its current is unknown). `known`: the
+        ids of every known pack, online or not (None: keep what is remembered of absent packs)."""
         p = self.params
         events: list[str] = []
         save: Mapping[str, Any] | None = None
         if self.balancing is None:
             save = self._start_balancing(now, wall, events)
 
-        counted = [(pack, n) for pack in packs if (n := cell_count(pack)) is not None]
-        uncounted = [pack for pack in packs if cell_count(pack) is None]
+        counts, misfits = self._cell_counts(packs, events)
+        counted = self._counted(packs, counts, known)
+        cells_of = {pack.id: n for pack, n in counted}
+        uncounted = [pack for pack in packs if counts[pack.id] is None]
         month = wall.month
         cvl: float | None
         if counted:
@@ -218,7 +273,7 @@ class OwnCharge:
             if step.changed:
                 save = self.balancing.record.to_json()
             cvl = step.target
-            capped = (f"max cell voltage {p.max_cell_voltage:.3f} V x {cell_count(cap_pack)} cells "
+            capped = (f"max cell voltage {p.max_cell_voltage:.3f} V x {cells_of[cap_pack.id]} cells "
                       f"({cap_pack.name})")
             if step.phase is not Phase.IDLE:
                 source, mode = "balancing", step.reason
@@ -233,7 +288,7 @@ class OwnCharge:
             if hard_cap < cvl:
                 cvl, source, mode = hard_cap, "max_cell", capped
             if p.dynamic_cvl:
-                dyn = self.dynamic.update(now, cvl, packs, floor)
+                dyn = self.dynamic.update(now, cvl, packs, floor, known)
                 if dyn.active and dyn.cvl < cvl:
                     cvl, source, mode = dyn.cvl, "dynamic", dyn.reason or "dynamic CVL"
                 self._note_dynamic(dyn.active, dyn.reason, events)
@@ -242,13 +297,15 @@ class OwnCharge:
         for pack in uncounted:
             if pack.cvl is not None and (cvl is None or pack.cvl < cvl):
                 cvl, source = pack.cvl, "pack_cvl"
-                mode = f"{pack.name}: cell count unknown, its own CVL applies"
+                why = "does not fit its voltage" if pack.id in misfits else "unknown"
+                mode = f"{pack.name}: cell count {why}, its own CVL applies"
         if source != self._cvl_source:
             self._cvl_source = source
             events.append(f"CVL now set by: {mode}")
 
-        highs = [h for pack in packs if (h := highest_cell(pack)) is not None]
-        lows = [low for pack in packs if (low := lowest_cell(pack)) is not None]
+        pack_lows = {pack.id: lowest_cell(pack) for pack in packs}
+        highs, lows = self._cell_extremes(packs, pack_lows, known)
+        missing = self._unknown_lows(packs, pack_lows, known)
         charge_block = next((f"{pack.name} ({why})" for pack in packs
                              if (why := pack.charge_block()) is not None), None)
         discharge_block = next((f"{pack.name} ({why})" for pack in packs
@@ -256,11 +313,45 @@ class OwnCharge:
         ccl, dcl = self.tables.update(TableInputs(
             max_cell=max(highs) if highs else None, min_cell=min(lows) if lows else None,
             charge_blocked_by=charge_block, discharge_blocked_by=discharge_block,
-            charge_cap=charge_cap, discharge_cap=discharge_cap))
+            charge_cap=charge_cap, discharge_cap=discharge_cap, missing=missing))
         self._note_latch(dcl, events)
+        self._remember_low_packs(packs, pack_lows, missing, events)
 
         wanted, why = self._feedin(charge_block, mode if source == "dynamic" else None)
         return OwnDecision(cvl, source, mode, ccl, dcl, wanted, why, tuple(events), save)
+
+    def _cell_counts(self, packs: Sequence[PackSnapshot],
+                     events: list[str]) -> tuple[dict[str, int | None], set[str]]:
+        """Each pack's trusted cell count (None: unknown), and the ids whose count was distrusted."""
+        counts: dict[str, int | None] = {}
+        misfits: set[str] = set()
+        for pack in packs:
+            n = cell_count(pack)
+            why = None if n is None else count_misfit(
+                pack, n, self.params.min_cell_voltage, self.params.max_cell_voltage)
+            if why is None:
+                counts[pack.id] = n
+                continue
+            counts[pack.id] = None
+            misfits.add(pack.id)
+            if self._misfits.get(pack.id) != n:
+                self._misfits[pack.id] = n
+                events.append(f"{pack.name}: cell count {n} not used ({why}); "
+                              "its own CVL caps the bank")
+        return counts, misfits
+
+    def _counted(self, packs: Sequence[PackSnapshot], counts: Mapping[str, int | None],
+                 known: Collection[str] | None) -> list[tuple[PackSnapshot, int]]:
+        """(pack, cell count) for the per-cell limits: the online packs with a trusted count, and
+        the last trusted count of every other known pack (count unknown now, or not online)."""
+        if known is not None:
+            self._last_counted = {pid: v for pid, v in self._last_counted.items() if pid in known}
+        for pack in packs:
+            n = counts[pack.id]
+            if n is not None:
+                self._last_counted[pack.id] = (pack, n)
+        return [(pack, n) for pack in packs if (n := counts[pack.id]) is not None] + [
+            last for pid, last in self._last_counted.items() if counts.get(pid) is None]
 
     def _start_balancing(self, now: float, wall: datetime, events: list[str]) -> Mapping[str, Any] | None:
         data, problem = self._loaded
@@ -274,6 +365,49 @@ class OwnCharge:
                           + f" (last balancing {record.last_balancing or 'never'})")
             return self.balancing.record.to_json()
         return None
+
+    def _cell_extremes(self, packs: Sequence[PackSnapshot], lows: Mapping[str, float | None],
+                       known: Collection[str] | None) -> tuple[list[float], list[float]]:
+        """The highest and lowest cell voltages the tables judge: every readable pack's present
+        ones, and the last ones of the known packs that cannot be read now (no valid reading, or
+        not online), so that losing a reading never raises CCL or DCL."""
+        if known is not None:
+            self._last_cells = {pid: v for pid, v in self._last_cells.items() if pid in known}
+        for pack in packs:
+            last_high, last_low = self._last_cells.get(pack.id, (None, None))
+            high, low = highest_cell(pack), lows[pack.id]
+            self._last_cells[pack.id] = (last_high if high is None else high,
+                                         last_low if low is None else low)
+        highs = [high for high, _ in self._last_cells.values() if high is not None]
+        return highs, [low for _, low in self._last_cells.values() if low is not None]
+
+    def _unknown_lows(self, packs: Sequence[PackSnapshot], lows: Mapping[str, float | None],
+                      known: Collection[str] | None) -> str | None:
+        """Why the bank's lowest cell is not fully known this tick, or None. A pack that never
+        published cell voltages is not counted: it has never had a say in the latch."""
+        if known is not None:
+            self._read_low &= set(known)
+            self._low_packs = {pid: name for pid, name in self._low_packs.items() if pid in known}
+        dark = [f"{pack.name} has no valid cell voltage" for pack in packs
+                if lows[pack.id] is None and pack.id in self._read_low]
+        away = [f"{name} (at the cut-off) is offline" for pid, name in self._low_packs.items()
+                if pid not in lows]
+        self._read_low |= {pid for pid, low in lows.items() if low is not None}
+        return "; ".join(dark + away) or None
+
+    def _remember_low_packs(self, packs: Sequence[PackSnapshot], lows: Mapping[str, float | None],
+                            missing: str | None, events: list[str]) -> None:
+        if self.tables.latch is not Latch.CUT:
+            self._low_packs.clear()
+            self._latch_kept = None
+            return
+        release = self.params.min_cell_voltage + self.params.tables.min_cell_hysteresis
+        self._low_packs.update({pack.id: pack.name for pack in packs
+                                if (low := lows[pack.id]) is not None and low <= release})
+        if missing != self._latch_kept:
+            self._latch_kept = missing
+            if missing is not None:
+                events.append(f"DCL cut-off kept while the lowest cell is unknown: {missing}")
 
     def _feedin(self, charge_block: str | None, dynamic_reason: str | None) -> tuple[bool, str]:
         if dynamic_reason is not None or self.dynamic.limit is not None:

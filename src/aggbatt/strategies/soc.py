@@ -2,7 +2,7 @@
 
 - /Soc = sum(SoC_i x C_i) / sum(C_i) over online packs that report both SoC and installed
   capacity C_i. A pack without SoC leaves numerator and denominator alike (the reference kept its
-  capacity in the denominator and biased the SoC low, field-survey 3.11 item 12). When no pack
+  capacity in the denominator and biased the SoC low, reference §11 item 12). When no pack
   reports a capacity, the plain mean of the SoCs is used; with no SoC at all, /Soc is invalid.
 - /Capacity (remaining Ah) = sum of the packs' /Capacity, or SoC_i x C_i / 100 for a pack that
   does not publish it.

@@ -1,6 +1,6 @@
 """VictronDevices: the bank current measured by Victron devices instead of the packs' BMSes.
 
-Rules (sign: + = into the battery, contract 5.1-5.4):
+Rules (sign: + = into the battery, victron-contract §5.1-§5.4):
 
 - Sum mode (default): I = sum of Multi/Quattro /Dc/0/Current (each vebus service only while its
   /Connected is 1, as systemcalc does: a vebus service exists without a connected product, and a
@@ -8,12 +8,12 @@ Rules (sign: + = into the battery, contract 5.1-5.4):
   + every solar charger's /Dc/0/Current (battery side, its load output already netted)
   + every dcdc /Dc/0/Current when `include_dcdc`
   + selected battery-mode shunts + `dcload_sign` x selected dcload shunts (default -1: a DC load
-  shunt reads + for consumption, contract 5.3).
+  shunt reads + for consumption, victron-contract §5.3).
 - `shunt_alone`: I = sum of the selected battery-mode shunts; they measure the whole bank, so
   chargers and DC-load shunts are not added.
 - Shunts are selected by /DeviceInstance (int) or by /CustomName or service name (str), or all of
   them with `all_shunts`. A battery service that has a charge limit path (CVL/CCL/DCL, even an
-  invalid one) is a BMS, never a shunt (shunts publish no /Info/* paths, contract 5.3); with
+  invalid one) is a BMS, never a shunt (shunts publish no /Info/* paths, victron-contract §5.3); with
   `all_shunts` a battery service is a shunt when its /ProductName names one, as packs.py decides.
   Every dcload service is a shunt in DC-load mode. An empty selection is valid.
 - The source is LOST, and the BMS sum is used instead (`on_source_lost = "fallback"`), with

@@ -1,0 +1,4 @@
+// Stand-in for gui-v2's ListNavigation: a row that opens another page when tapped.
+ListItem {
+	interactive: true
+}
