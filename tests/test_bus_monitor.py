@@ -603,19 +603,6 @@ def test_plan_thresholds():
     assert plan_rules(deep, noisy) == RulePlan(frozenset({"/A/B"}), frozenset())
 
 
-def test_plan_keeps_namespaces_with_unwanted_noisy_paths_out():
-    power = "/Dc/0/Power"
-    wanted = WANTED - {power}
-    plan = plan_rules(wanted, SB_PATHS, noisy={power})
-    assert "/Dc" not in plan.namespaces and {"/Info", "/System", "/Io", "/Alarms"} <= plan.namespaces
-    assert {"/Dc/0/Voltage", "/Dc/0/Current"} <= plan.paths and power not in plan.paths
-    assert "/Dc" in plan_rules(wanted, SB_PATHS).namespaces
-    # A wanted noisy path, or one the service does not publish, changes nothing.
-    assert plan_rules(WANTED, SB_PATHS, noisy={power}) == plan_rules(WANTED, SB_PATHS)
-    assert plan_rules(wanted, SB_PATHS - {power}, noisy={power}) \
-        == plan_rules(wanted, SB_PATHS - {power})
-
-
 segment = st.sampled_from(["A", "B", "C", "Cell1", "Cell2", "0"])
 bus_paths = st.lists(segment, min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts))
 
@@ -641,8 +628,10 @@ def test_plan_covers_every_wanted_path_and_admits_at_most_two_unwanted_per_wante
 
 
 async def test_a_bank_of_sixteen_packs_fits_the_match_rule_limit(connect, bus_address, caplog):
-    from aggbatt.engine import PACK_PATHS
-    from aggbatt.model import NOISY_PATHS
+    from aggbatt.engine import pack_paths
+
+    # What the daemon follows by default: no cell voltages, the history.
+    PACK_PATHS = pack_paths(cell_voltages=False, history=True)
 
     caplog.set_level(logging.INFO, LOGGER)
     packs = 16
@@ -652,8 +641,7 @@ async def test_a_bank_of_sixteen_packs_fits_the_match_rule_limit(connect, bus_ad
     await bank.start(bus_address)
     try:
         events = Events()
-        monitor = await start_monitor(connect, events, classes={"battery": PACK_PATHS},
-                                      noisy=NOISY_PATHS)
+        monitor = await start_monitor(connect, events, classes={"battery": PACK_PATHS})
         assert len(monitor.services) == packs
         rules = await match_rules(monitor.bus)
         assert warnings_about(caplog, "max_match_rules_per_connection") == []
@@ -669,14 +657,12 @@ async def test_a_bank_of_sixteen_packs_fits_the_match_rule_limit(connect, bus_ad
                                         if p in items and unwrap(items[p]["Value"]) is not None}
         assert all("/Soc" in paths for paths in valid.values())
 
-        # Every cell and the power (V x I, next to wanted /Dc paths) of every pack change, then
-        # /Soc: only the 16 /Soc signals arrive.
+        # Every cell of every pack changes, then /Soc: only the 16 /Soc signals arrive.
         received = monitor.signals_received
         for pack in bank.packs:
             for n in range(1, 25):
                 pack.invalidate(f"/Voltages/Cell{n}")
-            pack.invalidate("/Dc/0/Power")
-            assert pack.publish() == 25
+            assert pack.publish() == 24
             pack.invalidate("/Soc")
             assert pack.publish() == 1
         await events.until(lambda: len(events.changed) == packs)

@@ -64,7 +64,6 @@ from aggbatt.engine import (
     needs_urgent_tick,
     pack_paths,
 )
-from aggbatt.model import NOISY_PATHS
 from aggbatt.pages import info_values
 from aggbatt.paths import PRODUCT_ID, add_spec_path
 from aggbatt.persist import read_json, write_json_atomic
@@ -198,7 +197,6 @@ class Daemon:
             on_added=self._service_added,
             on_removed=self._service_added,
             on_changed=self._values_changed,
-            noisy=NOISY_PATHS,
         )
         await self.monitor.start(settle=START_SCAN_WAIT)
         self.tick()

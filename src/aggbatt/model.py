@@ -274,10 +274,6 @@ _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL
 PACK_PATHS: frozenset[str] = (frozenset(RULES) - frozenset(HISTORY_PATHS)
                               - {CAPACITY, CONSUMED_AH})
 
-# Pack paths the engine does not read that change on every poll; the monitor keeps them out of
-# its match rules even where that costs a rule per wanted path beside them.
-NOISY_PATHS: frozenset[str] = frozenset({POWER})
-
 # A change of one of these must trigger an immediate (debounced) tick.
 SAFETY_PATHS: frozenset[str] = frozenset({
     CVL, CCL, DCL, ALLOW_CHARGE, ALLOW_DISCHARGE, BLOCKING_CHARGE, BLOCKING_DISCHARGE,

@@ -64,16 +64,13 @@ also admits the sub-tree's unwanted paths. `plan_rules` decides, per service:
   GetItems listed, plus the wanted ones) are at most 3x the wanted ones: each rule saved admits
   about two unwanted paths at most. Those still reach the handler, which drops and counts them
   (`unwanted_signals`).
-- A candidate never qualifies when it holds a `noisy` path the caller does not want: a path the
-  caller knows to change on every poll (serialbattery's /Dc/0/Power, exactly V x I) would alone
-  send as many signals as the wanted paths beside it.
 - Each wanted path is covered by its shallowest qualifying ancestor, else by a rule of its own.
 
 Why 3x: for a serialbattery pack (victron-contract §4.1) and the engine's ~50 paths it selects /Alarms
-(17 wanted of 17), /System (12 of 22), /Io (3 of 4) and /Info (5 of 13-15); /Dc holds the noisy
-/Dc/0/Power, so its 3 wanted paths get a rule each. With the root-level paths and /Voltages/Sum as
-single rules a pack costs 15 rules (ItemsChanged included), so 32 packs take 481. At 2x /Info
-would stay per-path (19 a pack, 32 packs = 609). Cell voltages,
+(17 wanted of 17), /System (12 of 22), /Dc (3 of 4-6), /Io (3 of 4), /Info (5 of 13-15) and, when
+history is read, /History; with the root-level paths and /Voltages/Sum as single rules a pack costs
+13 rules (ItemsChanged included; 14 with /History), so 32 packs take 417 (449). At 2x /Info would
+stay per-path (17 a pack, 32 packs = 545). Cell voltages,
 the bulk of a pack's traffic (one signal per cell per poll), stay out: /Voltages holds one or two
 wanted paths next to 4-32 cells, which fails both the >= 3 and the 3x test unless the cells
 themselves are wanted. A publisher of many extra paths (serialbattery's optional /Info/Config/*)
@@ -245,14 +242,10 @@ def _ancestors(path: str) -> list[str]:
     return ["/".join(parts[:n]) for n in range(2, len(parts))]
 
 
-def plan_rules(wanted: Collection[str], known: Collection[str],
-               noisy: Collection[str] = ()) -> RulePlan:
+def plan_rules(wanted: Collection[str], known: Collection[str]) -> RulePlan:
     """Cover `wanted` with namespaces where they hold mostly wanted paths of the service's
-    `known` ones and none of its unwanted `noisy` ones, and single paths elsewhere (module
-    docstring, "Match-rule plan")."""
+    `known` ones, and single paths elsewhere (module docstring, "Match-rule plan")."""
     wanted = set(wanted)
-    excluded = {node for path in set(noisy).intersection(known).difference(wanted)
-                for node in _ancestors(path)}
     # A namespace also matches the path equal to it, so "in N" counts N itself.
     wanted_in: dict[str, int] = {}
     paths_in: dict[str, int] = {}
@@ -265,8 +258,7 @@ def plan_rules(wanted: Collection[str], known: Collection[str],
     for path in wanted:
         for node in _ancestors(path):
             count = wanted_in[node]
-            if (count >= NAMESPACE_MIN_WANTED and paths_in[node] <= NAMESPACE_MAX_RATIO * count
-                    and node not in excluded):
+            if count >= NAMESPACE_MIN_WANTED and paths_in[node] <= NAMESPACE_MAX_RATIO * count:
                 namespaces.add(node)
                 break
     single = {p for p in wanted if not any(n in namespaces for n in (*_ancestors(p), p))}
@@ -303,7 +295,6 @@ class Monitor:
         retry_delay: float = 1.0,
         retry_max: float = 30.0,
         max_paths: int = MAX_PATHS,
-        noisy: Collection[str] = (),
     ) -> None:
         self.bus = bus
         self._classes = {cls: _frozen(paths) for cls, paths in classes.items()}
@@ -316,7 +307,6 @@ class Monitor:
         self.retry_delay = retry_delay
         self.retry_max = retry_max
         self.max_paths = max_paths
-        self._noisy = frozenset(noisy)
         self.services: dict[str, RemoteService] = {}
         # BusItem signals that reached the handler: shows what the match rules let through.
         self.signals_received = 0
@@ -745,7 +735,7 @@ class Monitor:
         elif tracked.crowded:
             plan = RulePlan(frozenset(), paths)
         else:
-            plan = plan_rules(paths, tracked.known, self._noisy)
+            plan = plan_rules(paths, tracked.known)
         async with self._switching:
             before = set(tracked.rules)
             error = await self._converge(tracked, _rules(owner, plan))
