@@ -32,9 +32,9 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from aggbatt.engine import Engine, TickResult
-from aggbatt.model import ServiceReading
-from aggbatt.strategies import ChargeLimits, CurrentResult, Strategies, TickContext, build_strategies
+from aggbatt.core.engine import Engine, TickResult
+from aggbatt.core.model import ServiceReading
+from aggbatt.core.strategies import ChargeLimits, CurrentResult, Strategies, TickContext, build_strategies
 
 SB = "com.victronenergy.battery."
 VEBUS = "com.victronenergy.vebus.ttyS4"

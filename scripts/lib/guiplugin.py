@@ -43,10 +43,10 @@ class PluginError(Exception):
 
 def product_id() -> str:
     """The aggregate's ProductId as gui-v2 writes it ("0x" + upper-case hex)."""
-    text = (REPO / "src" / "aggbatt" / "paths.py").read_text(encoding="utf-8")
+    text = (REPO / "src" / "aggbatt" / "daemon" / "paths.py").read_text(encoding="utf-8")
     match = re.search(r"(?m)^PRODUCT_ID = 0x([0-9A-Fa-f]+)$", text)
     if match is None:
-        raise PluginError("src/aggbatt/paths.py has no PRODUCT_ID = 0x... line")
+        raise PluginError("src/aggbatt/daemon/paths.py has no PRODUCT_ID = 0x... line")
     return "0x" + match.group(1).upper()
 
 

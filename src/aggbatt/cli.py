@@ -180,7 +180,7 @@ def _demo(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     import asyncio
 
-    from aggbatt.demo import DemoOptions, run_demo
+    from aggbatt.tools.demo import DemoOptions, run_demo
 
     options = DemoOptions(packs=args.packs, cells=args.cells, capacities=args.capacities,
                           scenario=args.scenario, duration=args.duration,
@@ -217,7 +217,7 @@ def _add_migrate_ini(subparsers: Any) -> None:
 def _migrate_ini(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from aggbatt.migrate import MigrationError, migrate, report
+    from aggbatt.tools.migrate import MigrationError, migrate, report
 
     try:
         result = migrate(Path(args.ini), Path(args.out),
@@ -275,7 +275,7 @@ def _simulate(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     from pathlib import Path
 
-    from aggbatt.simulate import SimulateOptions, simulate
+    from aggbatt.tools.simulate import SimulateOptions, simulate
 
     options = SimulateOptions(out=Path(args.out), profile=args.profile, packs=args.packs,
                               cells=args.cells, capacity_ah=args.capacity, day=args.date,
@@ -310,7 +310,7 @@ def _add_status(subparsers: Any) -> None:
 def _status(args: argparse.Namespace) -> int:
     import asyncio
 
-    from aggbatt.status import main
+    from aggbatt.tools.status import main
 
     return asyncio.run(main(_bus_address(args.bus), args.service, args.json, sys.stdout,
                             sys.stderr, args.timeout))
@@ -335,7 +335,7 @@ def _add_forget_packs(subparsers: Any) -> None:
 def _forget_packs(args: argparse.Namespace) -> int:
     import asyncio
 
-    from aggbatt.status import forget_missing
+    from aggbatt.tools.status import forget_missing
 
     return asyncio.run(forget_missing(_bus_address(args.bus), args.service, sys.stdout, sys.stderr))
 
@@ -365,7 +365,7 @@ def _select_battery(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aggbatt.bus.settings import SettingsUnavailable
-    from aggbatt.selection import SelectionError, command
+    from aggbatt.daemon.selection import SelectionError, command
 
     try:
         lines = asyncio.run(command(_bus_address(args.bus), args.mode == "on",

@@ -1,5 +1,5 @@
 """Load the gui-v2 plugin's pages from its JSON in an offscreen Qt Quick window, against the
-stand-ins in this folder, and report what the pages show. Run by tests/test_gui_plugin.py with
+stand-ins in this folder, and report what the pages show. Run by tests/release/test_gui_plugin.py with
 the Python that has PySide6 (the `gui` extra), so the test suite itself does not need Qt.
 
 Usage: qmlcheck.py SCENARIO.json REPORT.json SCREENSHOT.png

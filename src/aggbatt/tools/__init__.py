@@ -1,0 +1,1 @@
+"""Commands beside the daemon: status, migrate, simulate and demo (see aggbatt.cli)."""
