@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from aggbatt.core.model import PackSnapshot, ServiceReading
+from aggbatt.core.snapshot import PackSnapshot, ServiceReading
 
 
 @dataclass(frozen=True)
