@@ -632,7 +632,10 @@ def test_plan_covers_every_wanted_path_and_admits_at_most_two_unwanted_per_wante
 
 
 async def test_a_bank_of_sixteen_packs_fits_the_match_rule_limit(connect, bus_address, caplog):
-    from aggbatt.core.engine import PACK_PATHS
+    from aggbatt.core.engine import pack_paths
+
+    # What the daemon follows by default: no cell voltages, the history.
+    PACK_PATHS = pack_paths(cell_voltages=False, history=True)
 
     caplog.set_level(logging.INFO, LOGGER)
     packs = 16

@@ -38,6 +38,33 @@ async def test_get_items_types_and_invalid(connect):
     assert items["/Dc/0/Current"]["Text"].value == "---"
 
 
+async def test_get_items_follows_every_change(connect):
+    # GetItems is answered from a reply marshalled once; every kind of change must show in the
+    # next one, and concurrent callers must each get the answer to their own call.
+    svc = await make_service(connect)
+    client = await connect()
+    first = await asyncio.gather(*(get_items(client, NAME) for _ in range(5)))
+    assert all(items == first[0] for items in first)
+    assert first[0]["/Dc/0/Voltage"]["Value"] == Variant("d", 53.12)
+
+    svc["/Dc/0/Voltage"] = 54.0
+    svc["/Dc/0/Current"] = -3.5
+    svc.add_path("/Soc", 80.0, kind=float, decimals=1)
+    svc.remove_path("/ProductName")
+    items = await get_items(client, NAME)
+    assert items["/Dc/0/Voltage"] == {"Value": Variant("d", 54.0), "Text": Variant("s", "54.00V")}
+    assert items["/Dc/0/Current"]["Value"] == Variant("d", -3.5)
+    assert items["/Soc"]["Value"] == Variant("d", 80.0)
+    assert "/ProductName" not in items
+
+    assert await set_value(client, NAME, "/CustomName", Variant("s", "Rack")) == 0
+    assert (await get_items(client, NAME))["/CustomName"]["Value"] == Variant("s", "Rack")
+    svc["/Dc/0/Voltage"] = None
+    items = await get_items(client, NAME)
+    assert items["/Dc/0/Voltage"]["Value"].value == [] and items["/Dc/0/Voltage"]["Text"].value == "---"
+    assert await get_value(client, NAME, "/Dc/0/Current") == Variant("d", -3.5)
+
+
 async def test_leaf_and_subtree_get_value(connect):
     await make_service(connect)
     client = await connect()

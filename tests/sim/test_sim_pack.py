@@ -233,6 +233,33 @@ async def test_publish_sends_properties_changed_per_changed_path(started, connec
     assert pack.publish() == 0
 
 
+async def test_history_and_time_to_go_change_once_a_minute_like_serialbattery(started, connect):
+    # serialbattery publishes every poll but recomputes these once a minute; CurrentAvg is the
+    # mean of the last 300 measured currents, so it moves with the current's noise.
+    pack = await started(PackParams(noise_a=0.05))
+    client = await connect()
+    items = await get_items(client, pack.service_name)
+    for path in ("/History/LastDischarge", "/History/AverageDischarge", "/History/FullDischarges",
+                 "/History/AutomaticSyncs", "/History/LowVoltageAlarms",
+                 "/History/HighVoltageAlarms", "/History/Clear", "/Info/ChargeModeDebugFloat",
+                 "/Info/ChargeModeDebugBulk"):
+        assert path in items, path
+    rec = await SignalRecorder(client).start(pack.service_name)
+    slow = ("/TimeToGo", "/History/ChargedEnergy", "/History/MaximumVoltage")
+    for _ in range(59):
+        pack.step(1.0, 20.0)
+        pack.publish()
+    await get_items(client, pack.service_name)  # round trip: everything sent before is in
+    changed = {m.path for m in rec.of("PropertiesChanged")}
+    assert changed.isdisjoint(slow)
+    assert "/CurrentAvg" in changed
+    pack.step(1.0, 20.0)
+    pack.publish()
+    await get_items(client, pack.service_name)
+    changed = {m.path for m in rec.of("PropertiesChanged")}
+    assert set(slow) <= changed
+
+
 async def test_freeze_stops_signals_but_keeps_the_name(started, connect):
     pack = await started()
     client = await connect()

@@ -9,9 +9,12 @@ dbus-daemon; no measured process shares a process with the packs or with this ru
    "start" = from the spawn to the first GetItems or ItemsChanged showing valid CVL/CCL/DCL,
    voltage and SoC with every pack online.
 4. Once the daemon's match rules have stopped changing they are copied from the bus (Debug.Stats
-   GetAllMatchRules) into floor_needed; floor_all and the import floor start as well.
+   GetAllMatchRules) into floor_needed; floor_all, floor_velib (velib_floor.py, under the
+   system's Python with dbus-python and GLib, when it has them) and the import floor start too.
 5. Warm-up, then the window: CPU and message counters are read at both ends of it and RSS is
    sampled every `sample_every` seconds.
+5a. GetItems: `get_items_calls` GetItems on the aggregate, one after another; the daemon's CPU
+   over them, less what it would have used anyway at the window's rate, per call.
 6. Reaction: `reactions` times, at a random moment, a pack blocks charging (CCL 0, published at
    once); the time until the Observer sees the aggregate's CCL 0 is recorded; the pack unblocks
    and the aggregate's CCL must come back before the next event.
@@ -32,6 +35,7 @@ import os
 import platform
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,7 +89,9 @@ class Build:
 
 @dataclass
 class Options:
-    banks: list[Bank] = field(default_factory=lambda: [Bank(2, 16), Bank(4, 16), Bank(16, 24)])
+    # 16 x 24 is the bank the goals are set for; the others show how the cost grows with packs,
+    # up to 32, the most a stock bus's per-connection match-rule limit must allow.
+    banks: list[Bank] = field(default_factory=lambda: [Bank(n, 24) for n in (1, 2, 4, 8, 16, 32)])
     builds: list[Build] = field(default_factory=lambda: [Build("compiled", sys.executable)])
     duration: float = 60.0
     warmup: float = 10.0
@@ -98,11 +104,26 @@ class Options:
     sample_every: float = 0.5
     profile_dir: Path | None = None
     seed: int = 1
+    velib_python: str | None = None
+    get_items_calls: int = 200
 
 
 # A few seconds in all: checks that the benchmark itself works, measures nothing worth reading.
 QUICK = {"banks": [Bank(2, 4)], "duration": 1.0, "warmup": 0.3, "reactions": 3, "stale_events": 1,
-         "stale_after": 0.6, "readmit_after": 0.2, "interval": 0.2, "sample_every": 0.25}
+         "stale_after": 0.6, "readmit_after": 0.2, "interval": 0.2, "sample_every": 0.25,
+         "get_items_calls": 10}
+VELIB_FLOOR = Path(__file__).with_name("velib_floor.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def velib_python(candidate: str = SYSTEM_PYTHON) -> str | None:
+    """`candidate` when it can run the velib-style floor (dbus-python and GLib), else None."""
+    try:
+        done = subprocess.run([candidate, "-c", "import dbus.mainloop.glib, gi.repository.GLib"],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return candidate if done.returncode == 0 else None
 
 
 def _say(text: str) -> None:
@@ -197,10 +218,12 @@ class Measured:
 
 
 async def _spawn(role: str, name: str, build: Build, workdir: Path, options: list[str],
-                 rest: Sequence[str] = (), *, log: Path | None = None) -> Measured:
+                 rest: Sequence[str] = (), *, log: Path | None = None,
+                 program: Sequence[str] | None = None) -> Measured:
     report_file = workdir / f"{name}.report.json"
-    cmd = [build.python, "-m", "aggbatt.bench.floors", "--report", str(report_file), *options,
-           role, *rest]
+    cmd = ([*program, "--report", str(report_file), *options] if program is not None else
+           [build.python, "-m", "aggbatt.bench.floors", "--report", str(report_file), *options,
+            role, *rest])
     if log is not None:
         out = open(log, "wb")  # noqa: SIM115 - the child holds it; closed right after the spawn
         try:
@@ -406,6 +429,11 @@ class BankRun:
                                        ["--bus", self.address, "--rules", str(rules_file)]))
         floors.append(await _spawn("all", "floor_all", self.build, self.workdir,
                                    ["--bus", self.address, "--ignore", AGGREGATE]))
+        if self.opts.velib_python is not None:
+            floors.append(await _spawn(
+                "velib", "floor_velib", self.build, self.workdir,
+                ["--bus", self.address, "--ignore", AGGREGATE],
+                program=[self.opts.velib_python, str(VELIB_FLOOR)]))
         floors.append(await _spawn("imports", "import_floor", self.build, self.workdir, []))
         self.measured += floors
         await asyncio.gather(*(_ready(f) for f in floors))
@@ -435,12 +463,35 @@ class BankRun:
         ticks = None if ticks_before is None or ticks_after is None else ticks_after - ticks_before
         return _Window(wall, first, last, context, None if ticks is None else ticks / wall)
 
+    async def get_items_cost(self, observer: Observer, window: _Window) -> dict[str, Any]:
+        """The daemon's CPU per GetItems on the aggregate (module docstring, step 5a)."""
+        daemon = self.measured[0]
+        cpu, _ = daemon.meter.cpu_used()
+        idle_rate = None if cpu is None else cpu / window.wall
+        calls = self.opts.get_items_calls
+        meter = Meter(daemon.proc.pid)
+        started = time.monotonic()
+        meter.begin()
+        for _ in range(calls):
+            reply = await asyncio.wait_for(observer.bus.call(Message(
+                destination=AGGREGATE, path="/", interface="com.victronenergy.BusItem",
+                member="GetItems")), 5.0)
+            if reply is None or reply.message_type is MessageType.ERROR:
+                raise RuntimeError(f"GetItems on the aggregate failed: {reply and reply.body}")
+        meter.end()
+        wall = time.monotonic() - started
+        used, _ = meter.cpu_used()
+        per_call = (None if used is None or idle_rate is None or not calls
+                    else max(0.0, used - idle_rate * wall) / calls * 1000.0)
+        return {"calls": calls, "paths": len(reply.body[0]), "daemon_cpu_ms_per_call": per_call,
+                "round_trip_ms": wall / calls * 1000.0 if calls else None}
+
     async def stop(self) -> None:
         for m in self.measured:
             await m.stop()
 
     def result(self, first_valid: float, window: _Window, ccl: dict[str, Any],
-               stale: dict[str, Any]) -> dict[str, Any]:
+               stale: dict[str, Any], get_items: dict[str, Any]) -> dict[str, Any]:
         wall = window.wall
         procs = {m.role: {**_process_result(m.meter, window.first.get(m.role),
                                             window.last.get(m.role), wall),
@@ -450,6 +501,9 @@ class BankRun:
                       for name, meter in window.context.items()})
         procs["daemon"]["connections"] = len(self.connections)
         procs["daemon"]["ticks_per_s"] = window.ticks_per_s
+        for proc in procs.values():
+            if proc.get("received_per_s") is not None:
+                proc["received_per_pack_per_s"] = proc["received_per_s"] / self.bank.packs
         beyond = sorted(m for m in set(window.last["daemon"]["modules"])
                         - set(window.last["import_floor"]["modules"])
                         if not m.startswith("aggbatt.bench"))
@@ -472,10 +526,13 @@ class BankRun:
                     procs["daemon"]["cpu_s_per_s"], procs.get("floor_needed", {}).get("cpu_s_per_s")),
                 "cpu_daemon_over_floor_all": report.ratio(
                     procs["daemon"]["cpu_s_per_s"], procs["floor_all"]["cpu_s_per_s"]),
+                "cpu_daemon_over_floor_velib": report.ratio(
+                    procs["daemon"]["cpu_s_per_s"], procs.get("floor_velib", {}).get("cpu_s_per_s")),
                 "rss_daemon_minus_import_floor_mb": (
                     None if daemon_rss is None or import_rss is None else daemon_rss - import_rss),
             },
             "reaction": {"ccl0_ms": ccl, "stale_s": {**stale, "stale_after": self.opts.stale_after}},
+            "get_items": get_items,
             "profile": None if self.profile is None else str(self.profile),
         }
         run["targets"] = report.targets(run)
@@ -496,6 +553,7 @@ async def run_one(bank: Bank, build: Build, opts: Options, workdir: Path) -> dic
             await asyncio.sleep(opts.warmup)
             window = await run.window(
                 observer, {"sim": Meter(sim.proc.pid), "bus": Meter(pbus.process.pid)})
+            get_items = await run.get_items_cost(observer, window)
             ccl = report.summary(*await _ccl0_reactions(sim, observer, opts, rng))
             stale = report.summary(*await _stale_reactions(sim, observer, opts))
         finally:
@@ -503,7 +561,7 @@ async def run_one(bank: Bank, build: Build, opts: Options, workdir: Path) -> dic
             if observer is not None:
                 observer.close()
             await sim.stop()
-    return run.result(first_valid, window, ccl, stale)
+    return run.result(first_valid, window, ccl, stale, get_items)
 
 
 def _check_build(run: dict[str, Any], build: Build) -> None:
@@ -544,7 +602,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, Path]:
         prog="scripts/bench",
         description="CPU, memory and reaction time of aggbatt at bank scale, against floors that "
         "only receive the same input. Prints one table and writes JSON.")
-    parser.add_argument("--banks", default=None, help="PACKSxCELLS list (default 2x16,4x16,16x24)")
+    parser.add_argument("--banks", default=None, help="PACKSxCELLS list (default 1x24,2x24,4x24,8x24,16x24,32x24)")
     parser.add_argument("--duration", type=float, help="measured window in s (default 60)")
     parser.add_argument("--warmup", type=float, help="s between start-up and the window (default 10)")
     parser.add_argument("--reactions", type=int, help="CCL-0 events per run (default 50)")
@@ -558,6 +616,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, Path]:
     parser.add_argument("--out", type=Path, help="JSON file (default bench-results/bench-<date>.json)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="cProfile the daemon over the window into DIR (inflates its CPU)")
+    parser.add_argument("--velib-python", metavar="PYTHON", default=SYSTEM_PYTHON,
+                        help="interpreter with dbus-python and GLib for the velib-style floor "
+                        f"(default {SYSTEM_PYTHON}; left out when it lacks them)")
     parser.add_argument("--quick", action="store_true",
                         help="a few seconds on a tiny bank: checks the benchmark, measures nothing")
     args = parser.parse_args(argv)
@@ -582,6 +643,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, Path]:
             parser.error(f"unknown build {name!r}: compiled or pure")
     opts.builds = builds
     opts.profile_dir = args.profile
+    opts.velib_python = velib_python(args.velib_python)
+    if opts.velib_python is None:
+        _say(f"{args.velib_python} has no dbus-python or GLib: the velib-style floor is left out")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return opts, args.out or report.default_path(Path("bench-results"), stamp)
 

@@ -70,9 +70,10 @@ also admits the sub-tree's unwanted paths. `plan_rules` decides, per service:
 - Each wanted path is covered by its shallowest qualifying ancestor, else by a rule of its own.
 
 Why 3x: for a serialbattery pack (victron-contract §4.1) and the engine's ~50 paths it selects /Alarms
-(17 wanted of 17), /System (12 of 22), /Dc (4 of 4-6), /Io (3 of 4) and /Info (5 of 13-15); with the
-root-level paths and /Voltages/Sum as single rules a pack costs 15 rules (ItemsChanged included),
-so 32 packs take 481. At 2x /Info would stay per-path (19 a pack, 32 packs = 609). Cell voltages,
+(17 wanted of 17), /System (12 of 22), /Dc (3 of 4-6), /Io (3 of 4), /Info (5 of 13-15) and, when
+history is read, /History; with the root-level paths and /Voltages/Sum as single rules a pack costs
+13 rules (ItemsChanged included; 14 with /History), so 32 packs take 417 (449). At 2x /Info would
+stay per-path (17 a pack, 32 packs = 545). Cell voltages,
 the bulk of a pack's traffic (one signal per cell per poll), stay out: /Voltages holds one or two
 wanted paths next to 4-32 cells, which fails both the >= 3 and the 3x test unless the cells
 themselves are wanted. A publisher of many extra paths (serialbattery's optional /Info/Config/*)

@@ -19,12 +19,16 @@ Theory of operation (docs/victron-contract.md §1 and §6.1):
   the whole service, unreadable.
 - Text values are cut to PUBLISHED_TEXT_MAX characters: whatever a caller or a client passes,
   the service never republishes more.
+- GetItems on `/` is answered from a body marshalled once and kept until a value or the set of
+  paths changes: consumers (GUI, MQTT bridges) may ask several times a second, and building and
+  marshalling every path each time costs far more than the daemon's whole tick.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -94,6 +98,8 @@ class BusItemService:
         self._dirty: dict[str, None] = {}
         self._nodes: set[str] = {"/"}
         self._unsendable_logged: set[str] = set()
+        # The marshalled GetItems body while no value has changed (module docstring).
+        self._items_body: bytes | None = None
         self.registered = False
         bus.add_message_handler(self._handle)
 
@@ -115,6 +121,7 @@ class BusItemService:
         item = _Item(None, kind, decimals, text, writeable, on_change)
         item.value = self._sendable(path, self._coerce(item, value))
         self._items[path] = item
+        self._items_body = None
         parts = path.split("/")
         for depth in range(2, len(parts)):
             self._nodes.add("/".join(parts[:depth]))
@@ -125,6 +132,7 @@ class BusItemService:
         """Remove a path; like velib, nothing is emitted (victron-contract §1.7)."""
         self._items.pop(path, None)
         self._dirty.pop(path, None)
+        self._items_body = None
 
     def paths(self) -> Iterable[str]:
         return self._items.keys()
@@ -141,6 +149,7 @@ class BusItemService:
         if new != item.value or type(new) is not type(item.value):
             item.value = new
             self._dirty[path] = None
+            self._items_body = None
 
     def update(self, values: Mapping[str, Any]) -> None:
         for path, value in values.items():
@@ -242,7 +251,7 @@ class BusItemService:
 
     # ----- incoming calls ------------------------------------------------------------------
 
-    def _handle(self, msg: Message) -> Message | None:
+    def _handle(self, msg: Message) -> Message | bool | None:
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
         if msg.interface == INTROSPECTABLE and msg.member == "Introspect":
@@ -261,7 +270,7 @@ class BusItemService:
                 return Message.new_method_return(msg, "i", [self._remote_set(path, item, msg.body[0])])
             return None
         if path == "/" and member == "GetItems":
-            return Message.new_method_return(msg, "a{sa{sv}}", [self.items()])
+            return self._get_items(msg)
         if path in self._nodes:
             sub = self._subtree(path)
             if member == "GetValue":
@@ -271,6 +280,15 @@ class BusItemService:
                 texts = {p: self._text(it) for p, it in sub.items()}
                 return Message.new_method_return(msg, "v", [Variant("a{ss}", texts)])
         return None
+
+    def _get_items(self, msg: Message) -> bool:
+        body = self._items_body
+        if body is None:
+            raw = Message.new_method_return(msg, ITEMS_SIGNATURE, [self.items()])._marshall(False)
+            body = self._items_body = bytes(raw[len(raw) - _body_length(raw):])
+        # dbus-fast sends only plain Messages a handler returns; a truthy answer marks it handled.
+        self.bus.send(_MarshalledReply(msg, body))
+        return True
 
     def _remote_set(self, path: str, item: _Item, variant: Variant) -> int:
         if not item.writeable:
@@ -295,6 +313,7 @@ class BusItemService:
                 return SET_REJECTED
         item.value = value
         self._dirty[path] = None
+        self._items_body = None
         self.publish()
         return SET_OK
 
@@ -350,6 +369,31 @@ def _fits_text(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+ITEMS_SIGNATURE = "a{sa{sv}}"
+# dbus-fast marshals little-endian; the fixed header holds the body length at byte 4.
+_BODY_LENGTH = struct.Struct("<I")
+
+
+def _body_length(raw: bytearray | bytes) -> int:
+    return int(_BODY_LENGTH.unpack_from(raw, 4)[0])
+
+
+class _MarshalledReply(Message):
+    """The GetItems reply with a body marshalled earlier: only the header (this call's serial and
+    destination) is built per call, from the same reply with an empty body."""
+
+    def __init__(self, call: Message, body: bytes) -> None:
+        super().__init__(message_type=MessageType.METHOD_RETURN, reply_serial=call.serial,
+                         destination=call.sender, signature=ITEMS_SIGNATURE, body=[{}])
+        self._marshalled_body = body
+
+    def _marshall(self, negotiate_unix_fd: bool) -> bytearray:
+        raw = super()._marshall(negotiate_unix_fd)
+        header = raw[: len(raw) - _body_length(raw)]
+        _BODY_LENGTH.pack_into(header, 4, len(self._marshalled_body))
+        return header + self._marshalled_body
 
 
 def _signal(path: str, member: str, signature: str, body: Any) -> Message:

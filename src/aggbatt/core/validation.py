@@ -178,8 +178,13 @@ _RULES_WITH_CELLS: dict[str, Rule] = {**RULES, **{path: _CELL_V for path in CELL
 # Every pack path the engine reads; the monitor subscribes to these only (see `pack_paths`).
 # /Dc/0/Power is not among them: serialbattery publishes exactly V x I, which the engine computes
 # itself (PackSnapshot.power), and it would be one more change per pack per second to process.
+# Nor are /Capacity and /ConsumedAmphours: they say what /Soc and /InstalledCapacity say
+# (serialbattery computes them from the SoC, or copies the BMS's own remaining Ah that its SoC
+# comes from), the SoC strategy derives them when they are absent, and each would cost a match
+# rule per pack: 32 packs must stay within the bus's per-connection limit of 512.
 # /History/* is read only when asked for: it needs a match rule of its own per pack.
-PACK_PATHS: frozenset[str] = frozenset(RULES) - frozenset(HISTORY_PATHS)
+PACK_PATHS: frozenset[str] = (frozenset(RULES) - frozenset(HISTORY_PATHS)
+                              - {CAPACITY, CONSUMED_AH})
 
 
 def pack_paths(cell_voltages: bool, history: bool = False) -> frozenset[str]:

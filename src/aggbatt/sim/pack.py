@@ -74,6 +74,12 @@ _CELL_CUTOFF_MARGIN = 0.1
 _ABSORPTION_MARGIN = 0.01
 _LINK_ALARM_AFTER = 60.0
 _BALANCE_THRESHOLD = 0.01
+# serialbattery recomputes its history and its time-to-go once a minute (HISTORY_ENABLE,
+# TIME_TO_SOC_RECALCULATE_EVERY) while it publishes every poll: between two recomputations those
+# paths send nothing, and a simulated pack that sent them every poll would inflate the traffic.
+_SLOW_RECALC_SECONDS = 60.0
+# CurrentAvg is the mean of the last 300 measured currents, rounded like the current.
+_CURRENT_AVG_SAMPLES = 300
 
 ALARMS = (
     "LowVoltage", "HighVoltage", "LowCellVoltage", "HighCellVoltage", "LowSoc", "StateOfHealth",
@@ -136,7 +142,7 @@ class _History:
     max_temp: float = -math.inf
     deepest_discharge: float = 0.0
     since_full: float | None = None
-    samples: deque[float] = field(default_factory=lambda: deque(maxlen=5))
+    samples: deque[float] = field(default_factory=lambda: deque(maxlen=_CURRENT_AVG_SAMPLES))
 
 
 def _finite(value: float) -> float | None:
@@ -176,12 +182,15 @@ class SimPack(SimDevice):
         self.charge_mode = "Bulk"
         self._absorption_for = 0.0
         self._history = _History()
+        self._slow: dict[str, Any] = {}
+        self._slow_at = -math.inf
         self.cell_voltages: list[float] = []
         self.ccl = self.dcl = self.cvl = 0.0
         self.charge_limitation = self.discharge_limitation = ""
         self._update_cells()
         self._update_bms()
         self._update_history(0.0)
+        self._update_slow()
 
     # ----- physics --------------------------------------------------------------------------------
 
@@ -213,6 +222,7 @@ class SimPack(SimDevice):
         self._update_bms()
         self._update_charge_mode(dt)
         self._update_history(dt)
+        self._update_slow()
         if self._link_lost:
             self._lost_for += dt
 
@@ -294,7 +304,36 @@ class SimPack(SimDevice):
             h.since_full = 0.0
         elif h.since_full is not None:
             h.since_full += dt
-        h.samples.append(self.current)
+        h.samples.append(self.measured_current)
+
+    def _update_slow(self) -> None:
+        """Recompute the once-a-minute paths (see _SLOW_RECALC_SECONDS) when their minute is up."""
+        if self.elapsed - self._slow_at < _SLOW_RECALC_SECONDS:
+            return
+        self._slow_at = self.elapsed
+        p, h = self.params, self._history
+        remaining = p.capacity_ah * self.soc / 100.0
+        self._slow = {
+            "/TimeToGo": self._time_to_go(remaining),
+            "/History/DeepestDischarge": h.deepest_discharge,
+            "/History/LastDischarge": h.deepest_discharge,
+            "/History/AverageDischarge": h.deepest_discharge,
+            "/History/TotalAhDrawn": h.total_ah_drawn,
+            "/History/ChargeCycles": -h.total_ah_drawn / p.capacity_ah,
+            "/History/FullDischarges": 0,
+            "/History/MinimumVoltage": _finite(h.min_voltage),
+            "/History/MaximumVoltage": _finite(h.max_voltage),
+            "/History/MinimumCellVoltage": _finite(h.min_cell),
+            "/History/MaximumCellVoltage": _finite(h.max_cell),
+            "/History/MinimumTemperature": _finite(h.min_temp),
+            "/History/MaximumTemperature": _finite(h.max_temp),
+            "/History/TimeSinceLastFullCharge": h.since_full,
+            "/History/AutomaticSyncs": 0,
+            "/History/LowVoltageAlarms": 0,
+            "/History/HighVoltageAlarms": 0,
+            "/History/DischargedEnergy": h.discharged_kwh,
+            "/History/ChargedEnergy": h.charged_kwh,
+        }
 
     # ----- faults ---------------------------------------------------------------------------------
 
@@ -357,6 +396,8 @@ class SimPack(SimDevice):
             PathSpec("/Info/MaxDischargeCurrent", float, 2, amps),
             PathSpec("/Info/ChargeMode", str),
             PathSpec("/Info/ChargeModeDebug", str),
+            PathSpec("/Info/ChargeModeDebugFloat", str),
+            PathSpec("/Info/ChargeModeDebugBulk", str),
             PathSpec("/Info/ChargeLimitation", str),
             PathSpec("/Info/DischargeLimitation", str),
             PathSpec("/Info/HeatingCurrent", float, 2, amps),
@@ -391,6 +432,12 @@ class SimPack(SimDevice):
             PathSpec("/Voltages/Sum", float, 2, volts),
             PathSpec("/Voltages/Diff", float, 3, cellv),
             PathSpec("/History/DeepestDischarge", float, 2, ah),
+            PathSpec("/History/LastDischarge", float, 2, ah),
+            PathSpec("/History/AverageDischarge", float, 2, ah),
+            PathSpec("/History/FullDischarges", int),
+            PathSpec("/History/AutomaticSyncs", int),
+            PathSpec("/History/LowVoltageAlarms", int),
+            PathSpec("/History/HighVoltageAlarms", int),
             PathSpec("/History/TotalAhDrawn", float, 2, ah),
             PathSpec("/History/ChargeCycles", float, 2),
             PathSpec("/History/MinimumVoltage", float, 2, volts),
@@ -402,6 +449,7 @@ class SimPack(SimDevice):
             PathSpec("/History/TimeSinceLastFullCharge", int, text=unit_text("s", 0)),
             PathSpec("/History/DischargedEnergy", float, 2, unit_text("kWh", 2)),
             PathSpec("/History/ChargedEnergy", float, 2, unit_text("kWh", 2)),
+            PathSpec("/History/Clear", int, writeable=True),
             PathSpec("/History/CanBeCleared", int),
             PathSpec("/Settings/HasTemperature", int),
             PathSpec("/Settings/HasSettings", int),
@@ -459,8 +507,7 @@ class SimPack(SimDevice):
             "/Capacity": remaining,
             "/InstalledCapacity": p.capacity_ah,
             "/ConsumedAmphours": remaining - p.capacity_ah,
-            "/TimeToGo": self._time_to_go(remaining),
-            "/CurrentAvg": sum(h.samples) / len(h.samples) if h.samples else self.current,
+            "/CurrentAvg": sum(h.samples) / len(h.samples) if h.samples else self.measured_current,
             "/Dc/0/Voltage": voltage,
             "/Dc/0/Current": self.measured_current,
             "/Dc/0/Power": voltage * self.measured_current,
@@ -472,6 +519,8 @@ class SimPack(SimDevice):
             "/Info/MaxDischargeCurrent": self.dcl,
             "/Info/ChargeMode": self.charge_mode,
             "/Info/ChargeModeDebug": "",
+            "/Info/ChargeModeDebugFloat": "",
+            "/Info/ChargeModeDebugBulk": "",
             "/Info/ChargeLimitation": self.charge_limitation,
             "/Info/DischargeLimitation": self.discharge_limitation,
             "/Info/HeatingCurrent": None,
@@ -508,18 +557,8 @@ class SimPack(SimDevice):
             "/Heating": None,
             "/Voltages/Sum": voltage,
             "/Voltages/Diff": high - low,
-            "/History/DeepestDischarge": h.deepest_discharge,
-            "/History/TotalAhDrawn": h.total_ah_drawn,
-            "/History/ChargeCycles": -h.total_ah_drawn / p.capacity_ah,
-            "/History/MinimumVoltage": _finite(h.min_voltage),
-            "/History/MaximumVoltage": _finite(h.max_voltage),
-            "/History/MinimumCellVoltage": _finite(h.min_cell),
-            "/History/MaximumCellVoltage": _finite(h.max_cell),
-            "/History/MinimumTemperature": _finite(h.min_temp),
-            "/History/MaximumTemperature": _finite(h.max_temp),
-            "/History/TimeSinceLastFullCharge": h.since_full,
-            "/History/DischargedEnergy": h.discharged_kwh,
-            "/History/ChargedEnergy": h.charged_kwh,
+            **self._slow,
+            "/History/Clear": 0,
             "/History/CanBeCleared": 0,
             "/Settings/HasTemperature": int(has_t),
             "/Settings/HasSettings": 0,
@@ -533,10 +572,12 @@ class SimPack(SimDevice):
         return values
 
     def _time_to_go(self, remaining: float) -> int | None:
-        if abs(self.current) <= 0.1:
+        samples = self._history.samples
+        average = sum(samples) / len(samples) if samples else self.measured_current
+        if abs(average) <= 0.1:
             return None
-        target = self.params.capacity_ah - remaining if self.current > 0 else remaining
-        return int(target / abs(self.current) * 3600)
+        target = self.params.capacity_ah - remaining if average > 0 else remaining
+        return int(target / abs(average) * 3600)
 
     def _alarms(self, voltage: float, high: float, low: float) -> dict[str, int]:
         p = self.params
