@@ -259,6 +259,8 @@ class BusItemService:
         if msg.interface not in (BUSITEM, None):
             return None
         path = msg.path
+        if path is None:  # the bus gives every method call its object path
+            return None
         item = self._items.get(path)
         member = msg.member
         if item is not None:

@@ -231,7 +231,7 @@ class SimPack(SimDevice):
         base = p.ocv(self.soc / 100.0) + self.current * p.internal_resistance
         noise = self.params.noise_mv / 1000.0 if self.current else 0.0
         self.cell_voltages = [base + o + d + self._jitter(noise)
-                              for o, d in zip(self._offsets, self._drift)]
+                              for o, d in zip(self._offsets, self._drift, strict=True)]
 
     def _jitter(self, amplitude: float) -> float:
         return self._rng.uniform(-amplitude, amplitude) if amplitude else 0.0
@@ -565,10 +565,10 @@ class SimPack(SimDevice):
             "/JsonData": None,
         }
         values.update(self._alarms(voltage, high, low))
-        values.update(zip(self._cell_names, cells))
+        values.update(zip(self._cell_names, cells, strict=True))
         balance_floor = low + _BALANCE_THRESHOLD
         values.update((name, int(balancing and v >= balance_floor))
-                      for name, v in zip(self._balance_names, cells))
+                      for name, v in zip(self._balance_names, cells, strict=True))
         return values
 
     def _time_to_go(self, remaining: float) -> int | None:
