@@ -438,7 +438,7 @@ class Monitor:
 
     def _on_properties(self, tracked: _Tracked, msg: Message) -> None:
         path = msg.path
-        if path is None:  # the bus gives every signal its object path
+        if path is None:  # never for a signal: D-Bus requires its object path
             return
         paths = tracked.paths
         if paths is not None and path not in paths:

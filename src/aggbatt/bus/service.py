@@ -259,7 +259,7 @@ class BusItemService:
         if msg.interface not in (BUSITEM, None):
             return None
         path = msg.path
-        if path is None:  # the bus gives every method call its object path
+        if path is None:  # never for a method call: D-Bus requires its object path
             return None
         item = self._items.get(path)
         member = msg.member

@@ -176,7 +176,7 @@ class SimSettings:
 
     def _answer(self, msg: Message) -> Message | None:
         path, member, interface = msg.path, msg.member, msg.interface
-        if path is None:  # only signals come without an object path
+        if path is None:  # never for a method call: D-Bus requires its object path
             return None
         if interface in (SETTINGS_INTERFACE, None) and self._is_group(path):
             if member == "AddSettings" and msg.signature == "aa{sv}" and self.add_settings_supported:
