@@ -28,13 +28,13 @@ Theory of operation, per tick:
    blocking envelope whatever the strategy returned. The packs' last measured shares of the bank
    current (strategies.charge.ShareMemory) go into the context for the ticks without current.
 5. The result carries every dynamic path (None = invalid; the publisher sends only changes), the
-   events for decisions that changed this tick (typed objects from core/events.py that format
-   their own log line), the known packs to persist, and one
-   status per pack for `aggbatt status` and the demo.
+   events for decisions that changed this tick (typed objects from core/events.py, each with its
+   log level and line), the known packs to persist, and one status per pack for `aggbatt status`
+   and the demo.
 
-Event policy: a line when a pack goes online or offline (with the reason), when what a pack that is
-not online still imposes changes, when a pack is found to share its id,
-is forgotten, sends garbage on a path (once per pack and path for the life of the engine), when the
+Event policy (one event, one log line): when a pack goes online or offline (with the reason), when
+what a pack that is not online still imposes changes, when a pack is found to share its id, is
+forgotten, sends garbage on a path (once per pack and path for the life of the engine), when the
 kind of rule that sets CCL or DCL changes (blocked by a pack, on_pack_lost, share, no pack), and when
 ticks fail or recover. Which pack sets a share limit is not logged on every switch: two similar
 packs can alternate every second; /Info/ChargeLimitation shows it.

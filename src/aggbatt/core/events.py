@@ -254,7 +254,7 @@ class TicksRecovered(Event):
 class StrategyNote(Event):
     """A strategy's remark without a class of its own."""
     text: str
-    level: int = logging.INFO  # type: ignore[assignment]
+    level: int = logging.INFO
 
     def message(self) -> str:
         return self.text
