@@ -45,7 +45,7 @@ def _where(service: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PackOnline(Event):
-    """A pack seen for the first time (since start or since it was known) is online."""
+    """A known pack is online for the first time since the engine started."""
     pack: str
     service: str | None = None
 
