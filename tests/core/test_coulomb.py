@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
 from aggbatt.core.events import Event
-from aggbatt.core.model import PackSnapshot, ServiceReading
+from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.daemon.persist import read_json, write_json_atomic
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import PackParams
@@ -26,6 +26,7 @@ from aggbatt.core.strategies.coulomb import (
     CounterInputs,
     interval_charge,
 )
+from tests.factories import reading, snapshot, tick_context
 
 WALL = 1_750_000_000.0  # some wall-clock time (2025-06-15), unrelated to the monotonic clock
 
@@ -308,7 +309,7 @@ def test_record_without_capacity_waits_for_the_expected_packs() -> None:
     published = []
     for t in range(0, 200, 5):                              # the second pack is slow to start
         online = packs if t >= 100 else packs[:1]
-        ctx = TickContext(now=float(t), config=config, online=online, offline=(), services=())
+        ctx = tick_context(online, now=float(t), config=config)
         published.append(strategy.estimate(ctx, CurrentResult(0.0, None, "bms_sum")).soc)
     assert published[:26] == [None] * 26                    # until 30 s after the second
     assert published[26:] == [pytest.approx(100 * 250 / 560)] * 14
@@ -511,21 +512,19 @@ def test_params_from_the_config() -> None:
 
 
 def _snapshot(name: str, soc: float, installed: float, vmax: float, vmin: float) -> PackSnapshot:
-    return PackSnapshot(id=name, name=name, service=f"com.victronenergy.battery.{name}", voltage=53.0,
-                        current=-5.0, soc=soc, installed_capacity=installed,
-                        max_cell_voltage=vmax, min_cell_voltage=vmin)
+    return snapshot(name, voltage=53.0, current=-5.0, soc=soc, installed_capacity=installed,
+                    max_cell_voltage=vmax, min_cell_voltage=vmin)
 
 
 def test_coulomb_soc_strategy_reads_packs_and_the_ess_minimum() -> None:
     strategy = CoulombSoc(CoulombParams(full_cell_voltage=3.45, max_gap=10.0))
     strategy.counter.load(None, "no file", WALL)
     packs = (_snapshot("a", 60.0, 300.0, 3.34, 3.30), _snapshot("b", 20.0, 100.0, 3.31, 3.25))
-    settings_reading = ServiceReading(service="com.victronenergy.settings",
-                                      values={"/Settings/CGwacs/BatteryLife/MinimumSocLimit": 30.0},
-                                      last_change=0.0, appeared_at=0.0)
+    settings_reading = reading("com.victronenergy.settings",
+                               {"/Settings/CGwacs/BatteryLife/MinimumSocLimit": 30.0})
 
     def ctx(now: float, online=packs, services=(settings_reading,)) -> TickContext:
-        return TickContext(now=now, config=None, online=online, offline=(), services=services)
+        return tick_context(online, now=now, services=services)
 
     discharging = CurrentResult(current=-20.0, power=None, source="bms_sum")
     first = strategy.estimate(ctx(0.0), discharging)

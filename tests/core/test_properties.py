@@ -1,7 +1,7 @@
 """Hypothesis: safety invariants of the engine for any pack states.
 
 The oracle below is written from the rules (docs/safety.md §1, the ranges
-in model.py's header), not from the engine's code: a value counts only when it is a finite number
+in validation.py's header), not from the engine's code: a value counts only when it is a finite number
 in its documented range; a pack's share is max(capacity share, measured share), the measured share
 counting only while the bank current in that direction is at least freshness.idle_current (2 A).
 """
@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from aggbatt.config import config_from_dict
 from aggbatt.core.engine import Engine, TickResult
 from aggbatt.core.events import Event
-from aggbatt.core.model import PACK_PATHS, PackSnapshot, ServiceReading, revalidate, validate
+from aggbatt.core.snapshot import ServiceReading
+from aggbatt.core.validation import PACK_PATHS, revalidate, validate
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, share_limit
+from tests.factories import SB, snapshot
 
-SB = "com.victronenergy.battery."
 POLICIES = ("degrade", "block_charge", "block")
 CONFIGS = {p: config_from_dict({"freshness": {"on_pack_lost": p}}) for p in POLICIES}
 IDLE_CURRENT = 2.0       # default freshness.idle_current
@@ -239,7 +240,7 @@ def test_offline_packs_values_never_enter_the_measurements(history: dict[str, An
         changes: dict[str, Any] = {}
         # change every usable limit to another usable one (an invalid one stays invalid, so the
         # pack stays offline for the same reason), and the capacity and SoC alike. Its current is
-        # left alone: a pack's own current picks its own staleness limit (model.py header).
+        # left alone: a pack's own current picks its own staleness limit (freshness.py header).
         for path in ("/Info/MaxChargeCurrent", "/Info/MaxDischargeCurrent"):
             if limit(raw[path]) is not None:
                 changes[path] = new_limit + (1.0 if raw[path] == new_limit else 0.0)
@@ -313,8 +314,8 @@ def test_garbage_never_raises(services: list[tuple[dict[str, Any], Any, str]], p
        st.floats(0, 10))
 def test_share_limit_respects_every_pack(packs: list[tuple[float | None, float, float]],
                                          min_current: float) -> None:
-    snaps = [PackSnapshot(id=str(i), name=str(i), service="s", installed_capacity=cap, current=cur,
-                          ccl=lim, dcl=lim) for i, (cap, cur, lim) in enumerate(packs)]
+    snaps = [snapshot(str(i), service="s", installed_capacity=cap, current=cur, ccl=lim, dcl=lim)
+             for i, (cap, cur, lim) in enumerate(packs)]
     known = sum(c for c, _, _ in packs if c is not None)
     for direction in (CHARGE, DISCHARGE):
         bank_limit = share_limit(snaps, direction, min_current).limit

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from aggbatt.core.events import Event
-from aggbatt.core.model import PackSnapshot, ServiceReading
+from aggbatt.core.snapshot import PackSnapshot, ServiceReading
 
 
 @dataclass(frozen=True)

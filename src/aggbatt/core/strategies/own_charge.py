@@ -54,7 +54,8 @@ from aggbatt.core.events import (
     DischargeCutOff, DischargeCutOffKept, DischargeCutOffReleased, DynamicCvlChanged, Event,
     LimitSourceChanged, StrategyNote,
 )
-from aggbatt.core.model import CHARGE_MODE, PackSnapshot
+from aggbatt.core.pack_paths import CHARGE_MODE
+from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, Bound, bound
 from aggbatt.core.strategies.balancing import (
