@@ -423,7 +423,7 @@ class Daemon:
         svc.publish()
         self._last = result
         for event in result.events:
-            log.info("%s", event)
+            log.log(event.level, "%s", event)
         self._save_known_packs()
         self._save_blocks()
 

@@ -5,7 +5,8 @@ Each tick the engine builds one `TickContext` and calls, in this order:
     SocStrategy.estimate(ctx, current)      -> SocResult
     ChargeStrategy.limits(ctx, current)     -> ChargeLimits
 A strategy may keep state between ticks (a counter, a balancing phase) but must stay pure: the
-clock is `ctx.now` (and `ctx.wall` for calendar rules), and anything to persist or log leaves through its result (`events`, `values`).
+clock is `ctx.now` (and `ctx.wall` for calendar rules), and anything to persist or log leaves
+through its result (`events`: objects from core/events.py; `values`).
 `values` are extra aggregate paths a strategy publishes itself (merged last by the engine).
 
 Whatever a ChargeStrategy returns, the engine passes its CCL/DCL through
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from aggbatt.core.events import Event
 from aggbatt.core.snapshot import PackSnapshot, ServiceReading
 
 
@@ -57,7 +59,7 @@ class CurrentResult:
     current: float | None  # A, + = charging; None when unknown
     power: float | None  # W
     source: str  # short text for status, e.g. "bms_sum"
-    events: Sequence[str] = ()
+    events: Sequence[Event] = ()
     values: Mapping[str, Any] = field(default_factory=dict)
     # The configured source is lost and current.on_source_lost = "block": the engine sets CCL and
     # DCL to 0 whatever the charge strategy returned (strategies.victron_current.block_limits).
@@ -70,7 +72,7 @@ class SocResult:
     capacity: float | None  # remaining Ah
     consumed_ah: float | None  # Ah, <= 0
     time_to_go: int | None  # s
-    events: Sequence[str] = ()
+    events: Sequence[Event] = ()
     values: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -84,7 +86,7 @@ class ChargeLimits:
     # Stable keys of what sets each limit (no numbers in them): a change is logged, a number is not.
     charge_source: str = ""
     discharge_source: str = ""
-    events: Sequence[str] = ()
+    events: Sequence[Event] = ()
     values: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from aggbatt.core.events import Event, StrategyNote
 from aggbatt.core.strategies import CurrentResult, SocResult, TickContext
 from aggbatt.core.strategies.soc import TTG_MIN_CURRENT, BmsAverage
 
@@ -163,8 +164,12 @@ class SaveDecision:
 @dataclass(frozen=True)
 class CounterStep:
     values: dict[str, Any]                 # /Soc, /Capacity, /ConsumedAmphours, /TimeToGo
-    events: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     save: SaveDecision | None = None
+
+
+def _notes(lines: list[str]) -> list[Event]:
+    return [StrategyNote(line) for line in lines]
 
 
 OUTPUT_PATHS = ("/Soc", "/Capacity", "/ConsumedAmphours", "/TimeToGo")
@@ -272,13 +277,14 @@ class CoulombCounter:
             forced = self._initialise(now, capacity, _number(inputs.bms_soc), events,
                                       inputs.packs_offline)
             if self.charge is None:
-                return CounterStep(dict.fromkeys(OUTPUT_PATHS), events)
+                return CounterStep(dict.fromkeys(OUTPUT_PATHS), _notes(events))
         else:
             self._rescale(capacity, events)
             self._integrate(now, current, events)
         self._last_t, self._last_i = now, current
         forced = self._resets(now, current, inputs, events) or forced
-        return CounterStep(self._values(current, inputs), events, self._save_decision(now, forced))
+        return CounterStep(self._values(current, inputs), _notes(events),
+                           self._save_decision(now, forced))
 
     def shutdown(self) -> SaveDecision | None:
         if self.charge is None or self.capacity is None:
