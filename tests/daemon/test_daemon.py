@@ -272,7 +272,7 @@ async def test_a_failure_after_the_engine_does_not_stop_the_tick_loop(bus_addres
         def broken(known):
             raise RuntimeError("state dir vanished")
 
-        monkeypatch.setattr(h.daemon, "_save_known_packs", broken)
+        monkeypatch.setattr(h.daemon.store, "save_known_packs", broken)
         # A new pack changes the known set, so the next tick tries to save it and raises.
         extra = SimPack(PackParams(capacity_ah=100, serial="P9", noise_a=0.05, noise_mv=1.0),
                         name_suffix="extra9")

@@ -115,10 +115,10 @@ def test_every_state_file_falls_back_to_its_default(tmp_path: Path, name: str,
     config = fast_config(soc={"strategy": "coulomb_counter"}, charge={"strategy": "own"},
                          feedin={"guard": True})
     daemon = Daemon(config, None, tmp_path)
-    assert daemon._load_known_packs() == []
-    assert daemon._counter is not None and daemon._counter.counter.charge is None
-    assert daemon._own is not None and daemon._own.guard is not None
-    assert daemon._own.guard.mode is Mode.IDLE
+    assert daemon.store.load_known_packs() == []
+    assert daemon.engine.strategies.soc.counter.charge is None
+    assert daemon.feedin is not None and daemon.feedin.guard is not None
+    assert daemon.feedin.guard.mode is Mode.IDLE
     assert read_selection(tmp_path)[0] is None
     assert (tmp_path / name).read_bytes() == content  # ignored, not destroyed: kept to inspect
 
