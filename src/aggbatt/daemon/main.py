@@ -1,6 +1,6 @@
 """The running daemon: bus monitor -> engine tick -> published aggregate battery.
 
-Theory of operation:
+Theory of operation (the jobs live in their own modules; this one wires them):
 
 - Two connections. The aggregate service has its own (victron-contract §6.1: consumers map one unique
   sender to one service); the monitor and the settings client share the other.
@@ -8,24 +8,22 @@ Theory of operation:
   as soon as a safety input changes (a pack's limits, AllowTo*, blocking, alarms, cell extremes)
   or a pack appears or vanishes. Ticks are synchronous: the engine sees one consistent snapshot.
 - A tick that raises publishes the engine's fail-safe limits and /Alarms/InternalFailure; each
-  kind of exception is logged once. A watchdog thread exits the process when ticks stop for
-  `safety.watchdog_timeout` seconds so the supervisor restarts it (a frozen daemon would leave
-  DVCC applying stale limits forever: systemcalc has no timeout, victron-contract §4.6).
+  kind of exception is logged once. The watchdog (aggbatt.daemon.watchdog) ends the process when
+  ticks stop.
 - The bus name is claimed after the first tick, so the first GetItems a consumer makes already
   holds a computed aggregate, and with DO_NOT_QUEUE so a second instance exits with a message.
   That first tick waits at most START_SCAN_WAIT for the packs' scans: a pack that does not answer
   must not keep the aggregate off the bus (and the watchdog off) for two call timeouts. Such a
   pack joins when it answers; until then a known pack counts as not online.
-  State files are written only once the name is ours: a second instance writes none.
+  State files (aggbatt.daemon.store) are written only once the name is ours.
+- What goes on the bus: aggbatt.daemon.publisher; identity in localsettings:
+  aggbatt.daemon.identity; GetStatus and ForgetMissingPacks: aggbatt.daemon.endpoint; quiet packs
+  are probed by aggbatt.daemon.liveness. Strategies take part through their hooks
+  (aggbatt.core.strategies): their state files, the services and settings they follow.
 - Run-time changes: SIGHUP re-reads the config file (rules and what it resets:
   aggbatt.daemon.reload), /LogLevel sets the log level, and `service.select_as_battery` makes the
   aggregate Venus' battery monitor and BMS once the name is ours, in the background
   (aggbatt.daemon.selection).
-- Liveness probe: a pack whose values have not changed for `freshness.stale_after_idle` seconds
-  gets one GetValue (then one per further `stale_after_idle` while it stays quiet), answered within
-  min(PROBE_TIMEOUT, `stale_after`) seconds by any live driver. A driver that does not answer is
-  hung: its readings go to the engine marked `unresponsive` until one of its values changes.
-  Nothing else is polled.
 """
 
 from __future__ import annotations
@@ -44,22 +42,16 @@ from dbus_fast.aio import MessageBus
 from aggbatt.bus.connection import open_bus
 from aggbatt.bus.monitor import Monitor, RemoteService
 from aggbatt.bus.service import BusItemService
-from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
-from aggbatt.config import Config, ConfigError
-from aggbatt.core.engine import Engine, TickResult, needs_urgent_tick, pack_paths
+from aggbatt.bus.settings import SettingsClient
+from aggbatt.config import Config
+from aggbatt.core.engine import Engine, TickResult, needs_urgent_tick
 from aggbatt.daemon.charge_io import FeedinIO
 from aggbatt.daemon.endpoint import StatusEndpoint, status_report
+from aggbatt.daemon.hooks import SettingsFollower, monitored
 from aggbatt.daemon.identity import CustomNameWriter, claim_identity
 from aggbatt.daemon.liveness import Liveness
 from aggbatt.daemon.publisher import add_device_paths, page_values, publish
-from aggbatt.daemon.reload import (
-    LOG_LEVELS,
-    ROOT_LOGGER,
-    plan_reload,
-    read_config,
-    rebuild_strategies,
-    set_log_level,
-)
+from aggbatt.daemon.reload import ROOT_LOGGER, log_level_written, reload_daemon, set_log_level
 from aggbatt.daemon.selection import apply_config_switch
 from aggbatt.daemon.status_api import StatusReport
 from aggbatt.daemon.store import StateStore, stateful
@@ -86,7 +78,7 @@ class Daemon:
                              blocks=self.store.load_blocks())
         self.store.restore(stateful(self.engine.strategies))
         self.feedin = FeedinIO.create(self.engine.strategies.charge, config, self.store, clock)
-        self._settings_values: dict[str, Any] = {}  # the settings the strategies read
+        self._settings = SettingsFollower()  # the localsettings values the strategies read
         self.service: BusItemService | None = None
         self.monitor: Monitor | None = None
         self.settings: SettingsClient | None = None
@@ -122,12 +114,13 @@ class Daemon:
         self._level_before = logging.getLogger(ROOT_LOGGER).level
         set_log_level(self.config.logging.level)
         svc.add_path("/LogLevel", self.config.logging.level, kind=str, writeable=True,
-                     on_change=self._log_level_written)
+                     on_change=log_level_written)
         service_bus.add_message_handler(StatusEndpoint(self).handle)
-        await self._follow_settings()
+        await self._settings.start(self.settings, self.engine.strategies)
         if self.feedin is not None:
             await self.feedin.start(self.settings)
-        self.monitor = Monitor(client_bus, self._monitored(), ignore=(cfg.name,),
+        self.monitor = Monitor(client_bus, monitored(self.config, self.engine.strategies),
+                               ignore=(cfg.name,),
                                on_added=self._service_added, on_removed=self._service_added,
                                on_changed=self._values_changed)
         self.liveness = Liveness(self.monitor, lambda: self.config.freshness,
@@ -136,34 +129,9 @@ class Daemon:
         self.tick()
         await svc.register()
         self._save_state()  # what the first tick decided, now that the state is ours
-        self._select_battery()
+        self.select_battery()
         log.info("published %s as DeviceInstance %d with %d pack(s) found", cfg.name, instance,
                  sum(1 for p in (self.last.packs if self.last else ()) if p.online))
-
-    def _monitored(self) -> dict[str, Any]:
-        """Service classes and paths to follow: the packs, plus what the strategies ask for."""
-        classes: dict[str, Any] = {
-            "battery": pack_paths(self.config.discovery.cell_voltages,
-                                  self.config.discovery.history)}
-        for strategy in self.engine.strategies.all():
-            subscriptions = getattr(strategy, "subscriptions", None)
-            for name, paths in (subscriptions() if callable(subscriptions) else {}).items():
-                classes[name] = classes.get(name, frozenset()) | paths
-        return classes
-
-    async def _follow_settings(self) -> None:
-        """The localsettings values the strategies read (their `settings` hook), kept current."""
-        assert self.settings is not None
-        for strategy in self.engine.strategies.all():
-            for path, missing in getattr(strategy, "settings", {}).items():
-                try:
-                    await self.settings.watch([path], self._setting_changed)
-                    self._settings_values[path] = await self.settings.get(path)
-                except SettingsUnavailable as exc:
-                    log.info("%s (%s)", missing, exc)
-
-    def _setting_changed(self, path: str, value: Any) -> None:
-        self._settings_values[path] = value
 
     async def _connect(self) -> MessageBus:
         bus = await open_bus(self.bus_address)
@@ -208,7 +176,7 @@ class Daemon:
         readings = self.liveness.readings()
         try:
             result = self.engine.tick(now, readings, wall=self.wall_clock(),
-                                      settings=self._settings_values)
+                                      settings=self._settings.values)
         except Exception as exc:  # noqa: BLE001 - the tick must never die (property 1)
             self.log_once(exc)
             result = self.engine.fail_safe(now, readings, exc)
@@ -305,44 +273,9 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: apply the config file again; rules and what it resets: aggbatt.daemon.reload."""
-        if self.config_path is None:
-            log.warning("SIGHUP: started without --config (built-in defaults), nothing to reload")
-            return
-        new = read_config(self.config_path)
-        if new is None:
-            return
-        try:
-            plan = plan_reload(self.config, new)
-            strategies = rebuild_strategies(self.engine.strategies, plan.config, plan.rebuild,
-                                            self.store)
-        except (ConfigError, ValueError) as exc:
-            log.error("config reload: %s; keeping the running configuration", exc)
-            return
-        for level, line in plan.lines(self.config_path):
-            log.log(level, "%s", line)
-        old, self.config = self.config, plan.config
-        self.engine.reconfigure(plan.config, strategies)
-        if self.feedin is not None:
-            self.feedin.strategy = strategies.charge
-        if self.service is None:
-            return
-        if plan.config.logging.level != old.logging.level:
-            set_log_level(plan.config.logging.level)
-            self.service["/LogLevel"] = plan.config.logging.level
-        self.service["/ProductName"] = plan.config.service.product_name
-        if plan.config.service.select_as_battery != old.service.select_as_battery:
-            self._select_battery()
-        self.tick()
+        reload_daemon(self)
 
-    def _log_level_written(self, path: str, value: Any) -> bool:
-        if value not in LOG_LEVELS:
-            log.warning("%s = %r refused: use one of %s", path, value, ", ".join(LOG_LEVELS))
-            return False
-        set_log_level(value)
-        log.warning("log level now %s (written to %s)", value, path)
-        return True
-
-    def _select_battery(self) -> None:
+    def select_battery(self) -> None:
         """service.select_as_battery, in the background: a hung localsettings must not hold
         up the ticks."""
         if self.settings is None or self.service is None:

@@ -35,11 +35,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aggbatt.config import Config, ConfigError, config_from_dict, load_config
 from aggbatt.core.strategies import Strategies, build_strategies
 from aggbatt.daemon.store import StateStore
+
+if TYPE_CHECKING:
+    from aggbatt.daemon.main import Daemon
 
 log = logging.getLogger("aggbatt")
 
@@ -171,15 +174,15 @@ def rebuild_strategies(strategies: Strategies, config: Config, parts: Collection
     if not parts:
         return strategies
     fresh = build_strategies(config)
-    current = _carried(strategies.current, fresh.current, store) if "current" in parts \
+    current = carry_state(strategies.current, fresh.current, store) if "current" in parts \
         else strategies.current
-    soc = _carried(strategies.soc, fresh.soc, store) if "soc" in parts else strategies.soc
-    charge = _carried(strategies.charge, fresh.charge, store) if "charge" in parts \
+    soc = carry_state(strategies.soc, fresh.soc, store) if "soc" in parts else strategies.soc
+    charge = carry_state(strategies.charge, fresh.charge, store) if "charge" in parts \
         else strategies.charge
     return Strategies(current, soc, charge)
 
 
-def _carried(old: Any, new: Any, store: StateStore) -> Any:
+def carry_state(old: Any, new: Any, store: StateStore) -> Any:
     """`new` holding the state of the `old` one it replaces (strategies.Stateful); when `old`
     holds none yet, the saved state, as a restart would."""
     spec = getattr(new, "state_file", None)
@@ -192,6 +195,48 @@ def _carried(old: Any, new: Any, store: StateStore) -> Any:
     else:
         store.restore([new])
     return new
+
+
+def reload_daemon(daemon: Daemon) -> None:
+    """SIGHUP: apply the config file again (the rules in the module header)."""
+    if daemon.config_path is None:
+        log.warning("SIGHUP: started without --config (built-in defaults), nothing to reload")
+        return
+    new = read_config(daemon.config_path)
+    if new is None:
+        return
+    try:
+        plan = plan_reload(daemon.config, new)
+        strategies = rebuild_strategies(daemon.engine.strategies, plan.config, plan.rebuild,
+                                        daemon.store)
+    except (ConfigError, ValueError) as exc:
+        log.error("config reload: %s; keeping the running configuration", exc)
+        return
+    for level, line in plan.lines(daemon.config_path):
+        log.log(level, "%s", line)
+    old, daemon.config = daemon.config, plan.config
+    daemon.engine.reconfigure(plan.config, strategies)
+    if daemon.feedin is not None:
+        daemon.feedin.strategy = strategies.charge
+    if daemon.service is None:
+        return
+    if plan.config.logging.level != old.logging.level:
+        set_log_level(plan.config.logging.level)
+        daemon.service["/LogLevel"] = plan.config.logging.level
+    daemon.service["/ProductName"] = plan.config.service.product_name
+    if plan.config.service.select_as_battery != old.service.select_as_battery:
+        daemon.select_battery()
+    daemon.tick()
+
+
+def log_level_written(path: str, value: Any) -> bool:
+    """The on_change handler of /LogLevel."""
+    if value not in LOG_LEVELS:
+        log.warning("%s = %r refused: use one of %s", path, value, ", ".join(LOG_LEVELS))
+        return False
+    set_log_level(value)
+    log.warning("log level now %s (written to %s)", value, path)
+    return True
 
 
 def set_log_level(level: str) -> bool:
