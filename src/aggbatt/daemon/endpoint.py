@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, is_dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dbus_fast import Message, MessageType
 
@@ -21,6 +21,7 @@ from aggbatt.daemon.status_api import (
     ACCESS_DENIED,
     FORGET_REFUSED,
     STATUS_INTERFACE,
+    SelectionReport,
     StatusReport,
 )
 
@@ -62,8 +63,8 @@ def status_report(daemon: Daemon) -> StatusReport:
         "current_source": current_status(daemon),
         "not_answering": ([asdict(u) for u in daemon.monitor.unanswered()]
                           if daemon.monitor else []),
-        "selection": selection_status(daemon.state_dir,  # type: ignore[typeddict-item]
-                                      daemon.config.service.select_as_battery),
+        "selection": cast(SelectionReport, selection_status(
+            daemon.store, daemon.config.service.select_as_battery)),
     }
     charge = charge_status(daemon)
     if charge is not None:

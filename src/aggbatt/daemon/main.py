@@ -283,7 +283,7 @@ class Daemon:
         if self._selection is not None and not self._selection.done():
             self._selection.cancel()
         self._selection = asyncio.get_running_loop().create_task(apply_config_switch(
-            self.settings, self.service["/DeviceInstance"], self.state_dir,
+            self.settings, self.service["/DeviceInstance"], self.store,
             self.config.service.select_as_battery))
 
     # ----- watchdog and status -------------------------------------------------------------

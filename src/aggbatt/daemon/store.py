@@ -10,12 +10,14 @@ copy that failed to register must not overwrite what the running one saved (`own
   balancing.json for the own charge strategy): restored at start, written whenever the strategy
   hands a record over and at shutdown. The strategy names the file and its version; a new stateful
   strategy needs nothing here.
-- feedin.json and any other record a daemon helper keeps: `read` and `write`.
+- feedin.json, selection.json and any other record a daemon helper keeps: `read`, `write`,
+  `remove`. The `aggbatt select-battery` command uses a store of its own on the same directory.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,13 +51,32 @@ class StateStore:
         # spec says to retry)
         self._pending: dict[str, tuple[StateFile, dict[str, Any]]] = {}
 
+    def path(self, name: str) -> Path:
+        return self.state_dir / name
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
     def read(self, name: str, version: int) -> StateRead:
-        return read_json(self.state_dir / name, version)
+        return read_json(self.path(name), version)
 
     def write(self, name: str, record: dict[str, Any]) -> None:
-        """Raises OSError when the write fails; writes nothing unless we own the name."""
-        if self.owner():
-            write_json_atomic(self.state_dir / name, record)
+        """Raises OSError when the write fails, and when we do not own the name."""
+        self._check_owner(name)
+        write_json_atomic(self.path(name), record)
+
+    def remove(self, name: str) -> None:
+        """Raises OSError like `write`; a file that is gone already is fine."""
+        self._check_owner(name)
+        try:
+            os.unlink(self.path(name))
+        except FileNotFoundError:
+            pass
+
+    def _check_owner(self, name: str) -> None:
+        if not self.owner():
+            raise PermissionError(f"{self.path(name)} is not written: the aggregate's bus name "
+                                  "is not ours")
 
     # ----- the packs -----------------------------------------------------------------------------
 
