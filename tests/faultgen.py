@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from aggbatt.core.engine import Engine, TickResult
-from aggbatt.core.model import ServiceReading
+from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, Strategies, TickContext, build_strategies
 
 SB = "com.victronenergy.battery."

@@ -103,7 +103,7 @@ def _check(layer: str, rule: Callable[[str, str, bool], list[str]]) -> list[str]
 
 def test_the_core_modules_are_all_checked() -> None:
     names = {_module_name(p) for p in _modules("core")}
-    assert {"aggbatt.core.engine", "aggbatt.core.model", "aggbatt.core.strategies",
+    assert {"aggbatt.core.engine", "aggbatt.core.freshness", "aggbatt.core.strategies",
             "aggbatt.core.strategies.own_charge"} <= names
 
 
@@ -136,7 +136,7 @@ def test_the_core_rule_catches_a_violation(source: str) -> None:
 
 @pytest.mark.parametrize("source", [
     "import logging\nimport math\nfrom datetime import datetime\n",
-    "from aggbatt.core.model import PackSnapshot\n",
+    "from aggbatt.core.snapshot import PackSnapshot\n",
     "from . import charge\n",
 ])
 def test_the_core_rule_allows_pure_imports(source: str) -> None:
@@ -144,7 +144,7 @@ def test_the_core_rule_allows_pure_imports(source: str) -> None:
 
 
 @pytest.mark.parametrize("source", [
-    "from aggbatt.core.model import PackSnapshot\n",
+    "from aggbatt.core.snapshot import PackSnapshot\n",
     "from aggbatt.daemon import Daemon\n",
     "from ..tools.status import STATUS_INTERFACE\n",
 ])

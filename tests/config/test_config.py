@@ -444,7 +444,8 @@ def test_tomli_fallback_is_used_without_tomllib() -> None:
         sys.modules["tomli"] = backport
         sys.modules["tomllib"] = None  # as on Python 3.10
         import aggbatt.config as config
-        assert config.tomllib is backport
+        import aggbatt.config.loader as loader
+        assert loader.tomllib is backport
         assert config.parse_config("[service]\\ntick_interval = 3").service.tick_interval == 3.0
         try:
             config.parse_config("x = = 1")

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from aggbatt.core.aggregate import aggregate, cell_path, cell_voltage_values, charge_mode_summary
-from aggbatt.core.model import PackSnapshot, validate
+from aggbatt.core.snapshot import PackSnapshot
+from aggbatt.core.validation import validate
 
 
 def pack(pid: str, **fields: Any) -> PackSnapshot:

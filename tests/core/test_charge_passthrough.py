@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from aggbatt.config import config_from_dict, default_config
-from aggbatt.core.model import PackSnapshot
+from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, OfflinePack, TickContext
 from aggbatt.core.strategies.charge import (
     CHARGE, DISCHARGE, PassthroughCharge, apply_envelope, pack_shares, share_limit,

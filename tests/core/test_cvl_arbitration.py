@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from aggbatt.core.model import PackSnapshot
+from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies.cvl_arbitration import AbsorptionHold, PackClass, classify, min_cvl
 
 

@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
 from aggbatt.core.engine import Engine
-from aggbatt.core.model import CVL, ServiceReading
+from aggbatt.core.pack_paths import CVL
+from aggbatt.core.snapshot import ServiceReading
 
 LONG = os.environ.get("AGGBATT_LONG_TESTS") == "1"
 EXAMPLES = 3000 if LONG else 150

@@ -10,7 +10,9 @@ import pytest
 
 from aggbatt.config import config_from_dict, default_config
 from aggbatt.core.engine import DYNAMIC_PATHS, Engine, TickResult
-from aggbatt.core.model import PACK_PATHS, SAFETY_PATHS, ServiceReading
+from aggbatt.core.pack_paths import SAFETY_PATHS
+from aggbatt.core.snapshot import ServiceReading
+from aggbatt.core.validation import PACK_PATHS
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, Strategies, TickContext
 from aggbatt.core.strategies.current import BmsSum
 from aggbatt.core.strategies.soc import BmsAverage

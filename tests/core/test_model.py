@@ -1,4 +1,5 @@
-"""model.py: validation of raw pack values, snapshots, and the online/offline state machine."""
+"""The pack model: paths, validation of raw pack values, snapshots, and the online/offline state
+machine (pack_paths, validation, snapshot, freshness)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from aggbatt.core import model
-from aggbatt.core.model import (
-    PackSnapshot, PackState, PackTracker, data_age, expected_current, fault_of, needs_urgent_tick,
-    pack_paths, revalidate, stale_verdict, validate,
+from aggbatt.core.freshness import (
+    TRANSITIONS, Health, PackState, PackTracker, data_age, expected_current, fault_of, stale_verdict,
 )
+from aggbatt.core.pack_paths import SAFETY_PATHS, needs_urgent_tick
+from aggbatt.core.snapshot import PackSnapshot
+from aggbatt.core.validation import PACK_PATHS, pack_paths, revalidate, validate
 
 GOOD = {
     "/Dc/0/Voltage": 53.21,
@@ -114,11 +116,11 @@ def test_cell_voltages_only_when_asked_for() -> None:
 
 
 def test_pack_paths() -> None:
-    assert "/Info/MaxChargeCurrent" in model.PACK_PATHS
-    assert "/Serial" in model.PACK_PATHS and "/ProductName" in model.PACK_PATHS
-    assert not any(p.startswith("/Voltages/Cell") for p in model.PACK_PATHS)
+    assert "/Info/MaxChargeCurrent" in PACK_PATHS
+    assert "/Serial" in PACK_PATHS and "/ProductName" in PACK_PATHS
+    assert not any(p.startswith("/Voltages/Cell") for p in PACK_PATHS)
     assert "/Voltages/Cell32" in pack_paths(True)
-    assert pack_paths(False) == model.PACK_PATHS
+    assert pack_paths(False) == PACK_PATHS
     # pack power is V x I (what serialbattery publishes), so its signals are not subscribed to
     assert "/Dc/0/Power" not in pack_paths(True)
     # /History needs a match rule of its own per pack: read only when the bank's is published
@@ -130,9 +132,9 @@ def test_pack_paths() -> None:
 def test_safety_paths_and_urgent_ticks() -> None:
     for path in ("/Info/MaxChargeCurrent", "/Io/AllowToCharge", "/System/NrOfModulesBlockingCharge",
                  "/System/MaxCellVoltage", "/Alarms/HighCellVoltage", "/System/NrOfModulesOnline"):
-        assert path in model.SAFETY_PATHS
+        assert path in SAFETY_PATHS
         assert needs_urgent_tick({path: 1})
-    assert model.SAFETY_PATHS <= model.PACK_PATHS
+    assert SAFETY_PATHS <= PACK_PATHS
     # Voltage and current change every second: urgent only when they turn invalid (link loss).
     assert not needs_urgent_tick({"/Dc/0/Voltage": 53.1, "/Dc/0/Current": 2.0, "/Soc": 50.0})
     assert needs_urgent_tick({"/Dc/0/Voltage": None})
@@ -180,8 +182,8 @@ def test_blocking(fields: dict[str, object], charge: str | None, discharge: str 
 
 
 def test_every_state_and_event_has_a_transition() -> None:
-    assert set(model.TRANSITIONS) == {(s, h) for s in model.PackState for h in model.Health}
-    assert all(target is not PackState.NEW for target in model.TRANSITIONS.values())
+    assert set(TRANSITIONS) == {(s, h) for s in PackState for h in Health}
+    assert all(target is not PackState.NEW for target in TRANSITIONS.values())
 
 
 def test_first_admission_is_immediate() -> None:

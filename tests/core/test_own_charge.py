@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
-from aggbatt.core.model import CHARGE_MODE, PackSnapshot
+from aggbatt.core.pack_paths import CHARGE_MODE
+from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import CurrentResult
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, apply_envelope, bound
 from aggbatt.core.strategies.current_tables import Table

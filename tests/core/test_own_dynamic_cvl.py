@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggbatt.core.model import PackSnapshot
+from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies.dynamic_cvl import DynamicCvl, DynamicParams, overvoltage
 
 PARAMS = DynamicParams(max_cell_voltage=3.45, hold_time=60.0, recovery_rate=0.001, gain=1.0)

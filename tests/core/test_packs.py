@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aggbatt.config import config_from_dict, default_config
-from aggbatt.core.model import ServiceReading
+from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.packs import PackDirectory, PackRules, base_id, why_not_a_pack
 
 SB = "com.victronenergy.battery."

@@ -1,7 +1,7 @@
 """Hypothesis: safety invariants of the engine for any pack states.
 
 The oracle below is written from the rules (docs/safety.md §1, the ranges
-in model.py's header), not from the engine's code: a value counts only when it is a finite number
+in validation.py's header), not from the engine's code: a value counts only when it is a finite number
 in its documented range; a pack's share is max(capacity share, measured share), the measured share
 counting only while the bank current in that direction is at least freshness.idle_current (2 A).
 """
@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
 from aggbatt.core.engine import Engine, TickResult
-from aggbatt.core.model import PACK_PATHS, PackSnapshot, ServiceReading, revalidate, validate
+from aggbatt.core.snapshot import PackSnapshot, ServiceReading
+from aggbatt.core.validation import PACK_PATHS, revalidate, validate
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, share_limit
 
 SB = "com.victronenergy.battery."
@@ -238,7 +239,7 @@ def test_offline_packs_values_never_enter_the_measurements(history: dict[str, An
         changes: dict[str, Any] = {}
         # change every usable limit to another usable one (an invalid one stays invalid, so the
         # pack stays offline for the same reason), and the capacity and SoC alike. Its current is
-        # left alone: a pack's own current picks its own staleness limit (model.py header).
+        # left alone: a pack's own current picks its own staleness limit (freshness.py header).
         for path in ("/Info/MaxChargeCurrent", "/Info/MaxDischargeCurrent"):
             if limit(raw[path]) is not None:
                 changes[path] = new_limit + (1.0 if raw[path] == new_limit else 0.0)

@@ -18,7 +18,7 @@ from aggbatt.config import load_config
 from aggbatt.tools.migrate import REFERENCE_DEFAULTS, MigrationError, date_of_day, migrate
 from aggbatt.daemon.persist import read_json
 from aggbatt.core.strategies.balancing import BalancingRecord
-from aggbatt.core.model import PackSnapshot
+from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import CurrentResult, TickContext
 from aggbatt.core.strategies.coulomb import CoulombParams, CoulombSoc, parse_record
 

@@ -34,7 +34,7 @@ so every pack sees the bank voltage:
 - /History/*: only where the bank's value follows from the packs' values: the charged and
   discharged energy are summed, the lowest and highest voltages and temperatures are the
   extremes. Per-pack counters such as cycles or deepest discharge have no bank meaning and are
-  left out (and so are the fast-moving ones, see model.HISTORY_PATHS).
+  left out (and so are the fast-moving ones, see pack_paths.HISTORY_PATHS).
 Per-pack cell voltages (optional) go to /Voltages/<pack id>_Cell<n> with the id reduced to the
 characters a D-Bus object path allows.
 """
@@ -46,14 +46,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from aggbatt.core.model import (
+from aggbatt.core.pack_paths import (
     ALARM_PATHS, ALLOW_BALANCE, ALLOW_CHARGE, ALLOW_DISCHARGE, BALANCING, BATTERY_LOW_VOLTAGE,
-    BLOCKING_CHARGE, BLOCKING_DISCHARGE, BMS_CABLE, CELLS_PER_BATTERY, CHARGE_MODE,
-    INSTALLED_CAPACITY, INTERNAL_FAILURE, MAX_CELL_TEMPERATURE, MAX_CELL_VOLTAGE,
-    MAX_TEMPERATURE_CELL_ID, MAX_VOLTAGE_CELL_ID, MIN_CELL_TEMPERATURE, MIN_CELL_VOLTAGE,
-    MIN_TEMPERATURE_CELL_ID, MIN_VOLTAGE_CELL_ID, MODULES_ONLINE, TEMPERATURE, VOLTAGE,
-    HISTORY_MAX, HISTORY_MIN, HISTORY_PATHS, HISTORY_SUM, VOLTAGES_SUM, PackSnapshot,
+    BLOCKING_CHARGE, BLOCKING_DISCHARGE, BMS_CABLE, CELLS_PER_BATTERY, CHARGE_MODE, HISTORY_MAX,
+    HISTORY_MIN, HISTORY_PATHS, HISTORY_SUM, INSTALLED_CAPACITY, INTERNAL_FAILURE,
+    MAX_CELL_TEMPERATURE, MAX_CELL_VOLTAGE, MAX_TEMPERATURE_CELL_ID, MAX_VOLTAGE_CELL_ID,
+    MIN_CELL_TEMPERATURE, MIN_CELL_VOLTAGE, MIN_TEMPERATURE_CELL_ID, MIN_VOLTAGE_CELL_ID,
+    MODULES_ONLINE, TEMPERATURE, VOLTAGE, VOLTAGES_SUM,
 )
+from aggbatt.core.snapshot import PackSnapshot
 
 MODULES_OFFLINE = "/System/NrOfModulesOffline"
 VOLTAGES_DIFF = "/Voltages/Diff"

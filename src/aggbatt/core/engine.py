@@ -5,12 +5,12 @@ the wall-clock time that calendar rules of a strategy need).
 
 Theory of operation, per tick:
 1. packs.PackDirectory picks the pack services and gives each a stable id.
-2. model.validate turns raw values into typed ones; garbage is reported once per pack and path.
+2. validation.validate turns raw values into typed ones; garbage is reported once per pack and path.
    Per service the last result is kept, keyed by service name and appearance time, so only the
-   values whose change stamp moved are parsed again (model.revalidate); a service that left and
+   values whose change stamp moved are parsed again (validation.revalidate); a service that left and
    came back starts afresh.
 3. Every known pack (persisted ids plus every pack seen) goes through its online/offline tracker
-   (model.py): gone, link lost, invalid V/I/limits, or proven frozen -> offline; re-admitted after
+   (freshness.py): gone, link lost, invalid V/I/limits, or proven frozen -> offline; re-admitted after
    `readmit_after` s of healthy data. Known packs that are missing count as offline. The quiet
    packs are judged against the bank current the configured source measured at the last tick.
    A block flag or blocking count of a pack that turns missing (invalid, garbage) keeps the
@@ -56,16 +56,19 @@ from typing import Any
 from aggbatt.core.aggregate import (
     MODULES_OFFLINE, STOCK_PAGE_PATHS, VOLTAGES_DIFF, aggregate, cell_voltage_values,
 )
-from aggbatt.core.model import (
-    ALARM_PATHS, ALLOW_BALANCE, ALLOW_CHARGE, ALLOW_DISCHARGE, BALANCING, BATTERY_LOW_VOLTAGE,
-    BLOCKING_CHARGE, BLOCKING_DISCHARGE, CAPACITY, CCL, CELLS_PER_BATTERY, CHARGE_MODE,
-    CONSUMED_AH, CURRENT, CVL, DCL, INSTALLED_CAPACITY, INTERNAL_FAILURE, MAX_CELL_TEMPERATURE,
-    MAX_CELL_VOLTAGE, MAX_TEMPERATURE_CELL_ID, MAX_VOLTAGE_CELL_ID, MIN_CELL_TEMPERATURE,
-    MIN_CELL_VOLTAGE, MIN_TEMPERATURE_CELL_ID, MIN_VOLTAGE_CELL_ID, MODULES_ONLINE, PACK_PATHS,
-    POWER, SAFETY_PATHS, SOC, TEMPERATURE, VOLTAGE, VOLTAGES_SUM, PackSnapshot, PackState,
-    PackTracker, ServiceReading, Validated, data_age, expected_current, fault_of,
-    needs_urgent_tick, pack_paths, revalidate, stale_verdict, validate,
+from aggbatt.core.freshness import (
+    PackState, PackTracker, data_age, expected_current, fault_of, stale_verdict,
 )
+from aggbatt.core.pack_paths import (
+    ALARM_PATHS, ALLOW_BALANCE, ALLOW_CHARGE, ALLOW_DISCHARGE, BALANCING, BATTERY_LOW_VOLTAGE,
+    BLOCKING_CHARGE, BLOCKING_DISCHARGE, CAPACITY, CCL, CELLS_PER_BATTERY, CHARGE_MODE, CONSUMED_AH,
+    CURRENT, CVL, DCL, INSTALLED_CAPACITY, INTERNAL_FAILURE, MAX_CELL_TEMPERATURE, MAX_CELL_VOLTAGE,
+    MAX_TEMPERATURE_CELL_ID, MAX_VOLTAGE_CELL_ID, MIN_CELL_TEMPERATURE, MIN_CELL_VOLTAGE,
+    MIN_TEMPERATURE_CELL_ID, MIN_VOLTAGE_CELL_ID, MODULES_ONLINE, POWER, SAFETY_PATHS, SOC,
+    TEMPERATURE, VOLTAGE, VOLTAGES_SUM, needs_urgent_tick,
+)
+from aggbatt.core.snapshot import PackSnapshot, ServiceReading
+from aggbatt.core.validation import PACK_PATHS, Validated, pack_paths, revalidate, validate
 from aggbatt.core.packs import MAX_KNOWN_PACKS, PackDirectory, PackRules
 from aggbatt.core.pages import PackPages
 from aggbatt.core.strategies import OfflinePack, Strategies, TickContext, build_strategies

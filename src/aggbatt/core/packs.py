@@ -41,8 +41,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from aggbatt.core.model import (CCL, CUSTOM_NAME, CVL, DCL, PACK_TEXT_MAX, PRODUCT_NAME, SERIAL,
-                           ServiceReading)
+from aggbatt.core.pack_paths import CCL, CUSTOM_NAME, CVL, DCL, PRODUCT_NAME, SERIAL
+from aggbatt.core.snapshot import ServiceReading
+from aggbatt.core.validation import PACK_TEXT_MAX
 
 BATTERY_PREFIX = "com.victronenergy.battery."
 SHUNT_NAMES = ("SmartShunt", "BMV", "Lynx Shunt")

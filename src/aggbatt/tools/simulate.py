@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from aggbatt.core.engine import CHARGE_LIMITATION, DISCHARGE_LIMITATION, Engine
-from aggbatt.core.model import (
-    CCL, CHARGE_MODE, CVL, DCL, MAX_CELL_VOLTAGE, MIN_CELL_VOLTAGE, SOC, VOLTAGE, ServiceReading,
+from aggbatt.core.pack_paths import (
+    CCL, CHARGE_MODE, CVL, DCL, MAX_CELL_VOLTAGE, MIN_CELL_VOLTAGE, SOC, VOLTAGE,
 )
+from aggbatt.core.snapshot import ServiceReading
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.lfp import ocv as lfp_ocv
 from aggbatt.sim.lfp import piecewise_linear

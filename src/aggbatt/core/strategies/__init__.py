@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from aggbatt.core.model import PackSnapshot, ServiceReading
+from aggbatt.core.snapshot import PackSnapshot, ServiceReading
 
 
 @dataclass(frozen=True)

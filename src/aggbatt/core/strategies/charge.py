@@ -59,7 +59,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aggbatt.core.model import PackSnapshot
+from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
 from aggbatt.core.strategies.cvl_arbitration import AbsorptionHold
 
@@ -270,7 +270,7 @@ class PassthroughCharge:
 
     name = "passthrough"
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: object = None) -> None:
         mode = getattr(getattr(getattr(config, "charge", None), "passthrough", None), "cvl_mode", "min")
         if mode not in ("min", "absorption_hold"):
             raise ValueError(f"charge.passthrough.cvl_mode = {mode!r} is not available in this "

@@ -63,7 +63,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from aggbatt.core.strategies import CurrentResult, SocResult, StateFile, TickContext
 from aggbatt.core.strategies.soc import TTG_MIN_CURRENT, BmsAverage
@@ -71,6 +71,31 @@ from aggbatt.core.strategies.soc import TTG_MIN_CURRENT, BmsAverage
 STATE_FILE = "soc.json"
 STATE_VERSION = 1
 MIN_SOC_SETTING = "/Settings/CGwacs/BatteryLife/MinimumSocLimit"
+
+
+class SocSettings(Protocol):
+    """What the counter reads of the [soc] table; the core never sees the config's own types."""
+
+    @property
+    def charge_efficiency(self) -> float: ...
+    @property
+    def save_interval(self) -> float: ...
+    @property
+    def save_precision(self) -> float: ...
+    @property
+    def max_state_age(self) -> float: ...
+    @property
+    def full_cell_voltage(self) -> float: ...
+    @property
+    def empty_cell_voltage(self) -> float: ...
+    @property
+    def zero_soc_reset(self) -> bool: ...
+    @property
+    def tail_current(self) -> float: ...
+    @property
+    def full_hold_time(self) -> float: ...
+    @property
+    def time_to_go_to_min_soc(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -93,7 +118,7 @@ class CoulombParams:
     restore_max_wait: float = 300.0  # ... and at most this long waiting for offline known packs
 
     @classmethod
-    def from_config(cls, soc: Any, tick_interval: float = 1.0) -> CoulombParams:
+    def from_config(cls, soc: SocSettings, tick_interval: float = 1.0) -> CoulombParams:
         """From the [soc] config section; a gap of more than five ticks is not counted."""
         tail = soc.tail_current
         return cls(

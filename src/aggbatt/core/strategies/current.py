@@ -7,15 +7,13 @@ With no pack online both are invalid.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aggbatt.core.strategies import CurrentResult, TickContext
 
 
 class BmsSum:
     name = "bms_sum"
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: object = None) -> None:
         del config  # nothing to configure
 
     def measure(self, ctx: TickContext) -> CurrentResult:

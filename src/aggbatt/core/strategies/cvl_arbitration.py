@@ -42,7 +42,7 @@ import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from aggbatt.core.model import PackSnapshot
+from aggbatt.core.snapshot import PackSnapshot
 
 CVL_DROP = 0.01  # V below the pack's remembered CVL that counts as "lowering"
 

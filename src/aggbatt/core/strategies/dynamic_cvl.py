@@ -33,7 +33,7 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from aggbatt.core.model import PackSnapshot
+from aggbatt.core.snapshot import PackSnapshot
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from aggbatt.core.model import CHARGE_MODE, PackSnapshot
+from aggbatt.core.pack_paths import CHARGE_MODE
+from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, StateFile, TickContext
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, Bound, bound
 from aggbatt.core.strategies.balancing import (

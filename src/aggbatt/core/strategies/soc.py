@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aggbatt.core.strategies import CurrentResult, SocResult, TickContext
 
 TTG_MIN_CURRENT = 0.1  # A
@@ -25,7 +23,7 @@ TTG_MIN_CURRENT = 0.1  # A
 class BmsAverage:
     name = "bms_average"
 
-    def __init__(self, config: Any = None) -> None:
+    def __init__(self, config: object = None) -> None:
         del config  # nothing to configure
 
     def estimate(self, ctx: TickContext, current: CurrentResult) -> SocResult:
