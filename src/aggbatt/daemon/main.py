@@ -55,7 +55,7 @@ from aggbatt.daemon.reload import ROOT_LOGGER, log_level_written, reload_daemon,
 from aggbatt.daemon.selection import apply_config_switch
 from aggbatt.daemon.status_api import StatusReport
 from aggbatt.daemon.store import StateStore, stateful
-from aggbatt.daemon.watchdog import start_watchdog
+from aggbatt.daemon.watchdog import start_watchdog, watch_bus
 
 log = logging.getLogger("aggbatt")
 
@@ -128,7 +128,8 @@ class Daemon:
         await self.monitor.start(settle=START_SCAN_WAIT)
         self.tick()
         await svc.register()
-        self._save_state()  # what the first tick decided, now that the state is ours
+        self.store.save_packs(self.last)  # what the first tick decided, now that the state is ours
+        self.store.save(self.engine.strategies)
         self.select_battery()
         log.info("published %s as DeviceInstance %d with %d pack(s) found", cfg.name, instance,
                  sum(1 for p in (self.last.packs if self.last else ()) if p.online))
@@ -136,16 +137,11 @@ class Daemon:
     async def _connect(self) -> MessageBus:
         bus = await open_bus(self.bus_address)
         self._buses.append(bus)
-        self._watches.append(asyncio.get_running_loop().create_task(self._watch_bus(bus)))
+        self._watches.append(asyncio.get_running_loop().create_task(
+            watch_bus(bus, self._bus_lost)))
         return bus
 
-    async def _watch_bus(self, bus: MessageBus) -> None:
-        """A lost bus connection cannot be healed in place: stop with exit code 1 so the
-        supervisor restarts us and we reconnect and rescan from scratch."""
-        try:
-            await bus.wait_for_disconnect()
-        except Exception as exc:  # noqa: BLE001 - how it ended matters less than that it did
-            log.debug("bus connection ended: %r", exc)
+    def _bus_lost(self) -> None:
         if not self._stopped.is_set() and not self._closing:
             log.error("lost the D-Bus connection: exiting so the supervisor restarts aggbatt")
             self.exit_code = 1
@@ -204,17 +200,7 @@ class Daemon:
         self.last = result
         for event in result.events:
             log.info("%s", event)
-        self._save_packs()
-
-    def _save_packs(self) -> None:
-        if self.last is not None:
-            self.store.save_known_packs(self.last.known_packs)
-            if self.last.blocks is not None:
-                self.store.save_blocks(self.last.blocks)
-
-    def _save_state(self) -> None:
-        self._save_packs()
-        self.store.save(self.engine.strategies)
+        self.store.save_packs(result)
 
     def _owns_name(self) -> bool:
         """Only the instance that owns the bus name writes state: a second copy that failed to
@@ -247,7 +233,7 @@ class Daemon:
             self._urgent = None
         if self.liveness is not None:
             self.liveness.cancel()
-        self._save_packs()
+        self.store.save_packs(self.last)
         self.store.stop(self.engine.strategies)
         if self.feedin is not None:
             await self.feedin.close(self._owns_name())

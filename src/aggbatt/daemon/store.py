@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from aggbatt.core.engine import TickResult
 from aggbatt.core.strategies import StateFile, Strategies
 from aggbatt.daemon.persist import StateRead, read_json, write_json_atomic
 
@@ -100,6 +101,13 @@ class StateStore:
             log.warning("%s holds no pack blocks; starting without saved blocks",
                         self.state_dir / BLOCKS_FILE)
         return blocks if isinstance(blocks, dict) else {}
+
+    def save_packs(self, result: TickResult | None) -> None:
+        """The known packs and their blocks as a tick left them."""
+        if result is not None:
+            self.save_known_packs(result.known_packs)
+            if result.blocks is not None:
+                self.save_blocks(result.blocks)
 
     def save_known_packs(self, known: frozenset[str]) -> None:
         """Write the known packs when they differ from what was last written successfully."""
