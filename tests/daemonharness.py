@@ -10,20 +10,26 @@ from typing import Any, AsyncIterator, Callable
 
 from dbus_fast.aio import MessageBus
 
-from aggbatt.config import Config, config_from_dict
+from aggbatt.config import Config
 from aggbatt.daemon import Daemon
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import PackParams
 from aggbatt.sim.settings import SimSettings
+from tests.factories import fast_config
 
-FAST = {"freshness": {"stale_after": 0.5, "stale_after_idle": 0.5, "readmit_after": 0.3}}
+# A real BMS's reading noise while current flows: a live pack's values keep moving, as on a GX.
+BMS_NOISE: dict[str, Any] = {"noise_a": 0.05, "noise_mv": 1.0}
 
 
-def fast_config(**sections: Any) -> Config:
-    data: dict[str, Any] = {k: dict(v) for k, v in FAST.items()}
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return config_from_dict(data)
+def sim_pack(serial: str, capacity: float = 280.0, *, noise: bool = True,
+             **params: Any) -> PackParams:
+    """One simulated pack, with BMS_NOISE unless noise=False; `params` as PackParams takes them."""
+    return PackParams(capacity_ah=capacity, serial=serial, **(BMS_NOISE if noise else {}), **params)
+
+
+def sim_packs(*capacities: float, noise: bool = True, **params: Any) -> list[PackParams]:
+    """Simulated packs P0, P1, ... of these capacities (Ah), all with the same `params`."""
+    return [sim_pack(f"P{i}", c, noise=noise, **params) for i, c in enumerate(capacities)]
 
 
 class Harness:

@@ -35,8 +35,7 @@ from hypothesis import strategies as st
 from aggbatt.core.engine import Engine, TickResult
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, Strategies, TickContext, build_strategies
-
-SB = "com.victronenergy.battery."
+from tests.factories import SB
 VEBUS = "com.victronenergy.vebus.ttyS4"
 
 LONG_EXAMPLES = 3000

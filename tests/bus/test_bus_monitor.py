@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import shutil
 import signal
 import subprocess
+import threading
 
 import pytest
 from dbus_fast import Message, MessageFlag, MessageType, Variant
@@ -16,6 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggbatt.bus.monitor import Monitor, RemoteService, RulePlan, plan_rules
+from aggbatt.bus import scanner as scanner_module
+from aggbatt.bus.scanner import Scanner
 from aggbatt.bus.service import BusItemService
 from aggbatt.bus.values import unwrap
 from aggbatt.sim.bank import SimBank
@@ -772,7 +776,7 @@ LIMITED_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Co
     <allow eavesdrop="true"/>
     <allow own="*"/>
   </policy>
-  <limit name="max_match_rules_per_connection">6</limit>
+  <limit name="{limit}">{value}</limit>
 </busconfig>
 """
 
@@ -780,11 +784,15 @@ LIMITED_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Co
 @pytest.fixture
 def limited_bus(tmp_path):
     """A dbus-daemon that allows only 6 match rules per connection (a stock system bus: 512)."""
+    yield from bus_with_limit(tmp_path, "max_match_rules_per_connection", 6)
+
+
+def bus_with_limit(tmp_path, limit: str, value: int):
     daemon = shutil.which("dbus-daemon")
     if daemon is None:
         pytest.skip("dbus-daemon not installed")
     config = tmp_path / "bus.conf"
-    config.write_text(LIMITED_CONFIG.format(socket=tmp_path / "bus"))
+    config.write_text(LIMITED_CONFIG.format(socket=tmp_path / "bus", limit=limit, value=value))
     process = subprocess.Popen([daemon, f"--config-file={config}", "--nofork", "--nopidfile",
                                 "--print-address=1"], stdout=subprocess.PIPE,
                                stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -829,3 +837,172 @@ async def test_too_many_match_rules_fall_back_to_one_rule_per_sender(limited_bus
     finally:
         for bus in buses:
             bus.disconnect()
+
+
+# ----- the scanner: GetItems on a connection and thread of its own -------------------------------
+
+
+async def bus_names(connect) -> list[str]:
+    client = await connect()
+    reply = await asyncio.wait_for(client.call(Message(
+        destination=DBUS, path=DBUS_PATH, interface=DBUS, member="ListNames")), 3)
+    return reply.body[0]
+
+
+def scanners_of_earlier_tests_ended() -> set[threading.Thread]:
+    """Wait for the scanners of monitors earlier tests left open (each ends within about a
+    second of its test's connections) and return the threads left: the collector pauses while
+    any scanner has a call in flight."""
+    for thread in threading.enumerate():
+        if thread.name == "aggbatt-scanner":
+            thread.join(5.0)
+    return set(threading.enumerate())
+
+
+async def test_scans_and_their_retries_use_a_connection_of_their_own_that_close_ends(connect):
+    """A huge GetItems reply is decoded on the scanner's thread, not on the loop that handles
+    signals; here: every scan comes from the scanner, and close() ends it."""
+    threads_before = scanners_of_earlier_tests_ended()
+    callers: list[str] = []
+    called = asyncio.Event()
+    busy = True
+
+    def answer(msg: Message, bus: MessageBus):
+        if msg.member != "GetItems":
+            return None
+        callers.append(msg.sender)
+        called.set()
+        if busy:
+            return Message.new_error(msg, "com.example.Error.Busy", "busy")
+        return Message.new_method_return(msg, "a{sa{sv}}", [
+            {"/DeviceInstance": {"Value": Variant("i", 7)}, "/Soc": {"Value": Variant("d", 40.0)}}])
+
+    await raw_service(connect, battery_name("late"), answer)
+    good = await publish_battery(connect, "good")
+    events = Events()
+    monitor = await start_monitor(connect, events, retry_delay=0.05, retry_max=0.05)
+    assert monitor.services[battery_name("good")].values["/Soc"] == 80.0
+    await until(called, lambda: len(callers) >= 3, 3.0)
+    busy = False
+    await events.until(lambda: len(events.added) == 2)
+    assert monitor.services[battery_name("late")].values == {"/Soc": 40.0}
+    # Signals still arrive on the main connection.
+    good["/Soc"] = 79.0
+    good.publish()
+    await events.until(lambda: events.changed)
+    assert events.changed == [(battery_name("good"), {"/Soc": 79.0})]
+
+    [scanner] = set(callers)
+    assert scanner != monitor.bus.unique_name
+    assert scanner in await bus_names(connect)
+    assert [t.name for t in set(threading.enumerate()) - threads_before] == ["aggbatt-scanner"]
+    await monitor.close()
+    assert scanner not in await bus_names(connect)
+    assert set(threading.enumerate()) - threads_before == set()
+    assert gc.isenabled()
+
+
+async def test_without_a_second_connection_scans_use_the_main_one(tmp_path, caplog):
+    """A bus that admits two connections: the service's and the monitor's."""
+    caplog.set_level(logging.INFO, LOGGER)
+    threads_before = set(threading.enumerate())
+    buses: list[MessageBus] = []
+
+    async def connect() -> MessageBus:
+        bus = await MessageBus(bus_address=address).connect()
+        buses.append(bus)
+        return bus
+
+    limited = bus_with_limit(tmp_path, "max_connections_per_user", 2)
+    address = next(limited)
+    try:
+        await publish_battery(connect, "only")
+        events = Events()
+        monitor = await start_monitor(connect, events)
+        assert monitor.services[battery_name("only")].values["/Soc"] == 80.0
+        [line] = warnings_about(caplog, "no second connection for scans")
+        assert "scanning on the main one" in line
+        assert set(threading.enumerate()) - threads_before == set()
+        await monitor.close()
+    finally:
+        for bus in buses:
+            bus.disconnect()
+        limited.close()
+
+
+async def test_a_call_in_flight_when_the_scanner_stops_fails_instead_of_being_cancelled(connect):
+    """The monitor retries a scan that failed; a cancellation it did not ask for would end the
+    service's worker and leave the service unfollowed."""
+    threads_before = scanners_of_earlier_tests_ended()
+    asked = asyncio.Event()
+
+    def answer(msg: Message, bus: MessageBus):
+        if msg.member != "GetItems":
+            return None
+        asked.set()
+        return True  # never answered
+
+    await raw_service(connect, battery_name("held"), answer)
+    scanner = await Scanner.open(await connect(), timeout=3.0)
+    assert scanner.alive
+
+    async def get_items(bus: MessageBus) -> Message:
+        return await bus.call(Message(destination=battery_name("held"), path="/",
+                                      interface=BUSITEM, member="GetItems"))
+
+    call = asyncio.create_task(scanner.run(get_items, timeout=10.0))
+    await asyncio.wait_for(asked.wait(), 3)
+    # The collector pauses while a scan call is in flight (decoding a huge reply would have it
+    # walk millions of new objects again and again) and always resumes.
+    assert not gc.isenabled()
+    scanner.stop()
+    with pytest.raises(Exception):
+        await asyncio.wait_for(call, 3)
+    assert gc.isenabled()
+    assert not scanner.alive
+    await scanner.close()
+    assert set(threading.enumerate()) - threads_before == set()
+    with pytest.raises(ConnectionError):
+        await scanner.run(get_items, timeout=1.0)
+
+
+async def test_calls_that_keep_overlapping_do_not_keep_the_collector_paused(connect, monkeypatch):
+    """Services that never answer, retried, could keep a scan call in flight at all times."""
+    scanners_of_earlier_tests_ended()
+    monkeypatch.setattr(scanner_module, "MAX_PAUSE", 0.0)
+    asked: list[Message] = []
+    held = asyncio.Event()
+
+    def answer(msg: Message, bus: MessageBus):
+        if msg.member != "GetItems":
+            return None
+        asked.append(msg)
+        held.set()
+        return True  # never answered
+
+    await raw_service(connect, battery_name("held"), answer)
+    scanner = await Scanner.open(await connect(), timeout=3.0)
+
+    async def get_items(bus: MessageBus) -> Message:
+        return await bus.call(Message(destination=battery_name("held"), path="/",
+                                      interface=BUSITEM, member="GetItems"))
+
+    collections: list[int] = []
+
+    def collected(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    first = asyncio.create_task(scanner.run(get_items, timeout=10.0))
+    await until(held, lambda: len(asked) == 1)
+    gc.callbacks.append(collected)
+    try:
+        second = asyncio.create_task(scanner.run(get_items, timeout=10.0))
+        await until(held, lambda: len(asked) == 2)
+        assert not gc.isenabled()
+    finally:
+        gc.callbacks.remove(collected)
+    assert 2 in collections
+    await scanner.close()
+    await asyncio.gather(first, second, return_exceptions=True)
+    assert gc.isenabled()

@@ -9,12 +9,14 @@ import pytest
 from aggbatt.core.aggregate import aggregate, cell_path, cell_voltage_values, charge_mode_summary
 from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.validation import validate
+from tests.factories import snapshot
+
+
+AT_REST: dict[str, Any] = dict(voltage=53.0, current=0.0, cvl=55.2, ccl=100.0, dcl=100.0)
 
 
 def pack(pid: str, **fields: Any) -> PackSnapshot:
-    base: dict[str, Any] = dict(voltage=53.0, current=0.0, cvl=55.2, ccl=100.0, dcl=100.0)
-    base.update(fields)
-    return PackSnapshot(id=pid, name=f"Pack {pid}", service=f"com.victronenergy.battery.{pid}", **base)
+    return snapshot(pid, name=f"Pack {pid}", **{**AT_REST, **fields})
 
 
 def test_voltage_is_the_mean_of_the_online_packs() -> None:

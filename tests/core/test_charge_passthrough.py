@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import pytest
 
 from aggbatt.config import config_from_dict, default_config
 from aggbatt.core.snapshot import PackSnapshot
-from aggbatt.core.strategies import ChargeLimits, CurrentResult, OfflinePack, TickContext
+from aggbatt.core.strategies import ChargeLimits, CurrentResult, OfflinePack
 from aggbatt.core.strategies.charge import (
     CHARGE, DISCHARGE, PassthroughCharge, apply_envelope, pack_shares, share_limit,
 )
+from tests.factories import snapshot, tick_context
 
 DEFAULT = default_config()  # freshness.idle_current = 2 A: measured shares from 2 A bank current
 NO_CURRENT = CurrentResult(None, None, "test")
@@ -20,14 +22,11 @@ NO_CURRENT = CurrentResult(None, None, "test")
 
 def pack(pid: str, capacity: float | None = 100.0, current: float = 0.0, ccl: float = 100.0,
          dcl: float = 100.0, cvl: float = 55.2, **fields: Any) -> PackSnapshot:
-    return PackSnapshot(id=pid, name=f"Pack {pid}", service=f"com.victronenergy.battery.{pid}",
-                        voltage=53.0, current=current, installed_capacity=capacity, ccl=ccl,
-                        dcl=dcl, cvl=cvl, **fields)
+    return snapshot(pid, name=f"Pack {pid}", voltage=53.0, current=current,
+                    installed_capacity=capacity, ccl=ccl, dcl=dcl, cvl=cvl, **fields)
 
 
-def ctx(online: list[PackSnapshot], offline: tuple[OfflinePack, ...] = (),
-        config: Any = DEFAULT) -> TickContext:
-    return TickContext(now=0.0, config=config, online=tuple(online), offline=offline, services=())
+ctx = partial(tick_context, config=DEFAULT)
 
 
 def limits(online: list[PackSnapshot], **kwargs: Any) -> ChargeLimits:

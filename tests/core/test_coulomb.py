@@ -25,6 +25,7 @@ from aggbatt.core.strategies.coulomb import (
     CounterInputs,
     interval_charge,
 )
+from tests.factories import snapshot, tick_context
 
 WALL = 1_750_000_000.0  # some wall-clock time (2025-06-15), unrelated to the monotonic clock
 
@@ -307,7 +308,7 @@ def test_record_without_capacity_waits_for_the_expected_packs() -> None:
     published = []
     for t in range(0, 200, 5):                              # the second pack is slow to start
         online = packs if t >= 100 else packs[:1]
-        ctx = TickContext(now=float(t), config=config, online=online, offline=(), services=())
+        ctx = tick_context(online, now=float(t), config=config)
         published.append(strategy.estimate(ctx, CurrentResult(0.0, None, "bms_sum")).soc)
     assert published[:26] == [None] * 26                    # until 30 s after the second
     assert published[26:] == [pytest.approx(100 * 250 / 560)] * 14
@@ -510,9 +511,8 @@ def test_params_from_the_config() -> None:
 
 
 def _snapshot(name: str, soc: float, installed: float, vmax: float, vmin: float) -> PackSnapshot:
-    return PackSnapshot(id=name, name=name, service=f"com.victronenergy.battery.{name}", voltage=53.0,
-                        current=-5.0, soc=soc, installed_capacity=installed,
-                        max_cell_voltage=vmax, min_cell_voltage=vmin)
+    return snapshot(name, voltage=53.0, current=-5.0, soc=soc, installed_capacity=installed,
+                    max_cell_voltage=vmax, min_cell_voltage=vmin)
 
 
 def test_coulomb_soc_strategy_reads_packs_and_the_ess_minimum() -> None:
@@ -522,8 +522,7 @@ def test_coulomb_soc_strategy_reads_packs_and_the_ess_minimum() -> None:
     ess = {"/Settings/CGwacs/BatteryLife/MinimumSocLimit": 30.0}
 
     def ctx(now: float, online=packs, settings=ess) -> TickContext:
-        return TickContext(now=now, config=None, online=online, offline=(), services=(),
-                           settings=settings)
+        return tick_context(online, now=now, settings=settings)
 
     discharging = CurrentResult(current=-20.0, power=None, source="bms_sum")
     first = strategy.estimate(ctx(0.0), discharging)

@@ -8,14 +8,14 @@ import pytest
 
 from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies.cvl_arbitration import AbsorptionHold, PackClass, classify, min_cvl
+from tests.factories import snapshot
 
 
 def pack(name: str, cvl: float | None, mode: str | None, cells: int = 8,
          cell: float = 3.3) -> PackSnapshot:
     """A pack whose cell count agrees with its voltage and cell readings."""
-    return PackSnapshot(id=name, name=name, service=f"com.victronenergy.battery.{name}",
-                        cvl=cvl, charge_mode=mode, cells=cells, voltage=round(cells * cell, 3),
-                        min_cell_voltage=cell, max_cell_voltage=cell)
+    return snapshot(name, cvl=cvl, charge_mode=mode, cells=cells, voltage=round(cells * cell, 3),
+                    min_cell_voltage=cell, max_cell_voltage=cell)
 
 
 def test_classify_serialbattery_texts():

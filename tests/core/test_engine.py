@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from aggbatt.config import config_from_dict, default_config
+from aggbatt.config import default_config
 from aggbatt.core.engine import DYNAMIC_PATHS, Engine, TickResult
 from aggbatt.core.pack_paths import SAFETY_PATHS
 from aggbatt.core.snapshot import ServiceReading
@@ -16,61 +16,8 @@ from aggbatt.core.validation import PACK_PATHS
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, Strategies, TickContext
 from aggbatt.core.strategies.current import BmsSum
 from aggbatt.core.strategies.soc import BmsAverage
-
-SB = "com.victronenergy.battery."
-SHORT = {
-    "voltage": "/Dc/0/Voltage", "current": "/Dc/0/Current", "capacity": "/InstalledCapacity",
-    "soc": "/Soc", "cvl": "/Info/MaxChargeVoltage", "ccl": "/Info/MaxChargeCurrent",
-    "dcl": "/Info/MaxDischargeCurrent", "serial": "/Serial", "name": "/CustomName",
-    "online": "/System/NrOfModulesOnline", "temperature": "/Dc/0/Temperature",
-    "allow_charge": "/Io/AllowToCharge",
-}
-
-
-def pack_values(serial: str, **short: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "/ProductName": f"SerialBattery(Jkbms) {serial}",
-        "/Serial": serial,
-        "/CustomName": f"Pack {serial}",
-        "/Dc/0/Voltage": 53.2,
-        "/Dc/0/Current": 0.0,
-        "/InstalledCapacity": 100.0,
-        "/Soc": 50.0,
-        "/Info/MaxChargeVoltage": 55.2,
-        "/Info/MaxChargeCurrent": 100.0,
-        "/Info/MaxDischargeCurrent": 100.0,
-        "/Io/AllowToCharge": 1,
-        "/Io/AllowToDischarge": 1,
-        "/System/NrOfModulesOnline": 1,
-        "/Dc/0/Temperature": 20.0,
-    }
-    for key, value in short.items():
-        values[SHORT.get(key, key)] = value
-    return values
-
-
-class Bank:
-    """Readings as bus/monitor.py keeps them: last_change moves only when a value changes."""
-
-    def __init__(self) -> None:
-        self.services: dict[str, list[Any]] = {}
-
-    def add(self, service: str, now: float, serial: str, **short: Any) -> None:
-        self.services[SB + service] = [pack_values(serial, **short), now, now]
-
-    def update(self, service: str, now: float, **short: Any) -> None:
-        entry = self.services[SB + service]
-        for key, value in short.items():
-            path = SHORT.get(key, key)
-            if entry[0].get(path) != value or path not in entry[0]:
-                entry[0][path] = value
-                entry[1] = now
-
-    def remove(self, service: str) -> None:
-        del self.services[SB + service]
-
-    def readings(self) -> list[ServiceReading]:
-        return [ServiceReading(name, dict(v), lc, ap) for name, (v, lc, ap) in self.services.items()]
+from tests.factories import SB, Bank, pack_values
+from tests.factories import config as cfg
 
 
 def tick(engine: Engine, bank: Bank, now: float) -> TickResult:
@@ -79,10 +26,6 @@ def tick(engine: Engine, bank: Bank, now: float) -> TickResult:
 
 def status(result: TickResult, pack_id: str) -> Any:
     return next(p for p in result.packs if p.id == pack_id)
-
-
-def cfg(**tables: dict[str, Any]) -> Any:
-    return config_from_dict(tables)
 
 
 # ---- steady state -------------------------------------------------------------------------------

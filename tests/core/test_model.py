@@ -4,6 +4,7 @@ machine (pack_paths, validation, snapshot, freshness)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from aggbatt.core.freshness import (
 from aggbatt.core.pack_paths import SAFETY_PATHS, needs_urgent_tick
 from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.validation import PACK_PATHS, pack_paths, revalidate, validate
+from tests.factories import snapshot
 
 GOOD = {
     "/Dc/0/Voltage": 53.21,
@@ -173,7 +175,7 @@ def test_snapshot_power_is_voltage_times_current_not_the_published_power() -> No
     ({"ccl": 100.0, "dcl": 100.0, "allow_charge": None, "blocking_charge": None}, None, None),
 ])
 def test_blocking(fields: dict[str, object], charge: str | None, discharge: str | None) -> None:
-    snap = PackSnapshot(id="a", name="A", service="s", **fields)  # type: ignore[arg-type]
+    snap = snapshot("a", name="A", service="s", **fields)
     assert snap.charge_block() == charge
     assert snap.discharge_block() == discharge
 
@@ -290,10 +292,8 @@ def test_data_age() -> None:
     assert data_age(100.0, None, 60.0) == 40.0
 
 
-def _snap(**fields: object) -> PackSnapshot:
-    base: dict[str, object] = dict(voltage=53.0, current=1.0, cvl=55.0, ccl=50.0, dcl=50.0)
-    base.update(fields)
-    return PackSnapshot(id="a", name="A", service="s", **base)  # type: ignore[arg-type]
+_snap = partial(snapshot, "a", name="A", service="s", voltage=53.0, current=1.0, cvl=55.0, ccl=50.0,
+                dcl=50.0)
 
 
 def test_fault_reasons_in_order() -> None:

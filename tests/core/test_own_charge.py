@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,10 +13,11 @@ from hypothesis import strategies as st
 from aggbatt.config import config_from_dict
 from aggbatt.core.pack_paths import CHARGE_MODE
 from aggbatt.core.snapshot import PackSnapshot
-from aggbatt.core.strategies import CurrentResult
+from aggbatt.core.strategies import CurrentResult, OfflinePack, TickContext
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, apply_envelope, bound
 from aggbatt.core.strategies.current_tables import Table
 from aggbatt.core.strategies.own_charge import OwnCharge
+from tests.factories import cell_list, cell_snapshot, snapshot, tick_context
 
 MONTHS = [3.30, 3.31, 3.32, 3.33, 3.34, 3.35, 3.36, 3.37, 3.38, 3.39, 3.40, 3.41]
 OWN: dict[str, Any] = {
@@ -36,21 +36,14 @@ def config(own: dict[str, Any] | None = None, feedin: dict[str, Any] | None = No
 def pack(name: str, cells: int = 16, cell: float = 3.30, high: float | None = None,
          low: float | None = None, cvl: float = 58.0, ccl: float = 200.0, dcl: float = 200.0,
          capacity: float = 280.0, current: float = 0.0, **kw: Any) -> PackSnapshot:
-    volts = [cell] * cells
-    if high is not None:
-        volts[0] = high
-    if low is not None:
-        volts[-1] = low
-    return PackSnapshot(
-        id=name, name=name, service=f"com.victronenergy.battery.{name}", cells=cells,
-        voltage=round(sum(volts), 3), voltages_sum=round(sum(volts), 3), current=current,
-        max_cell_voltage=max(volts), min_cell_voltage=min(volts), cvl=cvl, ccl=ccl, dcl=dcl,
-        installed_capacity=capacity, **kw)
+    return cell_snapshot(name, cell_list(cells, cell, high, low), per_cell=False, digits=3,
+                         current=current, cvl=cvl, ccl=ccl, dcl=dcl, installed_capacity=capacity,
+                         **kw)
 
 
-def ctx(cfg, packs, wall: datetime, now: float = 0.0) -> SimpleNamespace:
-    return SimpleNamespace(now=now, config=cfg, online=tuple(packs), offline=(), held=(),
-                           services=(), wall=wall, shares={})
+def ctx(cfg, packs, wall: datetime, now: float = 0.0,
+        offline: tuple[OfflinePack, ...] = ()) -> TickContext:
+    return tick_context(packs, now=now, config=cfg, offline=offline, wall=wall)
 
 
 NO_CURRENT = CurrentResult(current=0.0, power=0.0, source="test")
@@ -196,8 +189,7 @@ def test_dcl_cut_off_survives_invalid_cell_readings_and_a_low_pack_going_offline
     assert limits.dcl == 0.0 and "a has no valid cell voltage" in limits.discharge_reason
     assert any("cut-off kept" in event for event in limits.events)
     # a drops out of the online set: still cut off until a is seen above the release voltage.
-    offline = ctx(cfg, [high], wall, now=2.0)
-    offline.offline = (SimpleNamespace(id="a", name="a", reason="gone"),)
+    offline = ctx(cfg, [high], wall, now=2.0, offline=(OfflinePack("a", "a", "gone"),))
     limits = own.limits(offline, NO_CURRENT)
     assert limits.dcl == 0.0 and "a (at the cut-off) is offline" in limits.discharge_reason
     # No cell reading at all keeps it too.
@@ -217,8 +209,7 @@ def test_a_pack_losing_its_cell_readings_keeps_the_charge_table_where_it_was():
     assert tapered < 50.0
     blind = replace(full, max_cell_voltage=None, min_cell_voltage=None)
     assert own.limits(ctx(cfg, [blind, other], wall, now=1.0), CHARGING).ccl == tapered
-    offline = ctx(cfg, [other], wall, now=2.0)
-    offline.offline = (SimpleNamespace(id="a", name="a", reason="gone"),)
+    offline = ctx(cfg, [other], wall, now=2.0, offline=(OfflinePack("a", "a", "gone"),))
     assert own.limits(offline, CHARGING).ccl == tapered
     # Forgotten by the user: only b counts.
     assert own.limits(ctx(cfg, [other], wall, now=3.0), CHARGING).ccl > tapered
@@ -234,8 +225,7 @@ def test_losing_a_packs_cell_count_or_the_pack_never_raises_the_cvl():
     unknown = replace(p15, cells=None)
     assert own.limits(ctx(cfg, [unknown, p16], wall, now=1.0), NO_CURRENT).cvl \
         == pytest.approx(15 * 3.35)
-    offline = ctx(cfg, [p16], wall, now=2.0)
-    offline.offline = (SimpleNamespace(id="a", name="a", reason="gone"),)
+    offline = ctx(cfg, [p16], wall, now=2.0, offline=(OfflinePack("a", "a", "gone"),))
     assert own.limits(offline, NO_CURRENT).cvl == pytest.approx(15 * 3.35)
     # Forgotten by the user: b alone.
     assert own.limits(ctx(cfg, [p16], wall, now=3.0), NO_CURRENT).cvl == pytest.approx(16 * 3.35)
@@ -243,8 +233,7 @@ def test_losing_a_packs_cell_count_or_the_pack_never_raises_the_cvl():
 
 def test_pack_without_cell_count_caps_with_its_own_cvl():
     own = strategy()
-    anon = PackSnapshot(id="can", name="can", service="com.victronenergy.battery.can", cvl=52.0,
-                        ccl=100.0, dcl=100.0, voltage=52.5, current=0.0)
+    anon = snapshot("can", cvl=52.0, ccl=100.0, dcl=100.0, voltage=52.5, current=0.0)
     limits = own.limits(ctx(config(), [pack("a"), anon], datetime(2024, 6, 5)), NO_CURRENT)
     assert limits.cvl == 52.0
     assert "can: cell count unknown" in limits.values[CHARGE_MODE]
@@ -287,8 +276,7 @@ def test_a_cell_count_that_does_not_fit_the_pack_voltage_is_not_trusted():
 
 def test_without_wall_clock_the_strategy_refuses():
     own = strategy()
-    bad = SimpleNamespace(now=0.0, config=config(), online=(pack("a"),), offline=(), held=(),
-                          services=())
+    bad = tick_context([pack("a")], config=config())
     with pytest.raises(ValueError):
         own.limits(bad, NO_CURRENT)
 

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from aggbatt.config import config_from_dict, default_config
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.packs import PackDirectory, PackRules, base_id, why_not_a_pack
+from tests import factories
+from tests.factories import ABSENT, SB
 
-SB = "com.victronenergy.battery."
-
-
-def reading(service: str, **values: Any) -> ServiceReading:
-    raw: dict[str, Any] = {
-        "/ProductName": "SerialBattery(Jkbms) 1234 @ ttyUSB0",
-        "/Info/MaxChargeVoltage": 55.2,
-        "/Info/MaxChargeCurrent": 100.0,
-        "/Info/MaxDischargeCurrent": 100.0,
-    }
-    for key, value in values.items():
-        path = "/" + key.replace("__", "/")
-        if value is _ABSENT:
-            raw.pop(path, None)
-        else:
-            raw[path] = value
-    return ServiceReading(service, raw, 0.0, 0.0)
-
-
-_ABSENT = object()
+# A serialbattery pack that publishes its limits; each test adds paths or takes them away (ABSENT).
+JKBMS: dict[str, Any] = {
+    "/ProductName": "SerialBattery(Jkbms) 1234 @ ttyUSB0",
+    "/Info/MaxChargeVoltage": 55.2,
+    "/Info/MaxChargeCurrent": 100.0,
+    "/Info/MaxDischargeCurrent": 100.0,
+}
+reading = partial(factories.reading, values=JKBMS)
 RULES = PackRules.from_config(default_config())
 
 
@@ -53,8 +44,8 @@ def test_what_is_never_a_pack() -> None:
     assert why_not_a_pack(reading("com.victronenergy.solarcharger.ttyS1"), RULES) == "not a battery service"
     shunt = reading(SB + "ttyS2", ProductName="SmartShunt 500A/50mV")
     assert "shunt" in why_not_a_pack(shunt, RULES)  # type: ignore[operator]
-    no_limits = reading(SB + "ttyS3", Info__MaxChargeVoltage=_ABSENT, Info__MaxChargeCurrent=_ABSENT,
-                        Info__MaxDischargeCurrent=_ABSENT)
+    no_limits = reading(SB + "ttyS3", Info__MaxChargeVoltage=ABSENT, Info__MaxChargeCurrent=ABSENT,
+                        Info__MaxDischargeCurrent=ABSENT)
     assert why_not_a_pack(no_limits, RULES) == "publishes no charge limits (not a BMS)"
     other = reading(SB + "socketcan_can0", ProductName="Pylontech battery")
     assert why_not_a_pack(other, RULES) == "product name does not match"
@@ -192,7 +183,6 @@ def test_a_serial_read_late_takes_over_the_known_pack_it_names() -> None:
 def test_a_service_that_comes_back_is_identified_afresh() -> None:
     directory = PackDirectory(RULES)
     directory.identify([reading(SB + "ttyUSB0", Serial="", CustomName="Left")], 0.0)
-    again = ServiceReading(SB + "ttyUSB0", dict(reading(SB + "ttyUSB0", Serial="",
-                                                        CustomName="Right").values), 3.0, 3.0)
+    again = reading(SB + "ttyUSB0", Serial="", CustomName="Right", last_change=3.0, appeared_at=3.0)
     packs, _ = directory.identify([again], 3.0, {"Left"})
     assert [(p.id, p.renamed_from) for p in packs] == [("Right", None)]

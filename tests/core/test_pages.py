@@ -7,7 +7,7 @@ from datetime import date
 from aggbatt.core.engine import Engine, PackStatus, ServiceReading
 from aggbatt.core.pages import MAX_PACKS, PACK_LEAVES, READING_INTERVAL, PackPages, info_values
 from aggbatt.daemon.paths import spec_for
-from tests.daemonharness import fast_config
+from tests.factories import SB, fast_config, reading
 
 
 def status(n: int, **kw: object) -> PackStatus:
@@ -108,14 +108,12 @@ def test_balancing_record_and_guard_are_shown_only_for_the_own_charge_strategy()
 
 
 def pack_reading(n: int, **values: object) -> ServiceReading:
-    raw: dict[str, object] = {
+    return reading(f"{SB}p{n}", {
         "/ProductName": "SerialBattery(Jkbms)", "/Serial": f"S{n}", "/CustomName": f"Pack {n}",
         "/Dc/0/Voltage": 53.0, "/Dc/0/Current": 2.0, "/Soc": 60.0,
         "/Info/MaxChargeVoltage": 55.2, "/Info/MaxChargeCurrent": 100.0,
         "/Info/MaxDischargeCurrent": 100.0,
-    }
-    raw.update(values)
-    return ServiceReading(f"com.victronenergy.battery.p{n}", raw, last_change=0.0, appeared_at=0.0)
+    }, **values)
 
 
 def test_the_engine_publishes_the_pack_subtree_and_the_fail_safe_clears_it():

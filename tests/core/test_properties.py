@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
 from aggbatt.core.engine import Engine, TickResult
-from aggbatt.core.snapshot import PackSnapshot, ServiceReading
+from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.validation import PACK_PATHS, revalidate, validate
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, share_limit
+from tests.factories import SB, snapshot
 
-SB = "com.victronenergy.battery."
 POLICIES = ("degrade", "block_charge", "block")
 CONFIGS = {p: config_from_dict({"freshness": {"on_pack_lost": p}}) for p in POLICIES}
 IDLE_CURRENT = 2.0       # default freshness.idle_current
@@ -313,8 +313,8 @@ def test_garbage_never_raises(services: list[tuple[dict[str, Any], Any, str]], p
        st.floats(0, 10))
 def test_share_limit_respects_every_pack(packs: list[tuple[float | None, float, float]],
                                          min_current: float) -> None:
-    snaps = [PackSnapshot(id=str(i), name=str(i), service="s", installed_capacity=cap, current=cur,
-                          ccl=lim, dcl=lim) for i, (cap, cur, lim) in enumerate(packs)]
+    snaps = [snapshot(str(i), service="s", installed_capacity=cap, current=cur, ccl=lim, dcl=lim)
+             for i, (cap, cur, lim) in enumerate(packs)]
     known = sum(c for c, _, _ in packs if c is not None)
     for direction in (CHARGE, DISCHARGE):
         bank_limit = share_limit(snaps, direction, min_current).limit

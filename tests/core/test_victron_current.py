@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import pytest
@@ -11,19 +12,19 @@ from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
 from aggbatt.core.engine import Engine
-from aggbatt.core.snapshot import PackSnapshot, ServiceReading
+from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.strategies import TickContext
 from aggbatt.core.strategies.victron_current import VictronDevices, VictronParams
-from tests.core.test_engine import Bank, run
+from tests.core.test_engine import run
+from tests import factories
+from tests.factories import Bank, snapshot, tick_context
 
 AGGREGATE = "com.victronenergy.battery.aggregate"
 GRACE = 10.0                       # stale_after, also the start-up grace
 LATER = 100.0                      # a time well after the grace
 
 
-def reading(service: str, last_change: float = LATER, **values: Any) -> ServiceReading:
-    paths = {"/" + k.replace("__", "/"): v for k, v in values.items()}
-    return ServiceReading(service=service, values=paths, last_change=last_change, appeared_at=0.0)
+reading = partial(factories.reading, last_change=LATER)
 
 
 def multi(current: Any, connected: Any = 1, **kw: Any) -> ServiceReading:
@@ -308,11 +309,11 @@ class _Cfg:
 
 def test_measure_uses_the_pack_voltage_and_falls_back_to_the_bms_sum() -> None:
     src = VictronDevices.from_config(_Cfg)
-    packs = (PackSnapshot(id="a", name="a", service="x", voltage=52.0, current=-3.0, power=-156.0),
-             PackSnapshot(id="b", name="b", service="y", voltage=54.0, current=-4.0, power=-216.0))
+    packs = (snapshot("a", service="x", voltage=52.0, current=-3.0, power=-156.0),
+             snapshot("b", service="y", voltage=54.0, current=-4.0, power=-216.0))
 
     def ctx(now: float, *services: ServiceReading) -> TickContext:
-        return TickContext(now=now, config=_Cfg, online=packs, offline=(), services=services)
+        return tick_context(packs, now=now, config=_Cfg, services=services)
 
     ok = src.measure(ctx(0.0, multi(-20.0), mppt(8.0), shunt(-1.0, 279)))
     assert ok.source == "victron_devices"

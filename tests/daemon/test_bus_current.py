@@ -16,19 +16,14 @@ from typing import Any
 
 import pytest
 
-from aggbatt.sim.pack import PackParams
 from aggbatt.sim.victron import SimDcdc, SimMppt, SimMulti, SimShunt
 from tests.busclient import SignalRecorder, aggregate_values, near, wait_for_values
-from tests.daemonharness import Harness, fast_config, running
+from tests.daemonharness import Harness, running, sim_packs
+from tests.factories import fast_config
 
 BMS_SUM = -7.0
 NOISE = 0.15           # two packs' current noise (2 x 0.05 A) plus rounding
 Device = Any           # one of the aggbatt.sim.victron devices
-
-
-def packs() -> list[PackParams]:
-    return [PackParams(capacity_ah=c, soc=50.0, serial=f"P{i}", noise_a=0.05, noise_mv=1.0)
-            for i, c in enumerate((280.0, 100.0))]
 
 
 @asynccontextmanager
@@ -59,7 +54,8 @@ async def system(bus_address: str, tmp_path: Path, devices: Sequence[Device],
     config = fast_config(service={"tick_interval": 0.1},
                          current={"source": "victron_devices", "stale_after": 0.3, **current})
     async with victron(bus_address, *devices):
-        async with running(bus_address, tmp_path, packs(), config=config, bank_current=BMS_SUM) as h:
+        async with running(bus_address, tmp_path, sim_packs(280.0, 100.0), config=config,
+                           bank_current=BMS_SUM) as h:
             yield h
 
 

@@ -16,17 +16,13 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.auth import AuthAnonymous
 
-from aggbatt.sim.pack import PackParams
 from aggbatt.sim.privatebus import start_private_bus
 from aggbatt.tools.status import STATUS_INTERFACE, forget_missing
 from tests.busclient import aggregate_values, set_value, wait_for_values
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running, sim_pack
+from tests.factories import fast_config
 
 AGG = "com.victronenergy.battery.aggregate"
-
-
-def pack(serial: str, name: str | None = None) -> PackParams:
-    return PackParams(capacity_ah=280, serial=serial, custom_name=name, noise_a=0.05, noise_mv=1.0)
 
 
 def known(tmp_path: Path) -> list[str] | None:
@@ -46,7 +42,8 @@ async def wait_for_known(tmp_path: Path, expected: list[str], timeout: float = 5
 
 async def test_renaming_a_pack_without_serial_leaves_no_ghost(bus_address, tmp_path):
     config = fast_config(freshness={"on_pack_lost": "block_charge"})
-    async with running(bus_address, tmp_path, [pack("", "Left"), pack("P1")], config=config) as h:
+    async with running(bus_address, tmp_path, [sim_pack("", custom_name="Left"), sim_pack("P1")],
+                       config=config) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         left = h.bank.packs[0].service_name
         # what the GUI does when the user renames the pack
@@ -56,7 +53,8 @@ async def test_renaming_a_pack_without_serial_leaves_no_ghost(bus_address, tmp_p
         assert values["/System/NrOfModulesOffline"] == 0
         assert values["/Alarms/BmsCable"] == 0
         assert values["/Info/MaxChargeCurrent"] > 0
-    async with running(bus_address, tmp_path, [pack("", "Right"), pack("P1")], config=config) as h:
+    async with running(bus_address, tmp_path, [sim_pack("", custom_name="Right"), sim_pack("P1")],
+                       config=config) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         assert values["/System/NrOfModulesOffline"] == 0
         assert values["/Info/MaxChargeCurrent"] > 0
@@ -65,7 +63,7 @@ async def test_renaming_a_pack_without_serial_leaves_no_ghost(bus_address, tmp_p
 async def test_a_serial_that_changes_on_every_read_stays_one_pack(bus_address, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="aggbatt")
     config = fast_config(service={"tick_interval": 0.2})
-    async with running(bus_address, tmp_path, [pack("P0"), pack("P1")], config=config) as h:
+    async with running(bus_address, tmp_path, [sim_pack("P0"), sim_pack("P1")], config=config) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         await wait_for_known(tmp_path, ["P0", "P1"])
         written = (tmp_path / "state" / "packs.json").stat().st_mtime_ns
@@ -110,7 +108,7 @@ async def forget(bus_address: str) -> tuple[int, str]:
 
 
 async def test_forget_packs_never_forgets_a_pack_on_the_bus(bus_address, tmp_path):
-    three = [pack("P0"), pack("P1"), pack("P2")]
+    three = [sim_pack("P0"), sim_pack("P1"), sim_pack("P2")]
     async with running(bus_address, tmp_path, three) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 3)
     async with unreadable(bus_address, "com.victronenergy.battery.ttyUSB7"):
@@ -146,9 +144,9 @@ def anonymous_bus() -> Iterator[str]:
 
 
 async def test_forget_packs_is_refused_to_a_caller_of_unknown_user(anonymous_bus, tmp_path):
-    async with running(anonymous_bus, tmp_path, [pack("P0"), pack("P1")]) as h:
+    async with running(anonymous_bus, tmp_path, [sim_pack("P0"), sim_pack("P1")]) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
-    async with running(anonymous_bus, tmp_path, [pack("P0")]) as h:
+    async with running(anonymous_bus, tmp_path, [sim_pack("P0")]) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
         stranger = await MessageBus(bus_address=anonymous_bus, auth=AuthAnonymous()).connect()
         try:

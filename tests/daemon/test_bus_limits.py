@@ -13,15 +13,12 @@ from aggbatt.bus.service import BusItemService
 from aggbatt.sim.pack import PackParams
 from tests.busclient import (aggregate_values, get_items, get_value, set_value,
                              wait_for_values)
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running, sim_pack, sim_packs
+from tests.factories import fast_config
 
 AGG = "com.victronenergy.battery.aggregate"
 INSTANCE_SETTING = "/Settings/Devices/aggbatt/ClassAndVrmInstance"
 NAME_SETTING = "/Settings/Devices/aggbatt/CustomName"
-
-
-def packs(n: int = 2) -> list[PackParams]:
-    return [PackParams(capacity_ah=280, serial=f"P{i}") for i in range(n)]
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -36,7 +33,7 @@ def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 async def test_unusable_instance_in_localsettings_falls_back_to_the_config(
         bus_address, tmp_path, caplog, stored):
     caplog.set_level(logging.INFO)
-    async with running(bus_address, tmp_path, packs(1),
+    async with running(bus_address, tmp_path, sim_packs(280, noise=False),
                        settings_initial={INSTANCE_SETTING: stored, NAME_SETTING: "Shed"}) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
         assert values["/DeviceInstance"] == 100  # service.device_instance of the defaults
@@ -66,7 +63,7 @@ async def test_a_value_the_wire_cannot_carry_makes_only_its_path_invalid(connect
 async def test_custom_name_takes_bounded_text_only_from_a_foreign_client(bus_address, tmp_path,
                                                                          caplog):
     caplog.set_level(logging.INFO)
-    async with running(bus_address, tmp_path, packs(1)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, noise=False)) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
         assert await set_value(h.client, AGG, "/CustomName", Variant("s", "Shed")) == 0
         for bad in (Variant("i", 42), Variant("as", ["Shed", "bank"]), Variant("d", 1.5),
@@ -82,7 +79,7 @@ async def test_custom_name_takes_bounded_text_only_from_a_foreign_client(bus_add
 async def test_custom_name_flood_with_localsettings_frozen_keeps_one_write_in_flight(
         bus_address, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    async with running(bus_address, tmp_path, packs(1)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, noise=False)) as h:
         sim = h.settings
         assert sim is not None
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
@@ -115,7 +112,7 @@ async def test_long_pack_texts_are_cut_before_they_are_republished(bus_address, 
     huge = PackParams(capacity_ah=280, serial="S" * 10_000, custom_name="N" * 10_000,
                       product_name="SerialBattery " + "P" * 10_000)
     config = fast_config(discovery={"cell_voltages": True})
-    async with running(bus_address, tmp_path, [huge, PackParams(capacity_ah=280, serial="P1")],
+    async with running(bus_address, tmp_path, [huge, sim_pack("P1", noise=False)],
                        config=config) as h:
         pack = h.bank.packs[0]
         pack.drift_cell(1, 80.0)  # its cell is the bank's highest

@@ -12,7 +12,8 @@ from dbus_fast.signature import Variant
 
 from aggbatt.sim.pack import PackParams
 from tests.busclient import SignalRecorder, aggregate_values, get_items, wait_for_values
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running, sim_pack
+from tests.factories import fast_config
 
 pytestmark = pytest.mark.bus
 
@@ -20,8 +21,8 @@ AGG = "com.victronenergy.battery.aggregate"
 
 
 def packs() -> list[PackParams]:
-    return [PackParams(capacity_ah=c, soc=60.0, serial=f"P{i}", custom_name=f"Rack {i}",
-                       noise_a=0.05, noise_mv=1.0) for i, c in enumerate((280.0, 100.0))]
+    return [sim_pack(f"P{i}", c, soc=60.0, custom_name=f"Rack {i}")
+            for i, c in enumerate((280.0, 100.0))]
 
 
 def signalled(signals: list[Message], path: str) -> list[Any]:

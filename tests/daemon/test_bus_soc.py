@@ -31,7 +31,8 @@ from aggbatt.sim.pack import PackParams
 from aggbatt.sim.victron import SimShunt
 from aggbatt.core.strategies.coulomb import MIN_SOC_SETTING, STATE_VERSION
 from tests.busclient import near, wait_for_values
-from tests.daemonharness import Harness, fast_config, running
+from tests.daemonharness import Harness, running, sim_pack
+from tests.factories import fast_config
 from tests.daemon.test_bus_current import victron
 
 COUNTER = {"strategy": "coulomb_counter", "save_interval": 0.2, "save_precision": 0.001}
@@ -39,8 +40,7 @@ SHUNT_ALONE = {"source": "victron_devices", "stale_after": 0.3, "shunts": [279],
 
 
 def packs(*socs_and_capacities: tuple[float, float]) -> list[PackParams]:
-    return [PackParams(capacity_ah=c, soc=s, serial=f"P{i}", noise_a=0.05, noise_mv=1.0)
-            for i, (s, c) in enumerate(socs_and_capacities)]
+    return [sim_pack(f"P{i}", c, soc=s) for i, (s, c) in enumerate(socs_and_capacities)]
 
 
 @asynccontextmanager

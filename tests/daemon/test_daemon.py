@@ -10,23 +10,18 @@ from dbus_fast import Variant
 
 from aggbatt.bus.service import ServiceNameTaken
 from aggbatt.daemon import Daemon
-from aggbatt.sim.pack import PackParams, SimPack
+from aggbatt.sim.pack import SimPack
 from tests.busclient import aggregate_values, get_items, set_value, wait_for_values
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running, sim_pack, sim_packs
+from tests.factories import fast_config
 
 AGG = "com.victronenergy.battery.aggregate"
 MANDATORY = ("/Mgmt/ProcessName", "/Mgmt/ProcessVersion", "/Mgmt/Connection", "/DeviceInstance",
              "/ProductId", "/ProductName", "/FirmwareVersion", "/Connected", "/CustomName")
 
 
-def packs(*capacities: float, soc: float = 50.0) -> list[PackParams]:
-    """Packs with a real BMS's reading noise, so a live pack's values keep moving."""
-    return [PackParams(capacity_ah=c, soc=soc, serial=f"P{i}", noise_a=0.05, noise_mv=1.0)
-            for i, c in enumerate(capacities)]
-
-
 async def test_published_service_follows_the_checklist(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280)) as h:
         items = await get_items(h.client, AGG)
         for path in MANDATORY:
             assert path in items, path
@@ -48,7 +43,7 @@ async def test_published_service_follows_the_checklist(bus_address, tmp_path):
 
 
 async def test_bank_values_combine_online_packs(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 100), bank_current=38.0) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 100), bank_current=38.0) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2
                                        and v["/Dc/0/Current"] is not None
                                        and abs(v["/Dc/0/Current"] - 38.0) <= 0.12)  # 2 x 0.05 A noise + rounding
@@ -58,7 +53,7 @@ async def test_bank_values_combine_online_packs(bus_address, tmp_path):
 
 
 async def test_unequal_packs_bank_ccl_respects_each_pack_share(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 100)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 100)) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         ccl = values["/Info/MaxChargeCurrent"]
         for pack in h.bank.packs:
@@ -69,7 +64,7 @@ async def test_unequal_packs_bank_ccl_respects_each_pack_share(bus_address, tmp_
 async def test_a_pack_blocking_charge_zeroes_bank_ccl_without_waiting_for_the_tick(bus_address, tmp_path):
     # only the urgent path can be quick: the periodic tick comes every 10 s
     config = fast_config(service={"tick_interval": 10.0}, safety={"watchdog_timeout": 30.0})
-    async with running(bus_address, tmp_path, packs(280, 280), config=config) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280), config=config) as h:
         await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0)
         h.bank.packs[1].block_charge(True)
         h.bank.packs[1].publish()
@@ -82,7 +77,7 @@ async def test_a_pack_blocking_charge_zeroes_bank_ccl_without_waiting_for_the_ti
 
 
 async def test_a_block_holds_on_the_bus_while_the_blocking_pack_is_gone(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280), bank_current=30.0) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280), bank_current=30.0) as h:
         await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0
                               and v["/System/NrOfModulesOnline"] == 2)
         h.bank.packs[1].block_charge(True)
@@ -101,7 +96,7 @@ async def test_a_block_holds_on_the_bus_while_the_blocking_pack_is_gone(bus_addr
 
 async def test_a_hung_driver_at_rest_is_found_by_a_probe_and_a_quiet_live_one_is_not(
         bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:   # at rest: both are quiet
+    async with running(bus_address, tmp_path, sim_packs(280, 280)) as h:   # at rest: both are quiet
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         h.bank.packs[1].hang(True)
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
@@ -112,7 +107,7 @@ async def test_a_hung_driver_at_rest_is_found_by_a_probe_and_a_quiet_live_one_is
 
 
 async def test_frozen_pack_goes_offline_and_limits_come_from_the_rest(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280, 280), bank_current=30.0) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280, 280), bank_current=30.0) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 3)
         h.bank.packs[2].freeze(True)
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
@@ -124,7 +119,7 @@ async def test_frozen_pack_goes_offline_and_limits_come_from_the_rest(bus_addres
 
 
 async def test_vanished_pack_counts_offline_and_is_readmitted_under_a_new_unique_name(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280)) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         pack = h.bank.packs[0]
         old_owner = pack.unique_name
@@ -138,7 +133,7 @@ async def test_vanished_pack_counts_offline_and_is_readmitted_under_a_new_unique
 
 
 async def test_no_pack_online_invalidates_limits_and_raises_bms_cable(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280)) as h:
         await wait_for_values(h.client, lambda v: v["/Info/MaxChargeVoltage"] is not None)
         h.bank.packs[0].link_lost(True)
         values = await wait_for_values(h.client, lambda v: v["/Info/MaxChargeVoltage"] is None)
@@ -148,7 +143,7 @@ async def test_no_pack_online_invalidates_limits_and_raises_bms_cable(bus_addres
 
 
 async def test_garbage_values_never_crash_and_leave_the_pack_out(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280)) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         h.bank.packs[1].set_override("/Info/MaxChargeCurrent", "lots")
         h.bank.packs[1].set_override("/Dc/0/Voltage", 1000.0)
@@ -159,14 +154,14 @@ async def test_garbage_values_never_crash_and_leave_the_pack_out(bus_address, tm
 
 async def test_settings_service_absent_at_start(bus_address, tmp_path):
     config = fast_config(service={"device_instance": 77})
-    async with running(bus_address, tmp_path, packs(280), config=config, with_settings=False) as h:
+    async with running(bus_address, tmp_path, sim_packs(280), config=config, with_settings=False) as h:
         values = await aggregate_values(h.client)
         assert values["/DeviceInstance"] == 77
         assert values["/System/NrOfModulesOnline"] == 1
 
 
 async def test_custom_name_is_written_to_localsettings(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280)) as h:
         assert await set_value(h.client, AGG, "/CustomName", Variant("s", "Shed bank")) == 0
         assert h.settings is not None
         for _ in range(100):
@@ -177,7 +172,7 @@ async def test_custom_name_is_written_to_localsettings(bus_address, tmp_path):
 
 
 async def test_second_instance_is_refused_with_a_clear_message(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280)):
+    async with running(bus_address, tmp_path, sim_packs(280)):
         second = Daemon(fast_config(), bus_address, tmp_path / "state2")
         with pytest.raises(ServiceNameTaken, match="another instance"):
             await second.start()
@@ -187,7 +182,7 @@ async def test_second_instance_is_refused_with_a_clear_message(bus_address, tmp_
 async def test_a_second_instance_writes_no_state_file(bus_address, tmp_path):
     """It shares the state dir of the running instance, whose files are not its to write."""
     config = fast_config(soc={"strategy": "coulomb_counter"}, charge={"strategy": "own"})
-    async with running(bus_address, tmp_path, packs(280, 280), config=config) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280), config=config) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         state = tmp_path / "state"
         for _ in range(200):  # the running instance saves the SoC it initialised
@@ -204,7 +199,7 @@ async def test_a_second_instance_writes_no_state_file(bus_address, tmp_path):
 
 
 async def test_exception_in_tick_publishes_fail_safe_limits(bus_address, tmp_path, monkeypatch):
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280)) as h:
         await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0)
 
         def broken(*args, **kwargs):
@@ -219,29 +214,29 @@ async def test_exception_in_tick_publishes_fail_safe_limits(bus_address, tmp_pat
 
 
 async def test_sixteen_pack_bank(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(*([100.0] * 16))) as h:
+    async with running(bus_address, tmp_path, sim_packs(*([100.0] * 16))) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 16)
         assert values["/InstalledCapacity"] == pytest.approx(1600.0)
 
 
 async def test_known_packs_survive_a_restart_and_a_missing_one_counts_offline(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280)) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
-    async with running(bus_address, tmp_path, packs(280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280)) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
         assert values["/System/NrOfModulesOffline"] == 1
 
 
 async def test_a_block_survives_a_restart_while_its_pack_is_missing(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280)) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         h.bank.packs[1].block_charge(True)
         await wait_for_values(h.client, lambda v: v["/Info/MaxChargeCurrent"] == 0)
-    async with running(bus_address, tmp_path, packs(280)) as h:   # P1 is missing after it
+    async with running(bus_address, tmp_path, sim_packs(280)) as h:   # P1 is missing after it
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
         assert values["/Info/MaxChargeCurrent"] == 0
         assert "P1 blocks charging" in values["/Info/ChargeLimitation"]
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:   # back, not blocking
+    async with running(bus_address, tmp_path, sim_packs(280, 280)) as h:   # back, not blocking
         await wait_for_values(h.client, lambda v: (v["/Info/MaxChargeCurrent"] or 0) > 0)
 
 
@@ -250,23 +245,23 @@ async def test_forget_packs_drops_a_pack_removed_for_good(bus_address, tmp_path)
 
     from aggbatt.tools.status import forget_missing
 
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280)) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
-    async with running(bus_address, tmp_path, packs(280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280)) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)
         out, err = io.StringIO(), io.StringIO()
         assert await forget_missing(bus_address, AGG, out, err) == 0
         assert "forgot: P1" in out.getvalue()
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 0)
         assert values["/Alarms/BmsCable"] == 0
-    async with running(bus_address, tmp_path, packs(280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280)) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
         assert values["/System/NrOfModulesOffline"] == 0  # the forgotten pack stays forgotten
 
 
 async def test_a_failure_after_the_engine_does_not_stop_the_tick_loop(bus_address, tmp_path,
                                                                       monkeypatch):
-    async with running(bus_address, tmp_path, packs(280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280)) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
 
         def broken(known):
@@ -274,7 +269,7 @@ async def test_a_failure_after_the_engine_does_not_stop_the_tick_loop(bus_addres
 
         monkeypatch.setattr(h.daemon.store, "save_known_packs", broken)
         # A new pack changes the known set, so the next tick tries to save it and raises.
-        extra = SimPack(PackParams(capacity_ah=100, serial="P9", noise_a=0.05, noise_mv=1.0),
+        extra = SimPack(sim_pack("P9", 100),
                         name_suffix="extra9")
         await extra.start(bus_address)
         extra.step(0.0, 0.0)

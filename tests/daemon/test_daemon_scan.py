@@ -13,18 +13,12 @@ from aggbatt.bus.monitor import MAX_PATHS
 from aggbatt.daemon.store import PACKS_FILE, STATE_VERSION
 from aggbatt.daemon.persist import write_json_atomic
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import PackParams
 from tests.busclient import wait_for_values
-from tests.daemonharness import running
+from tests.daemonharness import running, sim_packs
 
 AGG = "com.victronenergy.battery.aggregate"
 MONITOR_LOG = "aggbatt.bus.monitor"
 SLOW = "com.victronenergy.battery.sim2"
-
-
-def packs(count: int) -> list[PackParams]:
-    return [PackParams(capacity_ah=280, serial=f"P{i}", noise_a=0.05, noise_mv=1.0)
-            for i in range(count)]
 
 
 def known_from_an_earlier_run(tmp_path: Path, *ids: str) -> None:
@@ -43,7 +37,7 @@ async def test_the_aggregate_appears_without_waiting_for_a_pack_busy_at_boot(bus
         bank.pack(2).fail_get_items("hang")
 
     began = time.monotonic()
-    async with running(bus_address, tmp_path, packs(2), prepare=busy) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280), prepare=busy) as h:
         # Waiting for the busy pack took two GetItems timeouts (over 10 s) before the name was
         # claimed; the bound is generous on purpose.
         assert time.monotonic() - began < 5.0
@@ -63,7 +57,7 @@ async def test_a_pack_whose_scan_fails_is_retried_shown_in_status_and_joins_when
     def failing(bank: SimBank) -> None:
         bank.pack(2).fail_get_items("error")
 
-    async with running(bus_address, tmp_path, packs(2), prepare=failing) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280), prepare=failing) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 1)
         assert values["/System/NrOfModulesOffline"] == 1
         out, err = io.StringIO(), io.StringIO()
@@ -89,7 +83,7 @@ async def test_a_pack_listing_more_paths_than_kept_is_still_read_and_logged_once
     def crowded(bank: SimBank) -> None:
         bank.pack(2).add_extra_paths(MAX_PATHS + 500)
 
-    async with running(bus_address, tmp_path, packs(2), prepare=crowded) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280), prepare=crowded) as h:
         values = await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         assert values["/InstalledCapacity"] == 560
         h.bank.pack(2).block_charge()

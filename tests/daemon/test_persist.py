@@ -19,7 +19,7 @@ from aggbatt.daemon.persist import MAX_BYTES, StateRead, read_json, write_json_a
 from aggbatt.daemon.selection import read_selection
 from aggbatt.daemon.store import StateStore
 from aggbatt.core.strategies.feedin import Mode
-from tests.daemonharness import fast_config
+from tests.factories import fast_config
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -20,20 +20,16 @@ from aggbatt.config import config_from_dict, default_config
 from aggbatt.daemon.reload import REBUILDS, plan_reload, rebuild_strategies
 from aggbatt.daemon.store import StateStore
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import PackParams
 from aggbatt.sim.settings import SimSettings
 from aggbatt.core.strategies import build_strategies
 from aggbatt.core.strategies.coulomb import CounterInputs
 from aggbatt.core.strategies.current_tables import Limit
 from aggbatt.core.strategies.own_charge import BALANCING_FILE
 from tests.busclient import get_value, set_value, wait_for_values
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running, sim_packs
+from tests.factories import fast_config
 
 AGG = "com.victronenergy.battery.aggregate"
-
-
-def packs(n: int = 2) -> list[PackParams]:
-    return [PackParams(capacity_ah=280, serial=f"P{i}", noise_a=0.05, noise_mv=1.0) for i in range(n)]
 
 
 # ----- the plan (pure) --------------------------------------------------------------------------
@@ -113,7 +109,7 @@ def test_a_rebuilt_own_charge_keeps_its_balancing_record(tmp_path):
 async def test_log_level_is_writeable_at_run_time(bus_address, tmp_path):
     aggbatt_logger = logging.getLogger("aggbatt")
     before = aggbatt_logger.level
-    async with running(bus_address, tmp_path, packs(1)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280)) as h:
         assert (await get_value(h.client, AGG, "/LogLevel")).value == "info"
         assert aggbatt_logger.getEffectiveLevel() == logging.INFO
         assert await set_value(h.client, AGG, "/LogLevel", Variant("s", "debug")) == 0
@@ -130,7 +126,8 @@ async def test_steady_bank_at_info_level_does_not_log_per_tick(bus_address, tmp_
     # a generous stale_after: a loaded CI machine must not turn a late sample into a log line
     config = fast_config(service={"tick_interval": 0.1},
                          freshness={"stale_after": 5.0, "stale_after_idle": 5.0})
-    async with running(bus_address, tmp_path, packs(3), config=config, bank_current=20.0) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280, 280), config=config,
+                       bank_current=20.0) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 3)
         counts = []
         for _ in range(2):
@@ -215,7 +212,7 @@ async def bank_on_bus(bus_address: str, tmp_path: Path) -> AsyncIterator[None]:
     settings = SimSettings(await MessageBus(bus_address=bus_address).connect(),
                            str(tmp_path / "settings.json"))
     await settings.start()
-    bank = SimBank(packs(2))
+    bank = SimBank(sim_packs(280, 280))
     await bank.start(bus_address)
     bank.step(0.0)
     bank.publish()
@@ -302,7 +299,7 @@ async def test_reload_feeds_the_new_limits_to_the_engine_and_keeps_packs_online(
     file = tmp_path / "config.toml"
     file.write_text(OWN.format(ccl=200.0))
     config = fast_config(charge={"strategy": "own"})
-    async with running(bus_address, tmp_path, packs(2), config=config) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280), config=config) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2
                               and (v["/Info/MaxChargeCurrent"] or 0) > 30.0)
         h.daemon.config_path = str(file)

@@ -21,10 +21,10 @@ from aggbatt.daemon.store import StateStore
 from aggbatt.daemon.selection import (
     BATTERY_SERVICE, BMS_INSTANCE, SELECTION_FILE, SelectionError, command, restore, select,
 )
-from aggbatt.sim.pack import PackParams
 from aggbatt.sim.settings import SimSettings
 from tests.busclient import aggregate_values
-from tests.daemonharness import fast_config, running
+from tests.daemonharness import running, sim_packs
+from tests.factories import fast_config
 
 # What systemcalc creates on a GX (victron-contract §5.6): automatic battery monitor and BMS.
 SYSTEMCALC = {BATTERY_SERVICE: "default", BMS_INSTANCE: -1}
@@ -55,10 +55,6 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
         while not predicate():
             await asyncio.sleep(0.02)
     await asyncio.wait_for(poll(), timeout)
-
-
-def packs() -> list[PackParams]:
-    return [PackParams(capacity_ah=280, serial=f"P{i}", noise_a=0.05, noise_mv=1.0) for i in range(2)]
 
 
 # ----- the library ------------------------------------------------------------------------------
@@ -155,17 +151,18 @@ async def test_settings_service_absent_is_a_clear_error(connect, tmp_path):
 async def test_switch_on_selects_a_restart_keeps_it_switch_off_restores(bus_address, tmp_path):
     on = fast_config(service={"select_as_battery": True})
     async with localsettings(bus_address) as sim:
-        async with running(bus_address, tmp_path, packs(), config=on, with_settings=False) as h:
+        async with running(bus_address, tmp_path, sim_packs(280, 280), config=on,
+                           with_settings=False) as h:
             instance = (await aggregate_values(h.client))["/DeviceInstance"]
             ours = {BATTERY_SERVICE: f"com.victronenergy.battery/{instance}", BMS_INSTANCE: instance}
             await wait_until(lambda: chosen(sim) == ours)
             assert saved(tmp_path / "state")["by"] == "config"
         assert chosen(sim) == ours  # a plain stop gives nothing back
-        async with running(bus_address, tmp_path, packs(), config=on, with_settings=False):
+        async with running(bus_address, tmp_path, sim_packs(280, 280), config=on, with_settings=False):
             await asyncio.sleep(0.3)
             assert chosen(sim) == ours
         off = fast_config(service={"select_as_battery": False})
-        async with running(bus_address, tmp_path, packs(), config=off, with_settings=False):
+        async with running(bus_address, tmp_path, sim_packs(280, 280), config=off, with_settings=False):
             await wait_until(lambda: chosen(sim) == SYSTEMCALC)
         assert not (tmp_path / "state" / SELECTION_FILE).exists()
 
@@ -173,12 +170,13 @@ async def test_switch_on_selects_a_restart_keeps_it_switch_off_restores(bus_addr
 async def test_switch_off_leaves_a_selection_made_by_the_command(bus_address, tmp_path):
     off = fast_config(service={"select_as_battery": False})
     async with localsettings(bus_address) as sim:
-        async with running(bus_address, tmp_path, packs(), config=off, with_settings=False) as h:
+        async with running(bus_address, tmp_path, sim_packs(280, 280), config=off,
+                           with_settings=False) as h:
             instance = (await aggregate_values(h.client))["/DeviceInstance"]
             await command(bus_address, True, tmp_path / "state",
                           "com.victronenergy.battery.aggregate", "aggbatt")
             assert sim.values[BMS_INSTANCE] == instance
-        async with running(bus_address, tmp_path, packs(), config=off, with_settings=False):
+        async with running(bus_address, tmp_path, sim_packs(280, 280), config=off, with_settings=False):
             await asyncio.sleep(0.3)
         assert sim.values[BMS_INSTANCE] == instance
         await command(bus_address, False, tmp_path / "state",
@@ -190,7 +188,7 @@ async def test_switch_on_without_settings_service_logs_and_keeps_running(bus_add
                                                                          caplog):
     caplog.set_level(logging.INFO)
     on = fast_config(service={"select_as_battery": True})
-    async with running(bus_address, tmp_path, packs(), config=on, with_settings=False) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280), config=on, with_settings=False) as h:
         for _ in range(150):
             if any("battery selection" in r.getMessage() for r in caplog.records):
                 break

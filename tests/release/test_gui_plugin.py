@@ -23,7 +23,8 @@ import pytest
 from aggbatt.core.engine import Engine, ServiceReading
 from aggbatt.core.pages import info_values
 from aggbatt.daemon.paths import PRODUCT_ID
-from tests.daemonharness import fast_config
+from tests import factories
+from tests.factories import SB, fast_config
 from tests.gxhelpers import REPO
 
 SCREENSHOT = REPO / "docs" / "gui-plugin.png"
@@ -42,15 +43,12 @@ def qt_python() -> str:
 
 
 def reading(n: int, name: str, **values: Any) -> ServiceReading:
-    raw: dict[str, Any] = {
+    return factories.reading(f"{SB}ttyUSB{n}", {
         "/ProductName": "SerialBattery(JKBMS)", "/Serial": f"JK-{n}", "/CustomName": name,
         "/Dc/0/Voltage": 53.2, "/Dc/0/Current": 6.0, "/Soc": 71.0,
         "/Info/MaxChargeVoltage": 55.2, "/Info/MaxChargeCurrent": 100.0,
         "/Info/MaxDischargeCurrent": 150.0, "/Info/ChargeMode": "Bulk",
-    }
-    raw.update(values)
-    return ServiceReading(f"com.victronenergy.battery.ttyUSB{n}", raw, last_change=0.0,
-                          appeared_at=0.0)
+    }, **values)
 
 
 def published() -> dict[str, Any]:
@@ -60,8 +58,8 @@ def published() -> dict[str, Any]:
              reading(1, "Rack B", **{"/Info/MaxChargeCurrent": 0.0, "/Soc": 69.5}),
              reading(2, "Rack C")]
     engine.tick(0.0, packs)
-    later = [packs[0], packs[1], ServiceReading(packs[2].service, packs[2].values, last_change=-20.0,
-                                                appeared_at=-20.0)]
+    later = [packs[0], packs[1], factories.reading(packs[2].service, packs[2].values,
+                                                   last_change=-20.0, appeared_at=-20.0)]
     frozen = engine.tick(0.2, later[:2] + [later[2]])
     values = {path: value for path, value in frozen.values.items() if value is not None}
     values.update(info_values(current_source="victron", soc_strategy="coulomb_counter",

@@ -11,7 +11,7 @@ from aggbatt.core.engine import Engine
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.validation import PACK_PATHS
 from aggbatt.sim.bank import SimBank
-from tests.daemonharness import fast_config
+from tests.factories import fast_config
 
 
 async def test_demo_shows_packs_and_aggregate_and_a_scenario_fault(tmp_path):

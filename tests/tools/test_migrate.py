@@ -18,9 +18,9 @@ from aggbatt.config import load_config
 from aggbatt.tools.migrate import REFERENCE_DEFAULTS, MigrationError, date_of_day, migrate
 from aggbatt.daemon.persist import read_json
 from aggbatt.core.strategies.balancing import BalancingRecord
-from aggbatt.core.snapshot import PackSnapshot
-from aggbatt.core.strategies import CurrentResult, TickContext
+from aggbatt.core.strategies import CurrentResult
 from aggbatt.core.strategies.coulomb import CoulombParams, CoulombSoc, parse_record
+from tests.factories import SB, snapshot, tick_context
 
 REF = Path(__file__).parents[1] / "fixtures" / "reference"
 TODAY = date(2026, 11, 25)
@@ -233,13 +233,11 @@ def _soc_as_packs_come_online(config_toml: Path, state: Path, wall: float) -> li
     strategy = CoulombSoc.from_config(load_config(config_toml))
     read = read_json(state / "soc.json", 1)
     strategy.counter.load(read.data, read.problem, wall)
-    packs = [PackSnapshot(id=f"P{i}", name=f"P{i}", service=f"com.victronenergy.battery.p{i}",
-                          voltage=53.0, current=0.0, soc=90.0, installed_capacity=280.0)
-             for i in range(4)]
+    packs = [snapshot(f"P{i}", service=f"{SB}p{i}", voltage=53.0, current=0.0, soc=90.0,
+                      installed_capacity=280.0) for i in range(4)]
     published = []
     for t in range(120):
-        ctx = TickContext(now=float(t), config=None, online=packs[:1 + t // 10], offline=(),
-                          services=())
+        ctx = tick_context(packs[:1 + t // 10], now=float(t))
         published.append(strategy.estimate(ctx, CurrentResult(0.0, 0.0, "bms_sum")).soc)
     return published
 

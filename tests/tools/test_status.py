@@ -16,17 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggbatt.bus.service import BusItemService
-from aggbatt.sim.pack import PackParams
 from aggbatt.tools.status import main, notes, render_text
 from tests.busclient import aggregate_values, wait_for_values
-from tests.daemonharness import running
+from tests.daemonharness import running, sim_packs
 
 AGG = "com.victronenergy.battery.aggregate"
-
-
-def packs(*capacities: float) -> list[PackParams]:
-    return [PackParams(capacity_ah=c, serial=f"P{i}", noise_a=0.05, noise_mv=1.0)
-            for i, c in enumerate(capacities)]
 
 
 @asynccontextmanager
@@ -54,7 +48,7 @@ async def status(bus_address: str, as_json: bool = False, service: str = AGG,
 
 
 async def test_text_shows_packs_aggregate_limits_and_a_wrong_battery_choice(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 100), bank_current=20.0) as h, \
+    async with running(bus_address, tmp_path, sim_packs(280, 100), bank_current=20.0) as h, \
             systemcalc(bus_address, "com.victronenergy.battery/1", "com.victronenergy.battery.sim1"):
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         code, text, err = await status(bus_address)
@@ -73,7 +67,7 @@ async def test_text_shows_packs_aggregate_limits_and_a_wrong_battery_choice(bus_
 
 
 async def test_json_matches_what_the_aggregate_publishes(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280), bank_current=10.0) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280), bank_current=10.0) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         instance = (await aggregate_values(h.client))["/DeviceInstance"]
         async with systemcalc(bus_address, f"com.victronenergy.battery/{instance}", AGG):
@@ -97,7 +91,7 @@ async def test_json_matches_what_the_aggregate_publishes(bus_address, tmp_path):
 
 
 async def test_multiple_batteries_alarm_is_explained_as_expected(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280)) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280)) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         instance = (await aggregate_values(h.client))["/DeviceInstance"]
         async with systemcalc(bus_address, f"com.victronenergy.battery/{instance}", AGG,
@@ -122,7 +116,7 @@ def test_multiple_batteries_is_no_note_when_another_bms_controls_dvcc():
 
 
 async def test_offline_pack_shows_its_reason_and_a_warning(bus_address, tmp_path):
-    async with running(bus_address, tmp_path, packs(280, 280), bank_current=30.0) as h:
+    async with running(bus_address, tmp_path, sim_packs(280, 280), bank_current=30.0) as h:
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOnline"] == 2)
         h.bank.packs[1].freeze(True)
         await wait_for_values(h.client, lambda v: v["/System/NrOfModulesOffline"] == 1)

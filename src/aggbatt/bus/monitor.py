@@ -24,6 +24,9 @@ Rules (docs/victron-contract.md §2 and §6.2):
   `max_paths` paths are kept per service (values of a class followed in full, and the listed paths
   the match-rule plan weighs); a service that lists more is logged once, its extra paths ignored,
   and its wanted paths get one rule each, since its namespaces cannot be judged.
+- GetItems is called on a second connection served by a thread of its own (bus/scanner.py): a
+  reply of tens of MB is decoded and cut down to what is kept there, not on the loop that handles
+  signals. If that connection cannot be opened or is lost, scans use the main one.
 
 Theory of operation. Owner changes of one well-known name are handled strictly in order by one
 worker task per name, so a quick vanish + return cannot race (victron-contract §2.5). Signals are applied
@@ -98,6 +101,7 @@ from dbus_fast import Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.validators import is_object_path_valid
 
+from aggbatt.bus.scanner import Scanner
 from aggbatt.bus.values import unwrap
 
 BUSITEM = "com.victronenergy.BusItem"
@@ -325,6 +329,8 @@ class Monitor:
         self._owner_events: dict[str, int] = {}
         self._started = False
         self._closed = False
+        # GetItems goes through it, so a huge reply is never decoded on this loop (bus/scanner.py).
+        self._scanner: Scanner | None = None
 
     # ----- public ------------------------------------------------------------------------
 
@@ -334,6 +340,11 @@ class Monitor:
         if self._started:
             raise RuntimeError("Monitor.start() called twice")
         self._started = True
+        try:
+            self._scanner = await Scanner.open(self.bus, self.call_timeout)
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the main connection still works
+            log.warning("no second connection for scans (%s): scanning on the main one, where a "
+                        "service listing a huge number of paths holds up the daemon", exc)
         self.bus.add_message_handler(self._on_message)
         await self._dbus("AddMatch", "s", [NAME_OWNER_RULE])
         await self._scan_listed(None, settle)
@@ -385,6 +396,8 @@ class Monitor:
         if self._closed:
             return
         self._closed = True
+        if self._scanner is not None:
+            self._scanner.stop()
         self.bus.remove_message_handler(self._on_message)
         for name in list(self._retries):
             self._stop_retrying(name)
@@ -400,6 +413,8 @@ class Monitor:
         self._by_owner.clear()
         self._by_name.clear()
         self.services.clear()
+        if self._scanner is not None:
+            await self._scanner.close()
 
     # ----- signal handler (hot path: keep it cheap) ----------------------------------------
 
@@ -607,20 +622,17 @@ class Monitor:
         """One GetItems; apply it to the paths no signal has updated. Return why it failed."""
         service = tracked.service
         try:
-            reply = await self._call(service.owner, "/", BUSITEM, "GetItems")
+            listed, items = await self._get_items(tracked)
         except CallFailed as exc:
             return str(exc)
-        if reply.signature != "a{sa{sv}}":
-            return f"GetItems returned signature {reply.signature!r} instead of 'a{{sa{{sv}}}}'"
-        items = reply.body[0]
         instance = _device_instance(items.get("/DeviceInstance"))
         if instance is None and service.service_class not in NO_INSTANCE_CLASSES:
             return "no valid /DeviceInstance (a service must publish it before claiming its name)"
         seen = tracked.seen or set()
         now = self._clock()
-        tracked.crowded = len(items) > self.max_paths
+        tracked.crowded = listed > self.max_paths
         if tracked.crowded:
-            self._too_many(service.name, len(items))
+            self._too_many(service.name, listed)
         tracked.known = frozenset() if tracked.crowded else frozenset(items)
         entries = self._wanted_entries(tracked, items)
         if tracked.paths is None:
@@ -658,17 +670,17 @@ class Monitor:
             return
         tracked.seen = set()
         try:
-            reply = await self._call(owner, "/", BUSITEM, "GetItems")
+            _, items = await self._get_items(tracked)
         except CallFailed as exc:
             log.warning("%s: cannot read the newly wanted paths: %s", name, exc)
             return
         finally:
             seen, tracked.seen = tracked.seen, None
-        if reply.signature != "a{sa{sv}}" or self._by_owner.get(owner) is not tracked:
+        if self._by_owner.get(owner) is not tracked:
             return
         fresh = {
             path: unwrap(entry["Value"])
-            for path, entry in self._wanted_entries(tracked, reply.body[0])
+            for path, entry in self._wanted_entries(tracked, items)
             if path not in old and path not in seen and "Value" in entry
         }
         self._apply(tracked, fresh)
@@ -814,12 +826,47 @@ class Monitor:
     async def _dbus(self, member: str, signature: str = "", body: list[Any] | None = None) -> Message:
         return await self._call(DBUS, DBUS_PATH, DBUS, member, signature, body)
 
+    async def _get_items(self, tracked: _Tracked) -> tuple[int, Mapping[str, Any]]:
+        """How many paths the service lists, and its GetItems entries: all of them when it lists
+        at most max_paths, else only /DeviceInstance and the wanted ones (max_paths at most).
+
+        Through the scanner, the reply is decoded and cut down on the scanner's thread, and what
+        is thrown away is freed there too: the loop never holds a huge reply."""
+        owner = tracked.service.owner
+
+        async def get_items(bus: MessageBus) -> tuple[int, Mapping[str, Any]]:
+            reply = await self._call(owner, "/", BUSITEM, "GetItems", bus=bus)
+            if reply.signature != "a{sa{sv}}":
+                raise CallFailed(f"GetItems returned signature {reply.signature!r} "
+                                 "instead of 'a{sa{sv}}'")
+            items = reply.body[0]
+            if len(items) <= self.max_paths:
+                return len(items), items
+            kept = dict(islice(self._wanted_entries(tracked, items), self.max_paths))
+            if "/DeviceInstance" in items:
+                kept["/DeviceInstance"] = items["/DeviceInstance"]
+            return len(items), kept
+
+        if self._scanner is None:
+            return await get_items(self.bus)
+        if not self._scanner.alive:
+            self._log_once("", "scanner", logging.WARNING,
+                           "the second connection for scans was lost: scanning on the main one")
+            return await get_items(self.bus)
+        try:
+            return await self._scanner.run(get_items, self.call_timeout)
+        except asyncio.TimeoutError:
+            raise CallFailed(f"no answer to GetItems within {self.call_timeout:g} s") from None
+        except ConnectionError as exc:
+            raise CallFailed(f"GetItems failed: {exc}") from None
+
     async def _call(self, destination: str, path: str, interface: str, member: str,
-                    signature: str = "", body: list[Any] | None = None) -> Message:
+                    signature: str = "", body: list[Any] | None = None, *,
+                    bus: MessageBus | None = None) -> Message:
         msg = Message(destination=destination, path=path, interface=interface, member=member,
                       signature=signature, body=body or [])
         try:
-            reply = await asyncio.wait_for(self.bus.call(msg), self.call_timeout)
+            reply = await asyncio.wait_for((bus or self.bus).call(msg), self.call_timeout)
         except asyncio.TimeoutError:
             raise CallFailed(f"no answer to {member} within {self.call_timeout:g} s") from None
         except Exception as exc:
