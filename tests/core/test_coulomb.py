@@ -26,7 +26,7 @@ from aggbatt.core.strategies.coulomb import (
     CounterInputs,
     interval_charge,
 )
-from tests.factories import reading, snapshot, tick_context
+from tests.factories import snapshot, tick_context
 
 WALL = 1_750_000_000.0  # some wall-clock time (2025-06-15), unrelated to the monotonic clock
 
@@ -520,11 +520,10 @@ def test_coulomb_soc_strategy_reads_packs_and_the_ess_minimum() -> None:
     strategy = CoulombSoc(CoulombParams(full_cell_voltage=3.45, max_gap=10.0))
     strategy.counter.load(None, "no file", WALL)
     packs = (_snapshot("a", 60.0, 300.0, 3.34, 3.30), _snapshot("b", 20.0, 100.0, 3.31, 3.25))
-    settings_reading = reading("com.victronenergy.settings",
-                               {"/Settings/CGwacs/BatteryLife/MinimumSocLimit": 30.0})
+    ess = {"/Settings/CGwacs/BatteryLife/MinimumSocLimit": 30.0}
 
-    def ctx(now: float, online=packs, services=(settings_reading,)) -> TickContext:
-        return tick_context(online, now=now, services=services)
+    def ctx(now: float, online=packs, settings=ess) -> TickContext:
+        return tick_context(online, now=now, settings=settings)
 
     discharging = CurrentResult(current=-20.0, power=None, source="bms_sum")
     first = strategy.estimate(ctx(0.0), discharging)
@@ -534,7 +533,7 @@ def test_coulomb_soc_strategy_reads_packs_and_the_ess_minimum() -> None:
     assert first.time_to_go == round(3600 * (200.0 - 120.0) / 20.0)     # down to 30 % of 400 Ah
     save = strategy.take_save()
     assert save is not None and save.charge_ah == pytest.approx(200.0) and strategy.take_save() is None
-    second = strategy.estimate(ctx(1.0, services=()), discharging)      # no settings: to 0 %
+    second = strategy.estimate(ctx(1.0, settings={}), discharging)      # no settings: to 0 %
     assert second.time_to_go == round(3600 * (200.0 - 20.0 / 3600) / 20.0)
     full = (_snapshot("a", 60.0, 300.0, 3.46, 3.30), packs[1])
     assert strategy.estimate(ctx(2.0, online=full), discharging).soc == 100.0

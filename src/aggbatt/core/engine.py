@@ -260,9 +260,17 @@ class Engine:
 
     # ---- the tick -------------------------------------------------------------------------
 
+    def reconfigure(self, config: Any, strategies: Strategies) -> None:
+        """A config reload: the next tick runs with `config` and `strategies`; what the engine
+        tracks of the packs (online states, readmission timers, known ids) is kept."""
+        self.config = config
+        self.strategies = strategies
+
     def tick(self, now: float, services: Sequence[ServiceReading],
-             wall: float | datetime | None = None) -> TickResult:
-        """`now`: monotonic seconds; `wall`: wall-clock time for calendar rules (own charge)."""
+             wall: float | datetime | None = None,
+             settings: Mapping[str, Any] | None = None) -> TickResult:
+        """`now`: monotonic seconds; `wall`: wall-clock time for calendar rules (own charge);
+        `settings`: the localsettings values the strategies read (TickContext.settings)."""
         cfg = self.config
         events: list[Event] = []
         present = self._identify(now, services, events)
@@ -276,7 +284,8 @@ class Engine:
         held = self._held(present, trackers, events)
         shares = self._shares.update(now, online, measurable_current(cfg))
         ctx = TickContext(now=now, config=cfg, online=tuple(online), offline=tuple(offline),
-                          services=tuple(services), wall=wall, held=tuple(held), shares=shares)
+                          services=tuple(services), wall=wall, held=tuple(held), shares=shares,
+                          settings=dict(settings or {}))
         current = self.strategies.current.measure(ctx)
         self._source_current = current.current
         soc = self.strategies.soc.estimate(ctx, current)

@@ -37,9 +37,10 @@ Rules (docs/reference-aggregator.md §3-§6; the reference's defects of §11 ite
 - Feed-in guard condition: dynamic CVL active, or (feedin.also_when_blocking) any pack blocks
   charging. The daemon runs the guard (feedin.py) from `feedin_wanted`/`feedin_reason`.
 
-State: the balancing record (balancing.py) is handed over once with `load` before the first tick and
-leaves through `balancing_save` whenever it changed; the daemon writes it to the state dir. The DCL
-latch and the dynamic CVL controller are not persisted (see their modules).
+State: the balancing record (balancing.py) is handed over once with `load` (`restore_state`) before
+the first tick and leaves through `balancing_save` whenever it changed; the daemon writes what
+`state_to_save` hands it to the state dir. The DCL latch and the dynamic CVL controller are not
+persisted (see their modules). The feed-in wish of each decision leaves once through `take_feedin`.
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ from aggbatt.core.events import (
 )
 from aggbatt.core.pack_paths import CHARGE_MODE
 from aggbatt.core.snapshot import PackSnapshot
-from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
+from aggbatt.core.strategies import ChargeLimits, CurrentResult, StateFile, TickContext
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, Bound, bound
 from aggbatt.core.strategies.balancing import (
     Balancing, BalancingInputs, BalancingParams, BalancingRecord, Phase,
 )
+from aggbatt.core.strategies.balancing import STATE_VERSION as BALANCING_VERSION
 from aggbatt.core.strategies.current_tables import (
     CurrentTables, Latch, Limit, Table, TableInputs, TableParams,
 )
@@ -195,6 +197,7 @@ def _cap(limit: Bound) -> Limit:
 
 class OwnCharge:
     name = "own"
+    state_file = StateFile(BALANCING_FILE, BALANCING_VERSION, "the balancing state", retry=True)
 
     def __init__(self, config: Any) -> None:
         self.params = OwnParams.from_config(config)
@@ -221,6 +224,8 @@ class OwnCharge:
         # pack id -> the last distrusted count: said once per count, not at every voltage swing
         self._misfits: dict[str, int] = {}
         self.last: OwnDecision | None = None
+        self._unsaved: dict[str, Any] | None = None  # a changed balancing record not handed out
+        self._feedin_wish: tuple[bool, str] | None = None  # the latest decision's, not taken
 
     def load(self, data: Mapping[str, Any] | None, problem: str | None) -> None:
         """The balancing state as read by persist.read_json; used at the first tick."""
@@ -234,6 +239,9 @@ class OwnCharge:
                                _cap(bound(ctx, CHARGE)), _cap(bound(ctx, DISCHARGE)),
                                charging=_charging(current.current, self.idle_current), known=known)
         self.last = decision
+        if decision.balancing_save is not None:
+            self._unsaved = dict(decision.balancing_save)
+        self._feedin_wish = (decision.feedin_wanted, decision.feedin_reason)
         return ChargeLimits(
             cvl=decision.cvl, ccl=decision.ccl.value, dcl=decision.dcl.value,
             charge_reason=decision.ccl.reason, discharge_reason=decision.dcl.reason,
@@ -437,3 +445,29 @@ class OwnCharge:
 
     def next_balancing(self, today: date) -> date | None:
         return self.balancing.next_due(today) if self.balancing is not None else None
+
+    # ----- lifecycle hooks (strategies.Stateful, Reporting) --------------------------------------
+
+    def restore_state(self, data: Mapping[str, Any] | None, problem: str | None,
+                      wall: float) -> None:
+        self.load(data, problem)
+
+    def state_to_save(self, wall: float) -> dict[str, Any] | None:
+        record, self._unsaved = self._unsaved, None
+        return record
+
+    def state_at_stop(self, wall: float) -> dict[str, Any] | None:
+        return self.state_to_save(wall)
+
+    def state_to_carry(self, wall: float) -> dict[str, Any] | None:
+        return self.balancing.record.to_json() if self.balancing is not None else None
+
+    def take_feedin(self) -> tuple[bool, str] | None:
+        """(wanted, reason) of the decision made since the last call, once; None after a tick
+        that failed (no new decision: the feed-in guard waits)."""
+        wish, self._feedin_wish = self._feedin_wish, None
+        return wish
+
+    def status(self) -> dict[str, Any]:
+        balancing = self.balancing
+        return {"balancing": balancing.record.to_json() if balancing is not None else None}

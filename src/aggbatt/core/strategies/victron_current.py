@@ -210,6 +210,13 @@ class VictronDevices:
         self._last = result
         return result
 
+    def subscriptions(self) -> dict[str, frozenset[str]]:
+        """The Victron devices whose current this source adds up (strategies.Subscribing)."""
+        classes = {c: frozenset(p) for c, p in SERVICE_PATHS.items()}
+        if not self.params.include_dcdc:
+            del classes["dcdc"]
+        return classes
+
     def status(self) -> dict[str, Any]:
         last = self._last
         return {"source": last.source, "blocked": last.block, "problems": list(last.problems),
