@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from aggbatt.bus.monitor import MAX_PATHS
-from aggbatt.daemon.store import PACKS_FILE, STATE_VERSION
 from aggbatt.daemon.persist import write_json_atomic
+from aggbatt.daemon.store import PACKS_FILE, STATE_VERSION
 from aggbatt.sim.bank import SimBank
 from aggbatt.tools import status
 from tests.busclient import wait_for_values

@@ -17,7 +17,6 @@ import pytest
 from dbus_fast.aio import MessageBus
 
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
-from aggbatt.daemon.store import StateStore
 from aggbatt.daemon.selection import (
     BATTERY_SERVICE,
     BMS_INSTANCE,
@@ -27,6 +26,7 @@ from aggbatt.daemon.selection import (
     restore,
     select,
 )
+from aggbatt.daemon.store import StateStore
 from aggbatt.sim.settings import SimSettings
 from tests.busclient import aggregate_values
 from tests.daemonharness import running, sim_packs

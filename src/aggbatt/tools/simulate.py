@@ -32,15 +32,23 @@ from typing import Any
 
 from aggbatt.core.engine import CHARGE_LIMITATION, DISCHARGE_LIMITATION, Engine
 from aggbatt.core.pack_paths import (
-    CCL, CHARGE_MODE, CVL, DCL, MAX_CELL_VOLTAGE, MIN_CELL_VOLTAGE, SOC, VOLTAGE,
+    CCL,
+    CHARGE_MODE,
+    CVL,
+    DCL,
+    MAX_CELL_VOLTAGE,
+    MIN_CELL_VOLTAGE,
+    SOC,
+    VOLTAGE,
 )
 from aggbatt.core.snapshot import ServiceReading
+from aggbatt.core.strategies import is_stateful
+from aggbatt.core.strategies.balancing import BalancingRecord
+from aggbatt.core.strategies.own_charge import BALANCING_FILE
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.lfp import ocv as lfp_ocv
 from aggbatt.sim.lfp import piecewise_linear
 from aggbatt.sim.pack import PackParams, SimPack
-from aggbatt.core.strategies.balancing import BalancingRecord
-from aggbatt.core.strategies.own_charge import BALANCING_FILE
 
 DAY = 86400.0
 ROW_EVERY = 60.0  # s between CSV rows
@@ -190,8 +198,7 @@ def run_day(config: Any, options: SimulateOptions) -> Day:
     engine = Engine(config.model_copy(update={"service": service}))
     start = datetime.combine(options.day or date.today(), datetime.min.time())
     charge = engine.strategies.charge
-    state = getattr(charge, "state_file", None)
-    if state is not None and state.name == BALANCING_FILE:  # it keeps a balancing record
+    if is_stateful(charge) and charge.state_file.name == BALANCING_FILE:  # it keeps a balancing record
         charge.restore_state(BalancingRecord(last_balancing=options.last_balancing).to_json(),
                              None, start.timestamp())
     total_capacity = sum(p.params.capacity_ah for p in packs)
