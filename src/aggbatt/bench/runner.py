@@ -49,10 +49,10 @@ from dbus_fast import Message, MessageType
 
 from aggbatt.bench import report
 from aggbatt.bench.probes import Meter, Observer, connections_of, match_rules
+from aggbatt.daemon.status_api import STATUS_INTERFACE
 from aggbatt.sim.privatebus import start_private_bus
 
 AGGREGATE = "com.victronenergy.battery.aggregate"
-STATUS_INTERFACE = "io.github.aggbatt.Status"  # the daemon's own status call (daemon.py)
 CCL = "/Info/MaxChargeCurrent"
 OFFLINE = "/System/NrOfModulesOffline"
 ONLINE = "/System/NrOfModulesOnline"
