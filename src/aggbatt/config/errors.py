@@ -21,6 +21,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
+from aggbatt.errors import AggbattError
+
 
 def fmt(number: float) -> str:
     return f"{number:g}"
@@ -52,7 +54,7 @@ class ConfigIssue:
         return f"{where}: {self.key} = {show(self.value)}\n    {self.message}"
 
 
-class ConfigError(Exception):
+class ConfigError(AggbattError):
     """The configuration is unusable; `errors` holds every issue, str() is the full report."""
 
     def __init__(self, errors: Sequence[ConfigIssue], source: str = "<string>") -> None:

@@ -31,13 +31,14 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+from aggbatt.errors import AggbattError
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import SimPack
 
 log = logging.getLogger(__name__)
 
 
-class ScenarioError(ValueError):
+class ScenarioError(AggbattError, ValueError):
     """A scenario that cannot be loaded or does not fit the bank; `errors` lists every problem."""
 
     def __init__(self, source: str, errors: list[str]) -> None:
