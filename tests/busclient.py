@@ -76,6 +76,14 @@ async def until(event: asyncio.Event, predicate, timeout: float = 3.0) -> None:
     await asyncio.wait_for(_wait(), timeout)
 
 
+async def eventually(predicate, timeout: float = 3.0, interval: float = 0.01) -> None:
+    """Wait until predicate() holds, checking every `interval` s (for conditions no event marks)."""
+    async def _wait() -> None:
+        while not predicate():
+            await asyncio.sleep(interval)
+    await asyncio.wait_for(_wait(), timeout)
+
+
 def near(path: str, expected: float, tolerance: float):
     """A wait_for_values predicate: `path` is valid and within tolerance of expected."""
     def check(values: dict[str, Any]) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from aggbatt.config import config_from_dict, default_config
+from aggbatt.core.events import LimitSourceChanged
 from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, OfflinePack
 from aggbatt.core.strategies.charge import (
@@ -210,7 +211,9 @@ def test_absorption_hold_says_once_which_rule_sets_the_cvl() -> None:
     strategy.limits(ctx(absorbing, config=config), NO_CURRENT)
     lowered = [pack("A", cvl=55.2, charge_mode="Absorption"), pack("B", cvl=56.8, charge_mode="Bulk")]
     first = strategy.limits(ctx(lowered, config=config), NO_CURRENT)
-    assert first.cvl == 55.2 and first.events == ("CVL now set by: Pack A lowers its CVL",)
+    assert first.cvl == 55.2
+    assert first.events == (LimitSourceChanged("CVL", "Pack A lowers its CVL"),)
+    assert str(first.events[0]) == "CVL now set by: Pack A lowers its CVL"
     again = strategy.limits(ctx(lowered, config=config), NO_CURRENT)
     assert again.cvl == 55.2 and again.events == ()
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
+from aggbatt.core.events import Event
 from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.daemon.persist import read_json, write_json_atomic
 from aggbatt.sim.bank import SimBank
@@ -25,7 +26,7 @@ from aggbatt.core.strategies.coulomb import (
     CounterInputs,
     interval_charge,
 )
-from tests.factories import reading, snapshot, tick_context
+from tests.factories import snapshot, tick_context
 
 WALL = 1_750_000_000.0  # some wall-clock time (2025-06-15), unrelated to the monotonic clock
 
@@ -102,7 +103,7 @@ def test_a_gap_longer_than_max_gap_counts_nothing() -> None:
     charge = counter.charge
     step = counter.update(61.0, CounterInputs(current=-100.0, capacity=200.0))
     assert counter.charge == charge
-    assert any("60.0 s since the last tick" in e for e in step.events)
+    assert any("60.0 s since the last tick" in str(e) for e in step.events)
     counter.update(62.0, CounterInputs(current=-100.0, capacity=200.0))
     assert counter.charge == pytest.approx(charge - 100.0 / 3600)             # counting again
 
@@ -112,18 +113,18 @@ def test_monotonic_clock_going_back_counts_nothing() -> None:
     counter.update(10.0, CounterInputs(current=0.0, capacity=200.0))
     step = counter.update(9.0, CounterInputs(current=-100.0, capacity=200.0))
     assert counter.charge == pytest.approx(100.0)
-    assert any("went back" in e for e in step.events)
+    assert any("went back" in str(e) for e in step.events)
 
 
 def test_missing_current_counts_nothing_and_says_so_once() -> None:
     counter = started()
-    events = []
+    events: list[Event] = []
     for t in range(1, 5):
         events += counter.update(float(t), CounterInputs(current=None, capacity=200.0)).events
     assert counter.charge == pytest.approx(100.0)
-    assert sum("no bank current" in e for e in events) == 1
+    assert sum("no bank current" in str(e) for e in events) == 1
     events = counter.update(5.0, CounterInputs(current=36.0, capacity=200.0)).events
-    assert any("counting again" in e for e in events)
+    assert any("counting again" in str(e) for e in events)
     assert counter.charge == pytest.approx(100.0 + 36.0 / 3600)                # the valid end, 1 s
 
 
@@ -138,12 +139,12 @@ def test_counting_never_reads_the_wall_clock_and_a_jump_before_a_restart() -> No
     forward.load(record, None, WALL + 86400 + 5)                  # clock stepped +1 day meanwhile
     step = forward.update(0.0, CounterInputs(current=0.0, capacity=200.0, bms_soc=80.0))
     assert forward.charge == pytest.approx(100.0 - (9.0 + 18.0 * 599) / 3600, abs=1e-4)
-    assert any("restored" in e for e in step.events)
+    assert any("restored" in str(e) for e in step.events)
     back = CoulombCounter(CoulombParams(max_state_age=7 * 86400))
     back.load(record, None, WALL - 86400)                         # clock stepped -1 day: from the future
     step = back.update(0.0, CounterInputs(current=0.0, capacity=200.0, bms_soc=80.0))
     assert back.charge == pytest.approx(160.0)
-    assert any("in the future" in e for e in step.events)
+    assert any("in the future" in str(e) for e in step.events)
 
 
 # ----- resets --------------------------------------------------------------------------------
@@ -155,14 +156,14 @@ def test_full_reset_waits_for_tail_current_and_hold_time() -> None:
     high = {"max_cell_voltage": 3.47}
     run(counter, 0.0, 300.0, 30.0, **high)                        # peak cell, but 30 A > tail
     assert counter.charge == pytest.approx(180.0 + 2.5)
-    events: list[str] = []
+    events: list[Event] = []
     for t in range(301, 420):
         step = counter.update(float(t), CounterInputs(current=4.0, capacity=200.0, **high))
         events += step.events
         if t < 301 + 60:
             assert counter.charge < 200.0, t
     assert counter.charge == 200.0
-    assert sum("reset to 100 %" in e for e in events) == 1
+    assert sum("reset to 100 %" in str(e) for e in events) == 1
 
 
 def test_full_reset_timer_restarts_when_the_condition_breaks() -> None:
@@ -204,7 +205,7 @@ def test_capacity_change_keeps_the_soc_and_comes_back() -> None:
     step = counter.update(1.0, CounterInputs(current=0.0, capacity=200.0))   # a pack lost
     assert counter.charge == pytest.approx(150.0)
     assert step.values["/Soc"] == pytest.approx(75.0)
-    assert any("400.0 -> 200.0 Ah" in e for e in step.events)
+    assert any("400.0 -> 200.0 Ah" in str(e) for e in step.events)
     counter.update(2.0, CounterInputs(current=0.0, capacity=None))           # no pack online
     assert counter.charge == pytest.approx(150.0)
     counter.update(3.0, CounterInputs(current=0.0, capacity=400.0))          # back
@@ -257,7 +258,7 @@ def test_restores_a_valid_record_without_rewriting_it() -> None:
     step = counter.update(0.0, CounterInputs(current=0.0, capacity=200.0, bms_soc=10.0))
     assert step.values["/Soc"] == pytest.approx(61.5)
     assert step.save is None
-    assert any("restored" in e and "3600 s ago" in e for e in step.events)
+    assert any("restored" in str(e) and "3600 s ago" in str(e) for e in step.events)
 
 
 def test_restore_keeps_the_soc_when_fewer_packs_are_online_at_start() -> None:
@@ -322,7 +323,7 @@ def test_record_without_capacity_that_exceeds_the_bank_is_not_used() -> None:
                                                bms_soc=40.0)).values["/Soc"] is None
     step = counter.update(30.0, CounterInputs(current=0.0, capacity=280.0, bms_soc=40.0))
     assert step.values["/Soc"] == pytest.approx(40.0)
-    assert any("exceeds the 280.0 Ah" in e for e in step.events), step.events
+    assert any("exceeds the 280.0 Ah" in str(e) for e in step.events), step.events
 
 
 @pytest.mark.parametrize("content, why", [
@@ -345,7 +346,7 @@ def test_unusable_state_file_initialises_from_the_bms(tmp_path: Path, content: s
     step = counter.update(0.0, CounterInputs(current=0.0, capacity=280.0, bms_soc=55.0))
     assert step.values["/Soc"] == pytest.approx(55.0)
     assert step.save is not None and step.save.reason == "initialised"
-    assert any("BMS SoC 55.0 %" in e and why in e for e in step.events), step.events
+    assert any("BMS SoC 55.0 %" in str(e) and why in str(e) for e in step.events), step.events
 
 
 @pytest.mark.parametrize("saved_at, why", [
@@ -359,7 +360,7 @@ def test_state_from_the_future_or_too_old_is_not_used(saved_at: float, why: str)
                  None, WALL)
     step = counter.update(0.0, CounterInputs(current=0.0, capacity=280.0, bms_soc=70.0))
     assert counter.charge == pytest.approx(196.0)
-    assert any(why in e for e in step.events)
+    assert any(why in str(e) for e in step.events)
 
 
 def test_small_clock_skew_and_naive_or_z_times_are_accepted() -> None:
@@ -519,11 +520,10 @@ def test_coulomb_soc_strategy_reads_packs_and_the_ess_minimum() -> None:
     strategy = CoulombSoc(CoulombParams(full_cell_voltage=3.45, max_gap=10.0))
     strategy.counter.load(None, "no file", WALL)
     packs = (_snapshot("a", 60.0, 300.0, 3.34, 3.30), _snapshot("b", 20.0, 100.0, 3.31, 3.25))
-    settings_reading = reading("com.victronenergy.settings",
-                               {"/Settings/CGwacs/BatteryLife/MinimumSocLimit": 30.0})
+    ess = {"/Settings/CGwacs/BatteryLife/MinimumSocLimit": 30.0}
 
-    def ctx(now: float, online=packs, services=(settings_reading,)) -> TickContext:
-        return tick_context(online, now=now, services=services)
+    def ctx(now: float, online=packs, settings=ess) -> TickContext:
+        return tick_context(online, now=now, settings=settings)
 
     discharging = CurrentResult(current=-20.0, power=None, source="bms_sum")
     first = strategy.estimate(ctx(0.0), discharging)
@@ -533,7 +533,7 @@ def test_coulomb_soc_strategy_reads_packs_and_the_ess_minimum() -> None:
     assert first.time_to_go == round(3600 * (200.0 - 120.0) / 20.0)     # down to 30 % of 400 Ah
     save = strategy.take_save()
     assert save is not None and save.charge_ah == pytest.approx(200.0) and strategy.take_save() is None
-    second = strategy.estimate(ctx(1.0, services=()), discharging)      # no settings: to 0 %
+    second = strategy.estimate(ctx(1.0, settings={}), discharging)      # no settings: to 0 %
     assert second.time_to_go == round(3600 * (200.0 - 20.0 / 3600) / 20.0)
     full = (_snapshot("a", 60.0, 300.0, 3.46, 3.30), packs[1])
     assert strategy.estimate(ctx(2.0, online=full), discharging).soc == 100.0

@@ -10,6 +10,11 @@ import pytest
 
 from aggbatt.config import default_config
 from aggbatt.core.engine import DYNAMIC_PATHS, Engine, TickResult
+from aggbatt.core.events import (
+    Event, KnownPacksForgotten, LimitSourceChanged, PackHolds, PackIdChanged, PackIdFlapping,
+    PackIdShared, PackOnline, PackWentOffline, StrategyNote, TickFailed, TicksRecovered,
+    ValueIgnored,
+)
 from aggbatt.core.pack_paths import SAFETY_PATHS
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.validation import PACK_PATHS
@@ -55,8 +60,12 @@ def test_three_unequal_packs() -> None:
     assert v["/TimeToGo"] is None                       # charging
     assert result.known_packs == frozenset({"A", "B", "C"})
     assert [p.id for p in result.packs] == ["A", "B", "C"] and all(p.online for p in result.packs)
-    assert "Pack A: online (com.victronenergy.battery.ttyUSB0)" in result.events
-    assert "charge limit now set by: Pack B CCL 100 A at 50% share" in result.events
+    assert PackOnline("Pack A", SB + "ttyUSB0") in result.events
+    assert LimitSourceChanged("charge", "Pack B CCL 100 A at 50% share") in result.events
+    # the wording of the lines a user greps the log for
+    lines = [str(e) for e in result.events]
+    assert "Pack A: online (com.victronenergy.battery.ttyUSB0)" in lines
+    assert "charge limit now set by: Pack B CCL 100 A at 50% share" in lines
 
 
 def test_no_events_in_steady_state() -> None:
@@ -112,8 +121,8 @@ def test_frozen_pack_goes_offline_after_stale_after_while_current_flows() -> Non
     result = run(engine, bank, 10.5, 10.5)[0]
     a = status(result, "A")
     assert not a.online and a.state == "offline"
-    assert ("Pack A: offline: no value changed for 10.5 s while it reports 20.0 A (limit 10 s)"
-            in result.events)
+    assert PackWentOffline("Pack A", "no value changed for 10.5 s while it reports 20.0 A "
+                                     "(limit 10 s)") in result.events
     v = result.values
     assert v["/System/NrOfModulesOnline"] == 1 and v["/System/NrOfModulesOffline"] == 1
     assert v["/Alarms/BmsCable"] == 1
@@ -142,8 +151,10 @@ def test_a_quiet_pack_at_zero_amps_goes_stale_when_the_bank_current_passes_it_by
     assert all(status(r, "A").online for r in results)        # a live pack has 10 s to show it
     result = run(engine, bank, 311.5, 311.5)[0]
     assert not status(result, "A").online
-    assert any("Pack A: offline: no value changed for 311.5 s while the bank carried 25.0 A "
-               "charging, which it does not block" in e for e in result.events)
+    assert any(e.pack == "Pack A" and e.reason is not None
+               and e.reason.startswith("no value changed for 311.5 s while the bank carried 25.0 A "
+                                       "charging, which it does not block")
+               for e in result.events if isinstance(e, PackWentOffline))
     bank.update("ttyUSB1", 312.0, current=0.0)                 # rest again: A stays stale until
     assert not status(run(engine, bank, 312.0, 400.0)[-1], "A").online   # a value of it changes
 
@@ -168,8 +179,8 @@ def test_a_quiet_pack_whose_driver_does_not_answer_a_probe_is_stale() -> None:
             for r in bank.readings()]
     result = engine.tick(201.0, hung)
     assert not status(result, "A").online and status(result, "B").online
-    assert "Pack A: offline: no value changed for 201.0 s and its driver did not answer a probe" \
-        in result.events
+    assert PackWentOffline("Pack A", "no value changed for 201.0 s and its driver did not answer "
+                                     "a probe") in result.events
 
 
 def test_a_pack_without_a_current_reading_for_minutes_while_the_bank_charges() -> None:
@@ -230,7 +241,7 @@ def test_a_block_holds_while_the_blocking_pack_is_offline(fault: str) -> None:
     assert "A blocks charging" in results[-1].values["/Info/ChargeLimitation"]
     a = status(results[-1], "A")
     assert a.holds is not None and "CCL 0" in a.holds
-    assert sum("Pack A: not online; its last fresh data still counts" in e
+    assert sum(isinstance(e, PackHolds) and e.pack == "Pack A"
                for r in results for e in r.events) == 1
 
 
@@ -386,7 +397,8 @@ def test_a_block_follows_a_pack_renamed_while_it_is_offline() -> None:
     bank.update("ttyUSB0", 1.0, voltage=None, current=None, online=0, ccl=None, allow_charge=None)
     bank.update("ttyUSB0", 1.0, name="Right")
     results = run(engine, bank, 1.0, 20.0)
-    assert any("now reports the id 'Right'" in e for r in results for e in r.events)
+    assert any(isinstance(e, PackIdChanged) and e.reported == "Right"
+               for r in results for e in r.events)
     assert all(r.values["/Info/MaxChargeCurrent"] == 0.0 for r in results)
 
 
@@ -400,7 +412,8 @@ def test_readmission_needs_readmit_after_seconds_of_fresh_data() -> None:
     assert all(r.events == [] for r in results)
     result = run(engine, bank, 16.0, 16.0, moving=("ttyUSB0", "ttyUSB1"))[0]   # 16 - 11 = 5 s
     assert status(result, "A").online
-    assert "Pack A: back online after 5 s of valid data (com.victronenergy.battery.ttyUSB0)" in result.events
+    assert "Pack A: back online after 5 s of valid data (com.victronenergy.battery.ttyUSB0)" in [
+        str(e) for e in result.events]
     assert result.values["/Alarms/BmsCable"] == 0
     assert result.values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)
 
@@ -412,7 +425,7 @@ def test_pack_vanishing_and_returning_under_a_new_service_name() -> None:
     values_a = bank.services[SB + "ttyUSB0"][0]
     bank.remove("ttyUSB0")
     result = tick(engine, bank, 1.0)
-    assert "Pack A: offline: service gone" in result.events
+    assert PackWentOffline("Pack A", "service gone") in result.events
     assert status(result, "A").service is None and status(result, "A").reason == "service gone"
     assert result.values["/System/NrOfModulesOffline"] == 1
     bank.services[SB + "ttyUSB7"] = [dict(values_a), 2.0, 2.0]      # the driver restarted
@@ -433,7 +446,8 @@ def test_link_loss_reported_by_the_pack() -> None:
     # serialbattery after 10 s without BMS answers: V, I invalid, NrOfModulesOnline 0, old limits kept
     bank.update("ttyUSB0", 1.0, voltage=None, current=None, online=0)
     result = tick(engine, bank, 1.0)
-    assert "Pack A: offline: BMS reports its link lost (NrOfModulesOnline 0)" in result.events
+    assert PackWentOffline("Pack A", "BMS reports its link lost (NrOfModulesOnline 0)") \
+        in result.events
     assert result.values["/Info/MaxChargeCurrent"] == pytest.approx(100.0)   # from B alone
 
 
@@ -456,8 +470,8 @@ def test_known_pack_missing_at_start() -> None:
     bank = charging_bank()
     engine = Engine(default_config(), known_packs=["A", "B", "C"])
     result = tick(engine, bank, 0.0)
-    assert "Pack C" not in " ".join(result.events)            # never seen: named by its id
-    assert "C: offline: known pack not present" in result.events
+    assert "Pack C" not in " ".join(map(str, result.events))  # never seen: named by its id
+    assert PackWentOffline("C", "known pack not present") in result.events
     assert result.values["/System/NrOfModulesOffline"] == 1
     assert result.values["/Alarms/BmsCable"] == 1
     assert result.known_packs == frozenset({"A", "B", "C"})
@@ -488,7 +502,7 @@ def test_no_pack_online() -> None:
     assert v["/Alarms/BmsCable"] == 2
     assert v["/Info/ChargeLimitation"] == "no pack online"
     assert v["/System/NrOfModulesOffline"] == 2
-    assert "charge limit now set by: no pack online" in result.events
+    assert LimitSourceChanged("charge", "no pack online") in result.events
 
 
 def test_on_pack_lost_block_charge() -> None:
@@ -500,7 +514,8 @@ def test_on_pack_lost_block_charge() -> None:
     assert result.values["/Info/MaxChargeCurrent"] == 0.0
     assert result.values["/Info/MaxDischargeCurrent"] == pytest.approx(100.0)
     assert result.values["/Info/ChargeLimitation"] == "Pack A offline, on_pack_lost = block_charge"
-    assert "charge limit now set by: Pack A offline, on_pack_lost = block_charge" in result.events
+    assert LimitSourceChanged("charge", "Pack A offline, on_pack_lost = block_charge") \
+        in result.events
     bank.update("ttyUSB0", 2.0, ccl=100.0)
     result = tick(engine, bank, 2.0)
     assert result.values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)
@@ -531,7 +546,7 @@ def test_a_serial_that_changes_every_tick_stays_one_pack() -> None:
     bank = charging_bank()
     engine = Engine(default_config())
     tick(engine, bank, 0.0)
-    events: list[str] = []
+    events: list[Event] = []
     for n in range(1, 26):
         bank.update("ttyUSB0", float(n), serial=f"A{n}", voltage=53.0 + n / 100)
         bank.update("ttyUSB1", float(n), voltage=53.0 + n / 100)
@@ -540,7 +555,7 @@ def test_a_serial_that_changes_every_tick_stays_one_pack() -> None:
         assert result.known_packs == frozenset({"A", "B"})
         assert result.values["/System/NrOfModulesOffline"] == 0
         assert result.values["/Alarms/BmsCable"] == 0
-    assert len([e for e in events if "reports another id" in e]) == 1
+    assert len([e for e in events if isinstance(e, PackIdFlapping)]) == 1
 
 
 def test_known_packs_are_bounded_and_the_longest_missing_go_first() -> None:
@@ -551,7 +566,8 @@ def test_known_packs_are_bounded_and_the_longest_missing_go_first() -> None:
     engine = Engine(default_config(), known_packs=stale)
     result = tick(engine, bank, 0.0)
     assert len(result.known_packs) == MAX_KNOWN_PACKS and {"A", "B"} <= result.known_packs
-    assert len([e for e in result.events if "known packs: forgot 12 missing" in e]) == 1
+    forgot = [e for e in result.events if isinstance(e, KnownPacksForgotten)]
+    assert len(forgot) == 1 and len(forgot[0].ids) == 12 and forgot[0].limit == MAX_KNOWN_PACKS
     service = SB + "ttyUSB0"
     for n in range(1, 30):                     # a driver that returns under a new serial each time
         values = bank.services.pop(service)[0]
@@ -572,7 +588,9 @@ def test_a_blocking_pack_blocks_the_bank_and_logs_once() -> None:
     result = tick(engine, bank, 1.0)
     assert result.values["/Info/MaxChargeCurrent"] == 0.0
     assert result.values["/System/NrOfModulesBlockingCharge"] == 1
-    assert result.events == ["charge limit now set by: Pack B blocks charging (AllowToCharge 0)"]
+    why = "Pack B blocks charging (AllowToCharge 0)"
+    assert result.events == [LimitSourceChanged("charge", why)]
+    assert str(result.events[0]) == f"charge limit now set by: {why}"
     bank.update("ttyUSB1", 2.0, voltage=53.5)
     assert tick(engine, bank, 2.0).events == []
 
@@ -603,8 +621,9 @@ def test_absurd_values() -> None:
     bank.add("ttyUSB2", 0.0, "C", capacity=100.0, ccl=100.0)
     engine = Engine(default_config())
     result = tick(engine, bank, 0.0)
-    assert "Pack A: ignoring /Dc/0/Voltage: 1000.0 is outside (0, 100]" in result.events
-    assert "Pack B: ignoring /InstalledCapacity: -100.0 is outside [1, 100000]" in result.events
+    assert ValueIgnored("Pack A", "/Dc/0/Voltage", "1000.0 is outside (0, 100]") in result.events
+    assert "Pack B: ignoring /InstalledCapacity: -100.0 is outside [1, 100000]" in [
+        str(e) for e in result.events]
     assert status(result, "A").reason == "no valid /Dc/0/Voltage"
     # B's capacity is unknown: share 1; C holds all known capacity: share 1.
     # CCL = min(80 / 1, 100 / 1) = 80 A
@@ -612,7 +631,7 @@ def test_absurd_values() -> None:
     assert result.values["/InstalledCapacity"] == 100.0
     # Garbage is reported once per pack and path, not every tick.
     bank.update("ttyUSB1", 1.0, voltage=53.1)
-    assert all("ignoring" not in e for e in tick(engine, bank, 1.0).events)
+    assert not any(isinstance(e, ValueIgnored) for e in tick(engine, bank, 1.0).events)
 
 
 @pytest.mark.parametrize("garbage", [None, "", "53.2", [], [1, 2], {}, float("nan"), float("inf"),
@@ -641,7 +660,8 @@ def test_two_packs_with_the_same_serial() -> None:
     ids = {f"0000@{SB}ttyUSB0", f"0000@{SB}ttyUSB1"}
     assert {p.id for p in result.packs if p.online} == ids
     assert result.known_packs == frozenset(ids)          # the ambiguous plain id is forgotten
-    assert any("same id '0000'" in e for e in result.events)
+    shared = PackIdShared("0000", (SB + "ttyUSB0", SB + "ttyUSB1"), tuple(sorted(ids)))
+    assert shared in result.events
     assert result.values["/System/NrOfModulesOnline"] == 2
     assert result.values["/System/NrOfModulesOffline"] == 0
 
@@ -676,7 +696,7 @@ class GreedyCharge:
     def limits(self, ctx: TickContext, current: CurrentResult) -> ChargeLimits:
         return ChargeLimits(cvl=58.0, ccl=10_000.0, dcl=10_000.0, charge_reason="greedy",
                             discharge_reason="greedy", charge_source="greedy",
-                            discharge_source="greedy", events=("greedy says hi",),
+                            discharge_source="greedy", events=(StrategyNote("greedy says hi"),),
                             values={"/Info/ChargeMode": "Greedy"})
 
 
@@ -687,7 +707,7 @@ def test_a_plugged_in_strategy_stays_inside_the_envelope() -> None:
     assert result.values["/Info/MaxChargeCurrent"] == pytest.approx(200.0)   # 100 / 0.5
     assert result.values["/Info/MaxChargeVoltage"] == 58.0
     assert result.values["/Info/ChargeMode"] == "Greedy"
-    assert "greedy says hi" in result.events
+    assert StrategyNote("greedy says hi") in result.events
 
 
 def test_an_unavailable_strategy_is_refused_with_its_key() -> None:
@@ -713,12 +733,13 @@ def test_fail_safe_limits() -> None:
     assert v["/Info/MaxDischargeCurrent"] == 90.0            # smallest single-pack DCL
     assert v["/Info/MaxChargeVoltage"] == 52.8               # min(min CVL 54.0, lowest voltage 52.8)
     assert v["/Alarms/InternalFailure"] == 2
-    assert result.events == ["tick failed (KeyError): publishing safe limits (CCL 0, DCL 90 A) "
-                             "until a tick succeeds"]
+    assert result.events == [TickFailed("KeyError", 90.0)]
+    assert str(result.events[0]) == ("tick failed (KeyError): publishing safe limits (CCL 0, "
+                                     "DCL 90 A) until a tick succeeds")
     assert result.known_packs == frozenset({"A", "B"})
     assert engine.fail_safe(2.0, bank.readings(), KeyError("x")).events == []
     result = tick(engine, bank, 3.0)
-    assert "ticks work again: limits computed normally" in result.events
+    assert TicksRecovered() in result.events
     assert result.values["/Alarms/InternalFailure"] == 0
 
 
@@ -829,10 +850,11 @@ def test_an_implausibly_small_capacity_is_ignored_and_the_tick_works() -> None:
     assert first.values["/Info/MaxChargeCurrent"] == pytest.approx(50.0)
     assert first.values["/InstalledCapacity"] == 100.0
     assert first.values["/Alarms/InternalFailure"] == 0
-    assert "Pack B: ignoring /InstalledCapacity: 5e-324 is outside [1, 100000]" in first.events
+    assert ValueIgnored("Pack B", "/InstalledCapacity", "5e-324 is outside [1, 100000]") \
+        in first.events
     bank.update("ttyUSB0", 2.0, soc=51.0)
     again = tick(engine, bank, 2.0)
-    assert not any("InstalledCapacity" in event for event in again.events)
+    assert not any(isinstance(e, ValueIgnored) for e in again.events)
     assert again.values["/Info/MaxChargeCurrent"] == pytest.approx(50.0)
 
 

@@ -6,6 +6,7 @@ from functools import partial
 from typing import Any
 
 from aggbatt.config import config_from_dict, default_config
+from aggbatt.core.events import Event, PackIdChanged, PackIdFlapping, PackIdShared, PackIdTaken
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.packs import PackDirectory, PackRules, base_id, why_not_a_pack
 from tests import factories
@@ -100,7 +101,10 @@ def test_two_packs_with_the_same_serial_are_both_kept() -> None:
         reading(SB + "ttyUSB2", Serial="SER-2"),
     ])
     assert [p.id for p in packs] == [f"0000@{SB}ttyUSB0", f"0000@{SB}ttyUSB1", "SER-2"]
-    assert len(events) == 1 and "'0000'" in events[0] and f"0000@{SB}ttyUSB1" in events[0]
+    assert events == [PackIdShared("0000", (SB + "ttyUSB0", SB + "ttyUSB1"),
+                                   (f"0000@{SB}ttyUSB0", f"0000@{SB}ttyUSB1"))]
+    assert str(events[0]) == (f"2 packs report the same id '0000' ({SB}ttyUSB0, {SB}ttyUSB1): "
+                              f"identifying them as 0000@{SB}ttyUSB0, 0000@{SB}ttyUSB1")
     assert directory.ambiguous == frozenset({"0000"})
     # Sticky: when one of the two is gone, the other keeps its id; no new event.
     packs, events = directory.identify([reading(SB + "ttyUSB1", Serial="0000")])
@@ -135,21 +139,22 @@ def test_a_renamed_pack_without_serial_keeps_its_service_and_follows_the_new_nam
     assert [(p.id, p.renamed_from) for p in packs] == [("Left", None)] and events == []
     packs, events = directory.identify([right], 6.0, {"Left"})      # held for 5 s
     assert [(p.id, p.renamed_from) for p in packs] == [("Right", "Left")]
-    assert events == [f"Left: {SB}ttyUSB0 now reports the id 'Right'; "
-                      "the pack is known by it from now on"]
+    assert events == [PackIdChanged("Left", SB + "ttyUSB0", "Right")]
     packs, events = directory.identify([right], 7.0, {"Right"})
     assert [(p.id, p.renamed_from) for p in packs] == [("Right", None)] and events == []
 
 
 def test_a_serial_that_changes_on_every_read_is_not_followed_and_is_told_once() -> None:
     directory = PackDirectory(RULES)
-    all_events = []
+    all_events: list[Event] = []
     for t in range(25):
         packs, events = directory.identify([reading(SB + "ttyUSB0", Serial=f"S{t}")], float(t),
                                            {"S0"})
         assert [p.id for p in packs] == ["S0"]
         all_events += events
-    assert len(all_events) == 1 and "it stays 'S0' until one id holds" in all_events[0]
+    assert all_events == [PackIdFlapping("S0", SB + "ttyUSB0", "S1", "S2", 5.0)]
+    assert str(all_events[0]) == (f"S0: {SB}ttyUSB0 reports another id ('S1' -> 'S2') before the "
+                                  "last one held for 5 s; it stays 'S0' until one id holds")
 
 
 def test_a_rename_never_takes_the_id_of_another_known_pack() -> None:
@@ -157,7 +162,7 @@ def test_a_rename_never_takes_the_id_of_another_known_pack() -> None:
     other = reading(SB + "ttyUSB1", Serial="", CustomName="Right")
     directory.identify([reading(SB + "ttyUSB0", Serial="", CustomName="Left"), other], 0.0)
     both = [reading(SB + "ttyUSB0", Serial="", CustomName="Right"), other]
-    told = []
+    told: list[Event] = []
     for t in (1.0, 7.0, 8.0):                   # on the bus
         packs, events = directory.identify(both, t, {"Left", "Right"})
         assert sorted(p.id for p in packs) == ["Left", "Right"]
@@ -167,8 +172,7 @@ def test_a_rename_never_takes_the_id_of_another_known_pack() -> None:
         packs, events = directory.identify(missing, t, {"Left", "Right"})
         assert [p.id for p in packs] == ["Left"]
         told += events
-    assert told == [f"Left: {SB}ttyUSB0 now reports 'Right', the id of another known pack; "
-                    "it stays 'Left'"]
+    assert told == [PackIdTaken("Left", SB + "ttyUSB0", "Right")]
 
 
 def test_a_serial_read_late_takes_over_the_known_pack_it_names() -> None:

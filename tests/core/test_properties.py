@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
 from aggbatt.core.engine import Engine, TickResult
+from aggbatt.core.events import Event
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.validation import PACK_PATHS, revalidate, validate
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, share_limit
@@ -303,7 +304,7 @@ def test_garbage_never_raises(services: list[tuple[dict[str, Any], Any, str]], p
     for now in (0.0, 5.0, 500.0):
         result = engine.tick(now, batch)
         assert_publishable(result.values)
-        assert all(isinstance(e, str) for e in result.events)
+        assert all(isinstance(e, Event) and str(e) for e in result.events)
         assert_publishable(engine.fail_safe(now, batch, ValueError()).values)
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
 from aggbatt.core.engine import Engine
+from aggbatt.core.events import Event, VictronCurrentBack, VictronCurrentLost
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.strategies import TickContext
 from aggbatt.core.strategies.victron_current import VictronDevices, VictronParams
@@ -97,7 +98,8 @@ def test_a_connected_multi_with_an_invalid_current_falls_back() -> None:
     src2 = source()
     times = (0.0, LATER, LATER + 1, LATER + 2)           # silent at the start, then one warning
     events = [e for t in times for e in measure(src2, multi(None), mppt(1.0), now=t).events]
-    assert len(events) == 1 and "lost" in events[0] and "sum of the BMS currents" in events[0]
+    assert len(events) == 1 and isinstance(events[0], VictronCurrentLost)
+    assert not events[0].blocked
 
 
 def test_shunts_in_battery_mode_add_and_dcload_shunts_subtract() -> None:
@@ -162,13 +164,14 @@ def test_all_shunts_takes_battery_services_that_name_a_shunt() -> None:
 
 def test_a_configured_shunt_that_never_appears_is_reported_after_the_start() -> None:
     src = source(shunts=[279, "Garage"])
-    events: list[str] = []
+    events: list[Event] = []
     for t in range(0, 30):
         result = src.update(float(t), [mppt(10.0), shunt(-1.0, 279)], -7.0, 52.0)
         events += result.events
         assert result.source == "bms" and result.current == -7.0
         assert result.block is False
-    assert len(events) == 1 and "configured shunt 'Garage' not found" in events[0]
+    assert len(events) == 1 and isinstance(events[0], VictronCurrentLost)
+    assert "configured shunt 'Garage' not found" in events[0].problems
     assert src.missing_shunts == ("'Garage'",)
     status = src.status()
     assert status["missing_shunts"] == ["'Garage'"] and status["source"] == "bms"
@@ -199,7 +202,7 @@ def test_nothing_to_measure_falls_back() -> None:
 
 def test_a_source_vanishing_mid_run_and_returning() -> None:
     src = source()
-    timeline: list[tuple[str, float | None, tuple[str, ...]]] = []
+    timeline: list[tuple[str, float | None, tuple[Event, ...]]] = []
     for t in range(0, 60):
         now = float(t)
         devices = [multi(-10.0, last_change=now), mppt(25.0, last_change=now)]
@@ -211,9 +214,11 @@ def test_a_source_vanishing_mid_run_and_returning() -> None:
     assert all(s == "bms" and c == -7.0 for s, c, _ in timeline[20:40])
     assert all(s == "victron" and c == pytest.approx(15.0) for s, c, _ in timeline[40:])
     events = [e for _, _, ev in timeline for e in ev]
-    assert len(events) == 2
-    assert "solarcharger.ttyS5 vanished" in events[0]
-    assert "again" in events[1]
+    assert events == [
+        VictronCurrentLost(("com.victronenergy.solarcharger.ttyS5 vanished",), blocked=False),
+        VictronCurrentBack(("com.victronenergy.solarcharger.ttyS5",
+                            "com.victronenergy.vebus.ttyS4")),
+    ]
 
 
 def test_a_steady_reading_is_not_stale() -> None:
@@ -239,7 +244,8 @@ def test_a_charger_or_shunt_losing_its_device_link_is_dropped_at_once(connected)
     assert timeline[5].problems == (
         f"com.victronenergy.solarcharger.ttyS5: /Connected is {connected!r} (device link lost)",)
     events = [e for r in timeline for e in r.events]
-    assert len(events) == 2 and "device link lost" in events[0] and "again" in events[1]
+    assert [type(e) for e in events] == [VictronCurrentLost, VictronCurrentBack]
+    assert events[0].problems == timeline[5].problems
     shunt_down = src.update(40.0, [multi(-10.0), mppt(20.0), dcload(6.0, 290, Connected=0)],
                             -7.0, 52.0)
     assert shunt_down.source == "bms"
@@ -251,7 +257,7 @@ def test_block_policy() -> None:
     assert starting.source == "bms" and not starting.block      # devices may still be appearing
     result = src.update(LATER, [multi(None)], -7.0, 52.0)
     assert result.block and result.current == -7.0
-    assert "blocked" in result.events[0]
+    assert result.events == (VictronCurrentLost(result.problems, blocked=True),)
     assert not src.update(LATER + 1, [multi(-3.0)], -7.0, 52.0).block
 
 
@@ -321,7 +327,8 @@ def test_measure_uses_the_pack_voltage_and_falls_back_to_the_bms_sum() -> None:
     lost = src.measure(ctx(LATER, multi(-20.0), mppt(8.0)))
     assert lost.source.startswith("bms_sum") and lost.current == pytest.approx(-7.0)
     assert lost.power == pytest.approx(-372.0)
-    assert lost.events and "configured shunt DeviceInstance 279 not found" in lost.events[0]
+    assert isinstance(lost.events[0], VictronCurrentLost)
+    assert "configured shunt DeviceInstance 279 not found" in lost.events[0].problems
 
 
 def test_the_engine_keeps_a_steady_victron_current_and_drops_a_vanished_device_at_once() -> None:
@@ -334,10 +341,11 @@ def test_the_engine_keeps_a_steady_victron_current_and_drops_a_vanished_device_a
         bank.services[device.service] = [dict(device.values), 0.0, 0.0]
     results = run(engine, bank, 0.0, 300.0, step=1.0, moving=("ttyUSB0", "ttyUSB1"))
     assert all(r.values["/Dc/0/Current"] == pytest.approx(24.0) for r in results)
-    assert not [e for r in results for e in r.events if "Victron" in e]
+    assert not [e for r in results for e in r.events
+                if isinstance(e, (VictronCurrentLost, VictronCurrentBack))]
     del bank.services[devices[1].service]
     gone = run(engine, bank, 301.0, 301.0, moving=("ttyUSB0", "ttyUSB1"))[0]
     assert gone.values["/Dc/0/Current"] == pytest.approx(-7.0)
-    assert [e for e in gone.events if "Victron" in e] == [
+    assert [str(e) for e in gone.events if isinstance(e, VictronCurrentLost)] == [
         "bank current from Victron devices lost: configured shunt DeviceInstance 290 not found; "
         "com.victronenergy.dcload.ttyS7 vanished; using the sum of the BMS currents"]

@@ -267,7 +267,7 @@ async def test_a_failure_after_the_engine_does_not_stop_the_tick_loop(bus_addres
         def broken(known):
             raise RuntimeError("state dir vanished")
 
-        monkeypatch.setattr(h.daemon, "_save_known_packs", broken)
+        monkeypatch.setattr(h.daemon.store, "save_known_packs", broken)
         # A new pack changes the known set, so the next tick tries to save it and raises.
         extra = SimPack(sim_pack("P9", 100),
                         name_suffix="extra9")

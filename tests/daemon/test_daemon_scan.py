@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aggbatt.tools import status
 from aggbatt.bus.monitor import MAX_PATHS
-from aggbatt.daemon.main import PACKS_FILE, STATE_VERSION
+from aggbatt.daemon.store import PACKS_FILE, STATE_VERSION
 from aggbatt.daemon.persist import write_json_atomic
 from aggbatt.sim.bank import SimBank
 from tests.busclient import wait_for_values

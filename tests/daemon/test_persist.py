@@ -17,6 +17,7 @@ import pytest
 from aggbatt.daemon import Daemon
 from aggbatt.daemon.persist import MAX_BYTES, StateRead, read_json, write_json_atomic
 from aggbatt.daemon.selection import read_selection
+from aggbatt.daemon.store import StateStore
 from aggbatt.core.strategies.feedin import Mode
 from tests.factories import fast_config
 
@@ -115,16 +116,16 @@ def test_every_state_file_falls_back_to_its_default(tmp_path: Path, name: str,
     config = fast_config(soc={"strategy": "coulomb_counter"}, charge={"strategy": "own"},
                          feedin={"guard": True})
     daemon = Daemon(config, None, tmp_path)
-    assert daemon._load_known_packs() == []
-    assert daemon._counter is not None and daemon._counter.counter.charge is None
-    assert daemon._own is not None and daemon._own.guard is not None
-    assert daemon._own.guard.mode is Mode.IDLE
-    assert read_selection(tmp_path)[0] is None
+    assert daemon.store.load_known_packs() == []
+    assert daemon.engine.strategies.soc.counter.charge is None
+    assert daemon.feedin is not None and daemon.feedin.guard is not None
+    assert daemon.feedin.guard.mode is Mode.IDLE
+    assert read_selection(StateStore(tmp_path, lambda: 0.0))[0] is None
     assert (tmp_path / name).read_bytes() == content  # ignored, not destroyed: kept to inspect
 
 
 def test_a_selection_record_that_could_not_be_written_back_is_unusable(tmp_path: Path) -> None:
     write_json_atomic(tmp_path / "selection.json", {"version": 1, "by": "config", "settings": {
         "/Settings/SystemSetup/BmsInstance": {"previous": [[1]], "written": 100}}})
-    saved, problem = read_selection(tmp_path)
+    saved, problem = read_selection(StateStore(tmp_path, lambda: 0.0))
     assert saved is None and problem is not None

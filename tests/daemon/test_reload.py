@@ -18,6 +18,7 @@ from dbus_fast.aio import MessageBus
 
 from aggbatt.config import config_from_dict, default_config
 from aggbatt.daemon.reload import REBUILDS, plan_reload, rebuild_strategies
+from aggbatt.daemon.store import StateStore
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.settings import SimSettings
 from aggbatt.core.strategies import build_strategies
@@ -80,7 +81,7 @@ def test_a_rebuilt_coulomb_counter_keeps_its_charge(tmp_path):
     strategies.soc.counter.update(0.0, CounterInputs(current=0.0, capacity=280.0, bms_soc=50.0))
     assert strategies.soc.counter.charge == pytest.approx(140.0)
     new = config_from_dict({"soc": {"strategy": "coulomb_counter", "charge_efficiency": 0.9}})
-    rebuilt = rebuild_strategies(strategies, new, {"soc"}, tmp_path, wall=1.7e9)
+    rebuilt = rebuild_strategies(strategies, new, {"soc"}, StateStore(tmp_path, lambda: 1.7e9))
     assert rebuilt.soc is not strategies.soc and rebuilt.charge is strategies.charge
     # the BMS now says 80 %: a counter that lost its charge would start from 224 Ah
     rebuilt.soc.counter.update(1.0, CounterInputs(current=0.0, capacity=280.0, bms_soc=80.0))
@@ -96,7 +97,7 @@ def test_a_rebuilt_own_charge_keeps_its_balancing_record(tmp_path):
     cap = Limit(100.0, "cap")
     strategies.charge.decide(0.0, datetime(2024, 5, 10, 12), [], cap, cap)
     new = config_from_dict({"charge": {"strategy": "own", "own": {"max_charge_current": 90.0}}})
-    rebuilt = rebuild_strategies(strategies, new, {"charge"}, tmp_path, wall=1.7e9)
+    rebuilt = rebuild_strategies(strategies, new, {"charge"}, StateStore(tmp_path, lambda: 1.7e9))
     assert not (tmp_path / BALANCING_FILE).exists()  # carried in memory, not read from a file
     rebuilt.charge.decide(1.0, datetime(2024, 5, 10, 12), [], cap, cap)
     assert rebuilt.charge.balancing.record.last_balancing == date(2024, 5, 1)

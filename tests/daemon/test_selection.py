@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from dbus_fast.aio import MessageBus
 
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
+from aggbatt.daemon.store import StateStore
 from aggbatt.daemon.selection import (
     BATTERY_SERVICE, BMS_INSTANCE, SELECTION_FILE, SelectionError, command, restore, select,
 )
@@ -60,7 +62,7 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
 async def test_select_saves_the_previous_values_then_selects(connect, bus_address, tmp_path):
     async with localsettings(bus_address) as sim:
         client = SettingsClient(await connect(), timeout=2.0)
-        lines = await select(client, 100, tmp_path, "command", "test")
+        lines = await select(client, 100, StateStore(tmp_path, time.time), "command", "test")
         assert sim.values[BATTERY_SERVICE] == "com.victronenergy.battery/100"
         assert sim.values[BMS_INSTANCE] == 100
         record = saved(tmp_path)
@@ -78,7 +80,7 @@ async def test_nothing_is_written_when_the_previous_values_cannot_be_saved(conne
     async with localsettings(bus_address) as sim:
         client = SettingsClient(await connect(), timeout=2.0)
         with pytest.raises(SelectionError, match="nothing was written"):
-            await select(client, 100, blocker / "state", "command", "test")
+            await select(client, 100, StateStore(blocker / "state", time.time), "command", "test")
         assert sim.values == SYSTEMCALC
 
 
@@ -87,21 +89,21 @@ async def test_restore_gives_back_the_previous_values_and_forgets_them(connect, 
     async with localsettings(bus_address, {BATTERY_SERVICE: "com.victronenergy.battery/7",
                                            BMS_INSTANCE: 7}) as sim:
         client = SettingsClient(await connect(), timeout=2.0)
-        await select(client, 100, tmp_path, "command", "test")
+        await select(client, 100, StateStore(tmp_path, time.time), "command", "test")
         assert sim.values[BMS_INSTANCE] == 100
-        await restore(client, tmp_path, "test")
+        await restore(client, StateStore(tmp_path, time.time), "test")
         assert sim.values == {BATTERY_SERVICE: "com.victronenergy.battery/7", BMS_INSTANCE: 7}
         assert not (tmp_path / SELECTION_FILE).exists()
-        lines = await restore(client, tmp_path, "again")
+        lines = await restore(client, StateStore(tmp_path, time.time), "again")
         assert lines == ["no saved battery selection: nothing to restore"]
 
 
 async def test_a_users_choice_made_since_is_left_alone(connect, bus_address, tmp_path):
     async with localsettings(bus_address) as sim:
         client = SettingsClient(await connect(), timeout=2.0)
-        await select(client, 100, tmp_path, "command", "test")
+        await select(client, 100, StateStore(tmp_path, time.time), "command", "test")
         sim.set_local(BATTERY_SERVICE, "com.victronenergy.battery/3")  # the GX menu
-        lines = await restore(client, tmp_path, "test")
+        lines = await restore(client, StateStore(tmp_path, time.time), "test")
         assert sim.values[BATTERY_SERVICE] == "com.victronenergy.battery/3"
         assert sim.values[BMS_INSTANCE] == -1
         assert any("left /Settings/SystemSetup/BatteryService" in line for line in lines)
@@ -112,7 +114,7 @@ async def test_already_selected_saves_nothing(connect, bus_address, tmp_path):
     async with localsettings(bus_address, {BATTERY_SERVICE: "com.victronenergy.battery/100",
                                            BMS_INSTANCE: 100}) as sim:
         client = SettingsClient(await connect(), timeout=2.0)
-        lines = await select(client, 100, tmp_path, "config", "test")
+        lines = await select(client, 100, StateStore(tmp_path, time.time), "config", "test")
         assert "already" in lines[0]
         assert not (tmp_path / SELECTION_FILE).exists()
         assert sim.values[BMS_INSTANCE] == 100
@@ -121,11 +123,11 @@ async def test_already_selected_saves_nothing(connect, bus_address, tmp_path):
 async def test_a_new_device_instance_keeps_the_users_previous_value(connect, bus_address, tmp_path):
     async with localsettings(bus_address) as sim:
         client = SettingsClient(await connect(), timeout=2.0)
-        await select(client, 100, tmp_path, "config", "first")
-        await select(client, 101, tmp_path, "config", "instance bumped")
+        await select(client, 100, StateStore(tmp_path, time.time), "config", "first")
+        await select(client, 101, StateStore(tmp_path, time.time), "config", "instance bumped")
         assert sim.values[BMS_INSTANCE] == 101
         assert saved(tmp_path)["settings"][BMS_INSTANCE] == {"previous": -1, "written": 101}
-        await restore(client, tmp_path, "test")
+        await restore(client, StateStore(tmp_path, time.time), "test")
         assert sim.values == SYSTEMCALC
 
 
@@ -133,7 +135,7 @@ async def test_without_systemcalcs_settings_nothing_is_written(connect, bus_addr
     async with localsettings(bus_address, {}) as sim:
         client = SettingsClient(await connect(), timeout=2.0)
         with pytest.raises(SelectionError, match="dbus-systemcalc-py"):
-            await select(client, 100, tmp_path, "command", "test")
+            await select(client, 100, StateStore(tmp_path, time.time), "command", "test")
         assert sim.values == {}
         assert not (tmp_path / SELECTION_FILE).exists()
 
@@ -141,7 +143,7 @@ async def test_without_systemcalcs_settings_nothing_is_written(connect, bus_addr
 async def test_settings_service_absent_is_a_clear_error(connect, tmp_path):
     client = SettingsClient(await connect(), timeout=1.0)
     with pytest.raises(SettingsUnavailable, match="localsettings"):
-        await select(client, 100, tmp_path, "command", "test")
+        await select(client, 100, StateStore(tmp_path, time.time), "command", "test")
 
 
 # ----- the daemon's config switch -------------------------------------------------------------

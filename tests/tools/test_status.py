@@ -207,3 +207,14 @@ _json = st.recursive(
                                         "warnings", "balancing"]), _json))
 def test_printer_never_raises(report):
     assert render_text(report).startswith("aggbatt ")
+
+
+def test_the_status_command_shares_the_schema_without_loading_the_daemon() -> None:
+    """`aggbatt status` on a GX device must not pay for pydantic, the engine or the daemon: the
+    schema it shares with the daemon's endpoint is a standard-library module."""
+    probe = ("import sys, aggbatt.tools.status; "
+             "print(' '.join(m for m in sys.modules if m.startswith(('pydantic', 'aggbatt.core', "
+             "'aggbatt.config', 'aggbatt.daemon.main'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, timeout=30)
+    assert loaded.stdout.strip() == ""

@@ -42,10 +42,10 @@ from aggbatt.bench import report
 from aggbatt.bench.options import Bank, Build, Options
 from aggbatt.bench.probes import Meter, Observer, connections_of, match_rules
 from aggbatt.bench.processes import Measured, Sim, spawn, wait_ready
+from aggbatt.daemon.status_api import STATUS_INTERFACE
 from aggbatt.sim.privatebus import start_private_bus
 
 AGGREGATE = "com.victronenergy.battery.aggregate"
-STATUS_INTERFACE = "io.github.aggbatt.Status"  # the daemon's own status call (daemon.py)
 CCL = "/Info/MaxChargeCurrent"
 OFFLINE = "/System/NrOfModulesOffline"
 ONLINE = "/System/NrOfModulesOnline"

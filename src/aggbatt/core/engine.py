@@ -28,12 +28,13 @@ Theory of operation, per tick:
    blocking envelope whatever the strategy returned. The packs' last measured shares of the bank
    current (strategies.charge.ShareMemory) go into the context for the ticks without current.
 5. The result carries every dynamic path (None = invalid; the publisher sends only changes), the
-   events (log lines) for decisions that changed this tick, the known packs to persist, and one
-   status per pack for `aggbatt status` and the demo.
+   events for decisions that changed this tick (typed objects from core/events.py, each with its
+   log level and line), the known packs to persist, and one status per pack for `aggbatt status`
+   and the demo.
 
-Event policy: a line when a pack goes online or offline (with the reason), when what a pack that is
-not online still imposes changes, when a pack is found to share its id,
-is forgotten, sends garbage on a path (once per pack and path for the life of the engine), when the
+Event policy (one event, one log line): when a pack goes online or offline (with the reason), when
+what a pack that is not online still imposes changes, when a pack is found to share its id, is
+forgotten, sends garbage on a path (once per pack and path for the life of the engine), when the
 kind of rule that sets CCL or DCL changes (blocked by a pack, on_pack_lost, share, no pack), and when
 ticks fail or recover. Which pack sets a share limit is not logged on every switch: two similar
 packs can alternate every second; /Info/ChargeLimitation shows it.
@@ -55,6 +56,10 @@ from typing import Any
 
 from aggbatt.core.aggregate import (
     MODULES_OFFLINE, STOCK_PAGE_PATHS, VOLTAGES_DIFF, aggregate, cell_voltage_values,
+)
+from aggbatt.core.events import (
+    Event, KnownPacksForgotten, LimitSourceChanged, PackBackOnline, PackHolds, PackNoLongerKnown,
+    PackOnline, PackWentOffline, TickFailed, TicksRecovered, ValueIgnored,
 )
 from aggbatt.core.freshness import (
     PackState, PackTracker, data_age, expected_current, fault_of, stale_verdict,
@@ -119,7 +124,7 @@ class PackStatus:
 @dataclass(frozen=True)
 class TickResult:
     values: Mapping[str, Any]
-    events: Sequence[str]
+    events: Sequence[Event]
     known_packs: frozenset[str]
     packs: Sequence[PackStatus]
     # Known pack id -> the directions ("charge", "discharge") its last fresh data blocks, to be
@@ -255,11 +260,19 @@ class Engine:
 
     # ---- the tick -------------------------------------------------------------------------
 
+    def reconfigure(self, config: Any, strategies: Strategies) -> None:
+        """A config reload: the next tick runs with `config` and `strategies`; what the engine
+        tracks of the packs (online states, readmission timers, known ids) is kept."""
+        self.config = config
+        self.strategies = strategies
+
     def tick(self, now: float, services: Sequence[ServiceReading],
-             wall: float | datetime | None = None) -> TickResult:
-        """`now`: monotonic seconds; `wall`: wall-clock time for calendar rules (own charge)."""
+             wall: float | datetime | None = None,
+             settings: Mapping[str, Any] | None = None) -> TickResult:
+        """`now`: monotonic seconds; `wall`: wall-clock time for calendar rules (own charge);
+        `settings`: the localsettings values the strategies read (TickContext.settings)."""
         cfg = self.config
-        events: list[str] = []
+        events: list[Event] = []
         present = self._identify(now, services, events)
         self._present_ids = frozenset(present)
         self._forget_disallowed(events)
@@ -271,7 +284,8 @@ class Engine:
         held = self._held(present, trackers, events)
         shares = self._shares.update(now, online, measurable_current(cfg))
         ctx = TickContext(now=now, config=cfg, online=tuple(online), offline=tuple(offline),
-                          services=tuple(services), wall=wall, held=tuple(held), shares=shares)
+                          services=tuple(services), wall=wall, held=tuple(held), shares=shares,
+                          settings=dict(settings or {}))
         current = self.strategies.current.measure(ctx)
         self._source_current = current.current
         soc = self.strategies.soc.estimate(ctx, current)
@@ -302,14 +316,14 @@ class Engine:
         self._source_events(limits.discharge_source, limits.discharge_reason, "discharge", events)
         if self._failing:
             self._failing = False
-            events.append("ticks work again: limits computed normally")
+            events.append(TicksRecovered())
         self._last_good = {CVL: limits.cvl, CCL: limits.ccl, DCL: limits.dcl}
         statuses = self._statuses(now, present, trackers)
         values.update(self._pages.values(statuses, now))
         return TickResult(values, events, frozenset(self._known), statuses, self._blocks())
 
     def _identify(self, now: float, services: Sequence[ServiceReading],
-                  events: list[str]) -> dict[str, _Seen]:
+                  events: list[Event]) -> dict[str, _Seen]:
         packs, dup_events = self._directory.identify(services, now, self._known)
         events.extend(dup_events)
         for pack in packs:
@@ -327,7 +341,7 @@ class Engine:
             for path, problem in sorted(checked.problems.items()):
                 if (pack.id, path) not in self._reported:
                     self._reported.add((pack.id, path))
-                    events.append(f"{pack.name}: ignoring {path}: {problem}")
+                    events.append(ValueIgnored(pack.name, path, problem))
             snapshot = _keep_blocking_flags(
                 PackSnapshot.build(pack.id, pack.name, pack.reading.service, checked.values),
                 self._fresh.get(pack.id))
@@ -339,7 +353,7 @@ class Engine:
         self._bound_known(present, events)
         return present
 
-    def _bound_known(self, present: Mapping[str, _Seen], events: list[str]) -> None:
+    def _bound_known(self, present: Mapping[str, _Seen], events: list[Event]) -> None:
         """Keep at most MAX_KNOWN_PACKS known packs: past that, the packs missing longest go.
         A driver that comes back under a new serial again and again would otherwise add a pack
         that counts offline every time, and make the state file grow without end."""
@@ -351,9 +365,7 @@ class Engine:
         for pack_id in missing:
             self._drop_known(pack_id)
         if missing:
-            events.append(f"more than {MAX_KNOWN_PACKS} known packs: forgot {len(missing)} "
-                          f"missing the longest ({', '.join(missing[:5])}"
-                          f"{', ...' if len(missing) > 5 else ''})")
+            events.append(KnownPacksForgotten(MAX_KNOWN_PACKS, tuple(missing)))
 
     def _drop_known(self, pack_id: str) -> None:
         self._known.discard(pack_id)
@@ -389,18 +401,17 @@ class Engine:
             self._drop_known(pack_id)
         return [self._names.get(pack_id, pack_id) for pack_id in gone]
 
-    def _forget_disallowed(self, events: list[str]) -> None:
+    def _forget_disallowed(self, events: list[Event]) -> None:
         for pack_id in sorted(self._known):
             if self._directory.is_excluded_id(pack_id):
                 self._known.discard(pack_id)
                 self._trackers.pop(pack_id, None)
                 self._fresh.pop(pack_id, None)
                 self._holding.pop(pack_id, None)
-                events.append(f"{self._names.get(pack_id, pack_id)}: no longer a known pack "
-                              "(excluded or its id is shared by several packs)")
+                events.append(PackNoLongerKnown(self._names.get(pack_id, pack_id)))
 
     def _judge(self, now: float, present: Mapping[str, _Seen],
-               events: list[str]) -> dict[str, PackTracker]:
+               events: list[Event]) -> dict[str, PackTracker]:
         fresh = self.config.freshness
         online_now = [present[i].snapshot for i in present
                       if i in self._trackers and self._trackers[i].online]
@@ -434,20 +445,19 @@ class Engine:
                                         else _stricter(self._fresh.get(pack_id), snapshot))
             name = self._names.get(pack_id, pack_id)
             if tracker.state is PackState.ONLINE and before is not PackState.ONLINE:
-                where = f" ({seen.reading.service})" if seen else ""
+                service = seen.reading.service if seen else None
                 if before is PackState.NEW:
-                    events.append(f"{name}: online{where}")
+                    events.append(PackOnline(name, service))
                 else:
-                    events.append(f"{name}: back online after {fresh.readmit_after:g} s of valid "
-                                  f"data{where}")
+                    events.append(PackBackOnline(name, fresh.readmit_after, service))
             elif tracker.state is PackState.OFFLINE and before in (PackState.NEW, PackState.ONLINE):
-                events.append(f"{name}: offline: {tracker.reason}")
+                events.append(PackWentOffline(name, tracker.reason))
             if seen:
                 self._seen_ids.add(pack_id)
         return {i: self._trackers[i] for i in self._known}
 
     def _held(self, present: Mapping[str, _Seen], trackers: Mapping[str, PackTracker],
-              events: list[str]) -> list[PackSnapshot]:
+              events: list[Event]) -> list[PackSnapshot]:
         """What each pack that is not online still imposes: its last fresh data, made stricter by
         any block or lower limit its present data shows (logged when that changes)."""
         held: list[PackSnapshot] = []
@@ -463,19 +473,17 @@ class Engine:
             what = _imposes(snapshot)
             if self._holding.get(pack_id) != what:
                 self._holding[pack_id] = what
-                events.append(f"{self._names.get(pack_id, pack_id)}: not online; its last fresh "
-                              f"data still counts ({what}) until it reports fresh data or is "
-                              "forgotten")
+                events.append(PackHolds(self._names.get(pack_id, pack_id), what))
         return held
 
     def _blocks(self) -> dict[str, tuple[str, ...]]:
         return {pack_id: directions for pack_id in sorted(self._known)
                 if pack_id in self._fresh and (directions := _blocked_directions(self._fresh[pack_id]))}
 
-    def _source_events(self, source: str, reason: str | None, which: str, events: list[str]) -> None:
+    def _source_events(self, source: str, reason: str | None, which: str, events: list[Event]) -> None:
         if self._sources.get(which) != source:
             self._sources[which] = source
-            events.append(f"{which} limit now set by: {reason}")
+            events.append(LimitSourceChanged(which, reason))
 
     def _statuses(self, now: float, present: Mapping[str, _Seen],
                   trackers: Mapping[str, PackTracker]) -> list[PackStatus]:
@@ -565,10 +573,9 @@ class Engine:
         for path in self._cell_paths:
             values[path] = None
         values.update(self._pages.cleared())
-        events: list[str] = []
+        events: list[Event] = []
         if not self._failing:
             self._failing = True
-            events.append(f"tick failed ({type(error).__name__}): publishing safe limits "
-                          f"(CCL 0, DCL {dcl:g} A) until a tick succeeds")
+            events.append(TickFailed(type(error).__name__, dcl))
         self._sources.clear()
         return TickResult(values, events, frozenset(self._known), ())

@@ -41,6 +41,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from aggbatt.core.events import (Event, PackIdChanged, PackIdFlapping, PackIdShared,
+                                 PackIdTaken)
 from aggbatt.core.pack_paths import CCL, CUSTOM_NAME, CVL, DCL, PRODUCT_NAME, SERIAL
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.validation import PACK_TEXT_MAX
@@ -170,10 +172,10 @@ class PackDirectory:
         return frozenset(self._ambiguous)
 
     def identify(self, readings: Sequence[ServiceReading], now: float | None = None,
-                 known: Collection[str] = ()) -> tuple[list[PackService], list[str]]:
-        """(packs sorted by id, event lines). `now` None only classifies (the fail-safe path):
+                 known: Collection[str] = ()) -> tuple[list[PackService], list[Event]]:
+        """(packs sorted by id, events). `now` None only classifies (the fail-safe path):
         bindings stay as they are. `known`: the known pack ids, which a rename may not take."""
-        events: list[str] = []
+        events: list[Event] = []
         chosen = [r for r in readings if why_not_a_pack(r, self.rules) is None]
         bases: dict[str, str] = {}
         for reading in chosen:
@@ -200,10 +202,8 @@ class PackDirectory:
             group.sort(key=lambda r: r.service)
             if len(group) > 1 and base not in self._ambiguous:
                 self._ambiguous.add(base)
-                events.append(
-                    f"{len(group)} packs report the same id {base!r} "
-                    f"({', '.join(r.service for r in group)}): identifying them as "
-                    f"{', '.join(duplicate_id(base, r.service) for r in group)}")
+                events.append(PackIdShared(base, tuple(r.service for r in group),
+                                           tuple(duplicate_id(base, r.service) for r in group)))
             for reading in group:
                 pack_id = duplicate_id(base, reading.service) if base in self._ambiguous else base
                 renamed_from = None
@@ -218,15 +218,14 @@ class PackDirectory:
         return packs, events
 
     def _follow(self, reading: ServiceReading, now: float, bases: dict[str, str],
-                known: Collection[str], events: list[str]) -> None:
+                known: Collection[str], events: list[Event]) -> None:
         """Move the binding of `reading` to its new base id once that held (module header)."""
         binding = self._bound[reading.service]
         reported = base_id(reading)
         if reported != binding.pending and binding.pending is not None:
             self._tell(binding, "flapping", events,
-                       f"{binding.id}: {reading.service} reports another id "
-                       f"({binding.pending!r} -> {reported!r}) before the last one held for "
-                       f"{self.rules.rename_after:g} s; it stays {binding.id!r} until one id holds")
+                       PackIdFlapping(binding.id, reading.service, binding.pending, reported,
+                                      self.rules.rename_after))
         if reported == binding.base:
             binding.pending = None
             return
@@ -240,21 +239,19 @@ class PackDirectory:
             _owned(reported, known) and reported != _text(reading, SERIAL))
         if taken:
             self._tell(binding, "taken", events,
-                       f"{binding.id}: {reading.service} now reports {reported!r}, the id of "
-                       f"another known pack; it stays {binding.id!r}")
+                       PackIdTaken(binding.id, reading.service, reported))
             return
-        events.append(f"{binding.id}: {reading.service} now reports the id {reported!r}; "
-                      "the pack is known by it from now on")
+        events.append(PackIdChanged(binding.id, reading.service, reported))
         binding.base = reported
         binding.pending = None
         bases[reading.service] = reported
 
     @staticmethod
-    def _tell(binding: _Binding, kind: str, events: list[str], line: str) -> None:
+    def _tell(binding: _Binding, kind: str, events: list[Event], event: Event) -> None:
         """Once per appearance and kind: a BMS that flaps keeps doing it every tick."""
         if kind not in binding.told:
             binding.told.add(kind)
-            events.append(line)
+            events.append(event)
 
     def is_excluded_id(self, pack_id: str) -> bool:
         """A persisted id that the present rules no longer allow (excluded, or now ambiguous)."""

@@ -1,16 +1,16 @@
-"""The daemon's I/O for the own charge strategy: the balancing state file and the feed-in guard.
+"""The daemon's I/O for the feed-in guard of a charge strategy that asks for one.
 
 The strategies stay pure (strategies/own_charge.py, strategies/feedin.py); this module does what
-they ask for:
+they ask for. A charge strategy takes part by defining `take_feedin()` (the latest decision's
+(wanted, reason), once) and `status()`; its balancing record is a state file like any other
+(aggbatt.daemon.store).
 
-- Balancing: the record is read once at start and handed to OwnCharge; whenever a tick changed it,
-  it is written atomically to `balancing.json` in the state dir.
 - Feed-in guard: /Settings/CGwacs/OvervoltageFeedIn is read at start and followed with
   SettingsClient.watch. After every tick the guard gets the strategy's condition and the setting's
-  value; its actions are executed in order: Persist (an atomic write of `feedin.json`; when it
-  fails the rest of the list is dropped and the guard told, so no write happens that could not be
-  restored), WriteSetting (serialised, logged with its reason, retried by the guard after
-  RETRY_INTERVAL when it fails), Note (logged).
+  value; its actions are executed in order: Persist (an atomic write of `feedin.json` through the
+  state store; when it fails the rest of the list is dropped and the guard told, so no write
+  happens that could not be restored), WriteSetting (serialised, logged with its reason, retried
+  by the guard after RETRY_INTERVAL when it fails), Note (logged).
 - A settings service that is absent or stops answering never raises into the tick: the value
   becomes unknown, the guard waits, and the setting is read again every RETRY_INTERVAL seconds.
 - Nothing is written before the aggregate's bus name is ours (`active`): a second instance that
@@ -26,15 +26,12 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
-from aggbatt.daemon.persist import read_json, write_json_atomic
-from aggbatt.core.strategies import balancing as balancing_state
 from aggbatt.core.strategies import feedin
 from aggbatt.core.strategies.feedin import FeedinGuard, Note, Persist, WriteSetting, restore_mode
-from aggbatt.core.strategies.own_charge import BALANCING_FILE, OwnCharge
+from aggbatt.daemon.store import StateStore
 
 log = logging.getLogger("aggbatt.charge")
 
@@ -43,18 +40,15 @@ RETRY_INTERVAL = 5.0  # s between attempts to write or re-read the setting
 RELEASE_TIMEOUT = 3.0  # s a shutdown waits for the settings service
 
 
-class OwnChargeIO:
-    def __init__(self, strategy: OwnCharge, state_dir: Path, guard: bool,
+class FeedinIO:
+    def __init__(self, strategy: Any, store: StateStore, guard: bool,
                  clock: Callable[[], float]) -> None:
         self.strategy = strategy
-        self.state_dir = state_dir
+        self.store = store
         self.clock = clock
-        read = read_json(state_dir / BALANCING_FILE, balancing_state.STATE_VERSION)
-        strategy.load(read.data, read.problem)
-        self._balancing: dict[str, Any] | None = None  # a changed record not written yet
         self.guard: FeedinGuard | None = None
         if guard:
-            read = read_json(state_dir / FEEDIN_FILE, feedin.STATE_VERSION)
+            read = store.read(FEEDIN_FILE, feedin.STATE_VERSION)
             restored = restore_mode(read.data, read.problem)
             if restored.problem is not None:
                 log.warning("feed-in guard state unusable: %s", restored.problem)
@@ -66,14 +60,14 @@ class OwnChargeIO:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._failing = False
-        self._seen: Any = None
 
     @classmethod
-    def create(cls, strategy: Any, config: Any, state_dir: Path,
-               clock: Callable[[], float]) -> OwnChargeIO | None:
-        if not isinstance(strategy, OwnCharge):
+    def create(cls, strategy: Any, config: Any, store: StateStore,
+               clock: Callable[[], float]) -> FeedinIO | None:
+        """The I/O for a charge strategy that states a feed-in wish; None for any other."""
+        if not callable(getattr(strategy, "take_feedin", None)):
             return None
-        return cls(strategy, state_dir, bool(config.feedin.guard), clock)
+        return cls(strategy, store, bool(config.feedin.guard), clock)
 
     async def start(self, settings: SettingsClient) -> None:
         self.settings = settings
@@ -84,33 +78,14 @@ class OwnChargeIO:
 
     def after_tick(self, now: float, active: bool) -> None:
         """`active`: the aggregate's name is ours, writes are allowed."""
-        decision = self.strategy.last
-        if decision is self._seen:  # the tick failed: no new decision, the guard waits
-            decision = None
-        else:
-            self._seen = decision
-        if decision is not None and decision.balancing_save is not None:
-            self._balancing = dict(decision.balancing_save)
-        if not active:
-            return
-        self._save_balancing()
-        if self.guard is None:
+        wish = self.strategy.take_feedin()  # None: the tick failed, the guard waits
+        if not active or self.guard is None:
             return
         if self.value is None and now >= self._next_read:
             self._next_read = now + RETRY_INTERVAL
             self._spawn(self._read())
-        if decision is not None:
-            self._execute(self.guard.step(now, decision.feedin_wanted, decision.feedin_reason,
-                                          self.value))
-
-    def _save_balancing(self) -> None:
-        if self._balancing is None:
-            return
-        try:
-            write_json_atomic(self.state_dir / BALANCING_FILE, self._balancing)
-            self._balancing = None
-        except OSError as exc:
-            log.error("cannot save the balancing state to %s: %s", self.state_dir, exc)
+        if wish is not None:
+            self._execute(self.guard.step(now, wish[0], wish[1], self.value))
 
     # ----- actions -------------------------------------------------------------------------------
 
@@ -119,7 +94,7 @@ class OwnChargeIO:
         for action in actions:
             if isinstance(action, Persist):
                 try:
-                    write_json_atomic(self.state_dir / FEEDIN_FILE, action.record)
+                    self.store.write(FEEDIN_FILE, action.record)
                 except OSError as exc:
                     log.error("cannot save the feed-in guard state (%s): %s not written", exc,
                               feedin.FEEDIN_PATH)
@@ -178,10 +153,9 @@ class OwnChargeIO:
         self.value = feedin.setting_value(value)
 
     def status(self) -> dict[str, Any]:
-        """For `aggbatt status`: the balancing record and where the feed-in guard is."""
-        balancing = self.strategy.balancing
+        """For `aggbatt status`: the strategy's own report and where the feed-in guard is."""
         return {
-            "balancing": balancing.record.to_json() if balancing is not None else None,
+            **self.strategy.status(),
             "feedin_guard": self.guard.mode.value if self.guard is not None else "off",
             "feedin_setting": self.value,
         }
@@ -192,10 +166,7 @@ class OwnChargeIO:
         """Give a held setting back; only the instance that owns the aggregate's name acts."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=RELEASE_TIMEOUT)
-        if not active:
-            return
-        self._save_balancing()
-        if self.guard is None:
+        if not active or self.guard is None:
             return
         self._execute(self.guard.release(self.clock(), "aggbatt stops: DC feed-in handed back"))
         if self._tasks:

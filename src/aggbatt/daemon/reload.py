@@ -35,17 +35,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aggbatt.config import Config, ConfigError, config_from_dict, load_config
-from aggbatt.daemon.persist import read_json
 from aggbatt.core.strategies import Strategies, build_strategies
-from aggbatt.core.strategies.balancing import STATE_VERSION as BALANCING_VERSION
-from aggbatt.core.strategies.coulomb import STATE_FILE as SOC_FILE
-from aggbatt.core.strategies.coulomb import STATE_VERSION as SOC_VERSION
-from aggbatt.core.strategies.coulomb import CoulombSoc
-from aggbatt.core.strategies.own_charge import BALANCING_FILE, OwnCharge
+from aggbatt.daemon.store import StateStore
+
+if TYPE_CHECKING:
+    from aggbatt.daemon.main import Daemon
 
 log = logging.getLogger("aggbatt")
 
@@ -172,42 +169,74 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
 
 
 def rebuild_strategies(strategies: Strategies, config: Config, parts: Collection[str],
-                       state_dir: Path, wall: float) -> Strategies:
+                       store: StateStore) -> Strategies:
     """`strategies` with the named ones built anew from `config`, their state carried over."""
     if not parts:
         return strategies
     fresh = build_strategies(config)
-    current = fresh.current if "current" in parts else strategies.current
-    soc = strategies.soc
-    if "soc" in parts:
-        soc = fresh.soc
-        _carry_charge_count(strategies.soc, soc, state_dir, wall)
-    charge = strategies.charge
-    if "charge" in parts:
-        charge = fresh.charge
-        _carry_balancing(strategies.charge, charge, state_dir)
+    current = carry_state(strategies.current, fresh.current, store) if "current" in parts \
+        else strategies.current
+    soc = carry_state(strategies.soc, fresh.soc, store) if "soc" in parts else strategies.soc
+    charge = carry_state(strategies.charge, fresh.charge, store) if "charge" in parts \
+        else strategies.charge
     return Strategies(current, soc, charge)
 
 
-def _carry_charge_count(old: Any, new: Any, state_dir: Path, wall: float) -> None:
-    if not isinstance(new, CoulombSoc):
-        return
-    kept = old.counter.shutdown() if isinstance(old, CoulombSoc) else None
+def carry_state(old: Any, new: Any, store: StateStore) -> Any:
+    """`new` holding the state of the `old` one it replaces (strategies.Stateful); when `old`
+    holds none yet, the saved state, as a restart would."""
+    spec = getattr(new, "state_file", None)
+    if spec is None:
+        return new
+    wall = store.wall_clock()
+    kept = old.state_to_carry(wall) if getattr(old, "state_file", None) == spec else None
     if kept is not None:
-        new.counter.load(kept.record(wall), None, wall)
-    else:  # not counting yet: start from the saved state, as a restart would
-        read = read_json(state_dir / SOC_FILE, SOC_VERSION)
-        new.counter.load(read.data, read.problem, wall)
-
-
-def _carry_balancing(old: Any, new: Any, state_dir: Path) -> None:
-    if not isinstance(new, OwnCharge):
-        return
-    if isinstance(old, OwnCharge) and old.balancing is not None:
-        new.load(old.balancing.record.to_json(), None)
+        new.restore_state(kept, None, wall)
     else:
-        read = read_json(state_dir / BALANCING_FILE, BALANCING_VERSION)
-        new.load(read.data, read.problem)
+        store.restore([new])
+    return new
+
+
+def reload_daemon(daemon: Daemon) -> None:
+    """SIGHUP: apply the config file again (the rules in the module header)."""
+    if daemon.config_path is None:
+        log.warning("SIGHUP: started without --config (built-in defaults), nothing to reload")
+        return
+    new = read_config(daemon.config_path)
+    if new is None:
+        return
+    try:
+        plan = plan_reload(daemon.config, new)
+        strategies = rebuild_strategies(daemon.engine.strategies, plan.config, plan.rebuild,
+                                        daemon.store)
+    except (ConfigError, ValueError) as exc:
+        log.error("config reload: %s; keeping the running configuration", exc)
+        return
+    for level, line in plan.lines(daemon.config_path):
+        log.log(level, "%s", line)
+    old, daemon.config = daemon.config, plan.config
+    daemon.engine.reconfigure(plan.config, strategies)
+    if daemon.feedin is not None:
+        daemon.feedin.strategy = strategies.charge
+    if daemon.service is None:
+        return
+    if plan.config.logging.level != old.logging.level:
+        set_log_level(plan.config.logging.level)
+        daemon.service["/LogLevel"] = plan.config.logging.level
+    daemon.service["/ProductName"] = plan.config.service.product_name
+    if plan.config.service.select_as_battery != old.service.select_as_battery:
+        daemon.select_battery()
+    daemon.tick()
+
+
+def log_level_written(path: str, value: Any) -> bool:
+    """The on_change handler of /LogLevel."""
+    if value not in LOG_LEVELS:
+        log.warning("%s = %r refused: use one of %s", path, value, ", ".join(LOG_LEVELS))
+        return False
+    set_log_level(value)
+    log.warning("log level now %s (written to %s)", value, path)
+    return True
 
 
 def set_log_level(level: str) -> bool:

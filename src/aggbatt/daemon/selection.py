@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from dbus_fast.aio import MessageBus
 from aggbatt.bus.connection import BusUnavailable, open_bus
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
 from aggbatt.bus.values import unwrap
-from aggbatt.daemon.persist import read_json, write_json_atomic
+from aggbatt.daemon.store import StateStore
 
 log = logging.getLogger("aggbatt.selection")
 
@@ -81,9 +81,9 @@ def targets(instance: int) -> dict[str, Any]:
     return {BATTERY_SERVICE: f"com.victronenergy.battery/{instance}", BMS_INSTANCE: instance}
 
 
-def read_selection(state_dir: Path) -> tuple[SavedSelection | None, str | None]:
+def read_selection(store: StateStore) -> tuple[SavedSelection | None, str | None]:
     """(the saved selection, None) or (None, why there is none usable)."""
-    read = read_json(state_dir / SELECTION_FILE, STATE_VERSION)
+    read = store.read(SELECTION_FILE, STATE_VERSION)
     if read.data is None:
         return None, read.problem
     by, settings = read.data.get("by"), read.data.get("settings")
@@ -91,7 +91,7 @@ def read_selection(state_dir: Path) -> tuple[SavedSelection | None, str | None]:
             path in (BATTERY_SERVICE, BMS_INSTANCE) and isinstance(e, dict)
             and _setting_value(e.get("previous")) and _setting_value(e.get("written"))
             for path, e in settings.items()):
-        return None, f"{state_dir / SELECTION_FILE} does not hold a selection record"
+        return None, f"{store.path(SELECTION_FILE)} does not hold a selection record"
     return SavedSelection(by, {p: dict(e) for p, e in settings.items()}), None
 
 
@@ -128,14 +128,14 @@ async def _read_both(settings: SettingsClient) -> dict[str, Any]:
     return values
 
 
-async def select(settings: SettingsClient, instance: int, state_dir: Path, by: str,
+async def select(settings: SettingsClient, instance: int, store: StateStore, by: str,
                  reason: str) -> list[str]:
     """Make DeviceInstance `instance` the battery monitor and BMS; return what was done."""
     report = _Report()
     wanted = targets(instance)
     present = await _read_both(settings)
-    saved, problem = read_selection(state_dir)
-    if saved is None and problem is not None and (state_dir / SELECTION_FILE).exists():
+    saved, problem = read_selection(store)
+    if saved is None and problem is not None and store.exists(SELECTION_FILE):
         log.warning("ignoring an unusable saved selection: %s", problem)
     record = saved or SavedSelection(by, {})
     if BY_COMMAND in (record.by, by):
@@ -149,11 +149,11 @@ async def select(settings: SettingsClient, instance: int, state_dir: Path, by: s
             record.settings[path] = {"previous": present[path], "written": wanted[path]}
     if not to_write:
         if saved is not None and saved.by != record.by:
-            _save(state_dir, record)
+            _save(store, record)
         report(f"the aggregate (DeviceInstance {instance}) is already the system's battery "
                "monitor and BMS")
         return report.lines
-    _save(state_dir, record)
+    _save(store, record)
     failed = []
     for path in to_write:
         code = await settings.set(path, wanted[path])
@@ -166,13 +166,13 @@ async def select(settings: SettingsClient, instance: int, state_dir: Path, by: s
     return report.lines
 
 
-async def restore(settings: SettingsClient, state_dir: Path, reason: str) -> list[str]:
+async def restore(settings: SettingsClient, store: StateStore, reason: str) -> list[str]:
     """Give back what `select` changed where it still holds aggbatt's value; return what was
     done."""
     report = _Report()
-    saved, problem = read_selection(state_dir)
+    saved, problem = read_selection(store)
     if saved is None:
-        if (state_dir / SELECTION_FILE).exists():
+        if store.exists(SELECTION_FILE):
             raise SelectionError(f"cannot restore the previous battery selection: {problem}; "
                                  f"choose the battery {GX_MENU}")
         report("no saved battery selection: nothing to restore")
@@ -196,43 +196,40 @@ async def restore(settings: SettingsClient, state_dir: Path, reason: str) -> lis
         else:
             failed.append(f"{path} refused (code {code})")
     if saved.settings:
-        _save(state_dir, saved)
+        _save(store, saved)
         raise SelectionError(f"could not restore {', '.join(failed)}; kept in "
-                             f"{state_dir / SELECTION_FILE} for the next attempt")
-    try:
-        os.unlink(state_dir / SELECTION_FILE)
-    except FileNotFoundError:
-        pass
+                             f"{store.path(SELECTION_FILE)} for the next attempt")
+    store.remove(SELECTION_FILE)
     return report.lines
 
 
-def _save(state_dir: Path, record: SavedSelection) -> None:
+def _save(store: StateStore, record: SavedSelection) -> None:
     try:
-        write_json_atomic(state_dir / SELECTION_FILE, record.to_json())
+        store.write(SELECTION_FILE, record.to_json())
     except OSError as exc:
-        raise SelectionError(f"cannot save the previous battery selection in {state_dir}: "
+        raise SelectionError(f"cannot save the previous battery selection in {store.state_dir}: "
                              f"{exc.strerror or exc}; nothing was written") from None
 
 
-async def apply_config_switch(settings: SettingsClient, instance: int, state_dir: Path,
+async def apply_config_switch(settings: SettingsClient, instance: int, store: StateStore,
                               enabled: bool) -> None:
     """The daemon's side of `service.select_as_battery`: select when on; when off, give back
     a selection the switch made. Never raises: problems are logged."""
     try:
         if enabled:
-            await select(settings, instance, state_dir, BY_CONFIG,
+            await select(settings, instance, store, BY_CONFIG,
                          "service.select_as_battery is true")
             return
-        saved, _ = read_selection(state_dir)
+        saved, _ = read_selection(store)
         if saved is not None and saved.by == BY_CONFIG:
-            await restore(settings, state_dir, "service.select_as_battery is now false")
+            await restore(settings, store, "service.select_as_battery is now false")
     except (SelectionError, SettingsUnavailable) as exc:
         log.warning("battery selection: %s", exc)
 
 
-def selection_status(state_dir: Path, enabled: bool) -> dict[str, Any]:
+def selection_status(store: StateStore, enabled: bool) -> dict[str, Any]:
     """For `aggbatt status`: the config switch and what would be given back."""
-    saved, _ = read_selection(state_dir)
+    saved, _ = read_selection(store)
     return {"select_as_battery": enabled,
             "saved_by": saved.by if saved else None,
             "previous": {p: e["previous"] for p, e in saved.settings.items()} if saved else {}}
@@ -268,11 +265,13 @@ async def command(address: str | None, on: bool, state_dir: Path, service: str, 
         bus = await open_bus(address, timeout)
     except BusUnavailable as exc:
         raise SelectionError(str(exc)) from None
+    # The person running the command decides: it writes whether or not the daemon runs.
+    store = StateStore(state_dir, time.time)
     try:
         settings = SettingsClient(bus, timeout=timeout)
         if not on:
-            return await restore(settings, state_dir, "aggbatt select-battery off")
+            return await restore(settings, store, "aggbatt select-battery off")
         instance = await _device_instance(bus, settings, service, unique_id, timeout)
-        return await select(settings, instance, state_dir, BY_COMMAND, "aggbatt select-battery on")
+        return await select(settings, instance, store, BY_COMMAND, "aggbatt select-battery on")
     finally:
         bus.disconnect()

@@ -41,7 +41,7 @@ from aggbatt.sim.lfp import piecewise_linear
 from aggbatt.sim.pack import SimPack
 from aggbatt.sim.pack_model import PackParams
 from aggbatt.core.strategies.balancing import BalancingRecord
-from aggbatt.core.strategies.own_charge import OwnCharge
+from aggbatt.core.strategies.own_charge import BALANCING_FILE
 
 DAY = 86400.0
 ROW_EVERY = 60.0  # s between CSV rows
@@ -189,10 +189,12 @@ def run_day(config: Any, options: SimulateOptions) -> Day:
     # (the Coulomb counter's gap limit) must know it.
     service = config.service.model_copy(update={"tick_interval": min(10.0, options.step)})
     engine = Engine(config.model_copy(update={"service": service}))
-    charge = engine.strategies.charge
-    if isinstance(charge, OwnCharge):
-        charge.load(BalancingRecord(last_balancing=options.last_balancing).to_json(), None)
     start = datetime.combine(options.day or date.today(), datetime.min.time())
+    charge = engine.strategies.charge
+    state = getattr(charge, "state_file", None)
+    if state is not None and state.name == BALANCING_FILE:  # it keeps a balancing record
+        charge.restore_state(BalancingRecord(last_balancing=options.last_balancing).to_json(),
+                             None, start.timestamp())
     total_capacity = sum(p.params.capacity_ah for p in packs)
     peak_pv, base_load = 0.25 * total_capacity, 0.02 * total_capacity
     rows: list[Row] = []

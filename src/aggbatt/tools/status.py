@@ -1,9 +1,9 @@
 """`aggbatt status`: what the running daemon and Venus make of the bank, for people and scripts.
 
 The daemon answers `GetStatus` (interface io.github.aggbatt.Status, any path) on the aggregate's
-own connection with one JSON object (Daemon.status). This module asks for it, asks
-com.victronenergy.system which battery monitor and BMS Venus really uses (victron-contract §4.3, §4.4,
-5.5), adds warnings, and prints text or JSON.
+own connection with one JSON object (aggbatt.daemon.status_api.StatusReport). This module asks
+for it, asks com.victronenergy.system which battery monitor and BMS Venus really uses
+(victron-contract §4.3, §4.4, 5.5), adds warnings, and prints text or JSON.
 
 Rules:
 - Only dbus-fast and the standard library are imported: a status check on a GX device must not
@@ -27,11 +27,8 @@ from dbus_fast.aio import MessageBus
 
 from aggbatt.bus.connection import BusUnavailable, open_bus
 from aggbatt.bus.values import unwrap
+from aggbatt.daemon.status_api import ACCESS_DENIED, FORGET_REFUSED, REPORT_KEYS, STATUS_INTERFACE
 
-STATUS_INTERFACE = "io.github.aggbatt.Status"
-# The daemon's answers to a ForgetMissingPacks it does not carry out; the text says why.
-ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
-FORGET_REFUSED = "io.github.aggbatt.Error.NothingForgotten"
 DEFAULT_SERVICE = "com.victronenergy.battery.aggregate"
 SYSTEM_SERVICE = "com.victronenergy.system"
 BUSITEM = "com.victronenergy.BusItem"
@@ -43,8 +40,7 @@ _SYSTEM_PATHS = ("/ActiveBatteryService", "/ActiveBmsService", "/ActiveBmsInstan
                  "/Dvcc/Alarms/MultipleBatteries")
 MULTIPLE_BATTERIES = "Dvcc/Alarms/MultipleBatteries"
 # Keys the text printer lays out itself; any other key is printed generically.
-_KNOWN = frozenset({"service", "version", "ticks", "aggregate", "packs", "config", "current_source",
-                    "selection", "system", "warnings", "not_answering", "notes"})
+_KNOWN = (REPORT_KEYS - {"own_charge"}) | {"system", "warnings", "notes"}
 
 FIX_SELECTION = (
     "to fix: run 'aggbatt-ctl enable' (or 'aggbatt select-battery on'), or set "

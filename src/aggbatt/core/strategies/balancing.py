@@ -52,6 +52,9 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from typing import Any
 
+from aggbatt.core.events import Event as LogEvent
+from aggbatt.core.events import StrategyNote
+
 STATE_VERSION = 1
 EPSILON = 1e-6  # V: 55.2 - 0.8 is 54.400000000000006 in floating point, and 54.4 must count
 
@@ -177,7 +180,7 @@ class BalancingStep:
     target: float  # the CVL balancing asks for (bank V)
     phase: Phase
     reason: str  # for /Info/ChargeMode
-    events: tuple[str, ...]  # log lines
+    events: tuple[LogEvent, ...]
     changed: bool  # the record changed: persist it
 
 
@@ -254,7 +257,7 @@ class Balancing:
 
     def step(self, now: float, wall: datetime, inp: BalancingInputs) -> BalancingStep:
         today = wall.date()
-        events: list[str] = []
+        events: list[LogEvent] = []
         changed, self._dirty = self._dirty, False
         for _ in range(len(Phase)):
             event = self._event(now, today, inp)
@@ -272,7 +275,7 @@ class Balancing:
                 self._phase_start = now
             self.record = record
             changed = True
-            events.append(self._describe(before, event, after, inp, today))
+            events.append(StrategyNote(self._describe(before, event, after, inp, today)))
             if after is not Phase.RAISING:
                 break
         return BalancingStep(self._target(inp), self.record.phase, self._reason(today, inp),

@@ -59,6 +59,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from aggbatt.core.events import Event, LimitSourceChanged
 from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
 from aggbatt.core.strategies.cvl_arbitration import AbsorptionHold
@@ -280,14 +281,14 @@ class PassthroughCharge:
 
     def limits(self, ctx: TickContext, current: CurrentResult) -> ChargeLimits:
         charge, discharge = bound(ctx, CHARGE), bound(ctx, DISCHARGE)
-        events: list[str] = []
+        events: list[Event] = []
         if self._hold is not None:
             known = {p.id for p in ctx.online} | {p.id for p in ctx.offline}
             held = self._hold.arbitrate(ctx.online, known)
             cvl = held.cvl
             if held.source != self._cvl_source:
                 self._cvl_source = held.source
-                events.append(f"CVL now set by: {held.reason}")
+                events.append(LimitSourceChanged("CVL", held.reason))
         else:
             cvl = min_pack_cvl(ctx)
         return ChargeLimits(

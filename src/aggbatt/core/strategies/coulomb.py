@@ -65,12 +65,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from aggbatt.core.strategies import CurrentResult, SocResult, TickContext
+from aggbatt.core.events import Event, StrategyNote
+from aggbatt.core.strategies import CurrentResult, SocResult, StateFile, TickContext
 from aggbatt.core.strategies.soc import TTG_MIN_CURRENT, BmsAverage
 
 STATE_FILE = "soc.json"
 STATE_VERSION = 1
-SETTINGS_SERVICE = "com.victronenergy.settings"
 MIN_SOC_SETTING = "/Settings/CGwacs/BatteryLife/MinimumSocLimit"
 
 
@@ -163,8 +163,12 @@ class SaveDecision:
 @dataclass(frozen=True)
 class CounterStep:
     values: dict[str, Any]                 # /Soc, /Capacity, /ConsumedAmphours, /TimeToGo
-    events: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     save: SaveDecision | None = None
+
+
+def _notes(lines: list[str]) -> list[Event]:
+    return [StrategyNote(line) for line in lines]
 
 
 OUTPUT_PATHS = ("/Soc", "/Capacity", "/ConsumedAmphours", "/TimeToGo")
@@ -272,13 +276,14 @@ class CoulombCounter:
             forced = self._initialise(now, capacity, _number(inputs.bms_soc), events,
                                       inputs.packs_offline)
             if self.charge is None:
-                return CounterStep(dict.fromkeys(OUTPUT_PATHS), events)
+                return CounterStep(dict.fromkeys(OUTPUT_PATHS), _notes(events))
         else:
             self._rescale(capacity, events)
             self._integrate(now, current, events)
         self._last_t, self._last_i = now, current
         forced = self._resets(now, current, inputs, events) or forced
-        return CounterStep(self._values(current, inputs), events, self._save_decision(now, forced))
+        return CounterStep(self._values(current, inputs), _notes(events),
+                           self._save_decision(now, forced))
 
     def shutdown(self) -> SaveDecision | None:
         if self.charge is None or self.capacity is None:
@@ -457,11 +462,15 @@ class CoulombSoc:
     """The SocStrategy for `soc.strategy = "coulomb_counter"` (module header)."""
 
     name = "coulomb_counter"
+    state_file = StateFile(STATE_FILE, STATE_VERSION, "the own SoC")
 
     def __init__(self, params: CoulombParams) -> None:
         self.counter = CoulombCounter(params)
         self._bms = BmsAverage()
         self._save: SaveDecision | None = None
+        self.settings: Mapping[str, str] = (
+            {MIN_SOC_SETTING: "no ESS minimum SoC: /TimeToGo counts down to 0 %"}
+            if params.time_to_go_to_min_soc else {})
 
     @classmethod
     def from_config(cls, config: Any) -> CoulombSoc:
@@ -492,6 +501,23 @@ class CoulombSoc:
         save, self._save = self._save, None
         return save
 
+    # ----- lifecycle hooks (strategies.Stateful) -------------------------------------------------
+
+    def restore_state(self, data: Mapping[str, Any] | None, problem: str | None,
+                      wall: float) -> None:
+        self.counter.load(data, problem, wall)
+
+    def state_to_save(self, wall: float) -> dict[str, Any] | None:
+        save = self.take_save()
+        return save.record(wall) if save is not None else None
+
+    def state_at_stop(self, wall: float) -> dict[str, Any] | None:
+        return self.state_to_carry(wall)
+
+    def state_to_carry(self, wall: float) -> dict[str, Any] | None:
+        kept = self.counter.shutdown()
+        return kept.record(wall) if kept is not None else None
+
 
 def expected_packs(ctx: TickContext) -> int:
     """discovery.expected_packs (0 = no expectation); a context without a config expects none."""
@@ -499,7 +525,4 @@ def expected_packs(ctx: TickContext) -> int:
 
 
 def min_soc_limit(ctx: TickContext) -> float | None:
-    for reading in ctx.services:
-        if reading.service == SETTINGS_SERVICE:
-            return _number(reading.values.get(MIN_SOC_SETTING))
-    return None
+    return _number(ctx.settings.get(MIN_SOC_SETTING))

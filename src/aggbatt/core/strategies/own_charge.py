@@ -37,9 +37,10 @@ Rules (docs/reference-aggregator.md §3-§6; the reference's defects of §11 ite
 - Feed-in guard condition: dynamic CVL active, or (feedin.also_when_blocking) any pack blocks
   charging. The daemon runs the guard (feedin.py) from `feedin_wanted`/`feedin_reason`.
 
-State: the balancing record (balancing.py) is handed over once with `load` before the first tick and
-leaves through `balancing_save` whenever it changed; the daemon writes it to the state dir. The DCL
-latch and the dynamic CVL controller are not persisted (see their modules).
+State: the balancing record (balancing.py) is handed over once with `load` (`restore_state`) before
+the first tick and leaves through `balancing_save` whenever it changed; the daemon writes what
+`state_to_save` hands it to the state dir. The DCL latch and the dynamic CVL controller are not
+persisted (see their modules). The feed-in wish of each decision leaves once through `take_feedin`.
 """
 
 from __future__ import annotations
@@ -50,13 +51,18 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from aggbatt.core.events import (
+    DischargeCutOff, DischargeCutOffKept, DischargeCutOffReleased, DynamicCvlChanged, Event,
+    LimitSourceChanged, StrategyNote,
+)
 from aggbatt.core.pack_paths import CHARGE_MODE
 from aggbatt.core.snapshot import PackSnapshot
-from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
+from aggbatt.core.strategies import ChargeLimits, CurrentResult, StateFile, TickContext
 from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, Bound, bound
 from aggbatt.core.strategies.balancing import (
     Balancing, BalancingInputs, BalancingParams, BalancingRecord, Phase,
 )
+from aggbatt.core.strategies.balancing import STATE_VERSION as BALANCING_VERSION
 from aggbatt.core.strategies.current_tables import (
     CurrentTables, Latch, Limit, Table, TableInputs, TableParams,
 )
@@ -120,7 +126,7 @@ class OwnDecision:
     dcl: Limit
     feedin_wanted: bool
     feedin_reason: str
-    events: tuple[str, ...]
+    events: tuple[Event, ...]
     balancing_save: Mapping[str, Any] | None  # the balancing record to persist, when it changed
 
 
@@ -191,6 +197,7 @@ def _cap(limit: Bound) -> Limit:
 
 class OwnCharge:
     name = "own"
+    state_file = StateFile(BALANCING_FILE, BALANCING_VERSION, "the balancing state", retry=True)
 
     def __init__(self, config: Any) -> None:
         self.params = OwnParams.from_config(config)
@@ -217,6 +224,8 @@ class OwnCharge:
         # pack id -> the last distrusted count: said once per count, not at every voltage swing
         self._misfits: dict[str, int] = {}
         self.last: OwnDecision | None = None
+        self._unsaved: dict[str, Any] | None = None  # a changed balancing record not handed out
+        self._feedin_wish: tuple[bool, str] | None = None  # the latest decision's, not taken
 
     def load(self, data: Mapping[str, Any] | None, problem: str | None) -> None:
         """The balancing state as read by persist.read_json; used at the first tick."""
@@ -230,6 +239,9 @@ class OwnCharge:
                                _cap(bound(ctx, CHARGE)), _cap(bound(ctx, DISCHARGE)),
                                charging=_charging(current.current, self.idle_current), known=known)
         self.last = decision
+        if decision.balancing_save is not None:
+            self._unsaved = dict(decision.balancing_save)
+        self._feedin_wish = (decision.feedin_wanted, decision.feedin_reason)
         return ChargeLimits(
             cvl=decision.cvl, ccl=decision.ccl.value, dcl=decision.dcl.value,
             charge_reason=decision.ccl.reason, discharge_reason=decision.dcl.reason,
@@ -245,7 +257,7 @@ class OwnCharge:
         """`charging`: the bank takes charge current now (or its current is unknown). `known`: the
         ids of every known pack, online or not (None: keep what is remembered of absent packs)."""
         p = self.params
-        events: list[str] = []
+        events: list[Event] = []
         save: Mapping[str, Any] | None = None
         if self.balancing is None:
             save = self._start_balancing(now, wall, events)
@@ -302,7 +314,7 @@ class OwnCharge:
                 mode = f"{pack.name}: cell count {why}, its own CVL applies"
         if source != self._cvl_source:
             self._cvl_source = source
-            events.append(f"CVL now set by: {mode}")
+            events.append(LimitSourceChanged("CVL", mode))
 
         pack_lows = {pack.id: lowest_cell(pack) for pack in packs}
         highs, lows = self._cell_extremes(packs, pack_lows, known)
@@ -322,7 +334,7 @@ class OwnCharge:
         return OwnDecision(cvl, source, mode, ccl, dcl, wanted, why, tuple(events), save)
 
     def _cell_counts(self, packs: Sequence[PackSnapshot],
-                     events: list[str]) -> tuple[dict[str, int | None], set[str]]:
+                     events: list[Event]) -> tuple[dict[str, int | None], set[str]]:
         """Each pack's trusted cell count (None: unknown), and the ids whose count was distrusted."""
         counts: dict[str, int | None] = {}
         misfits: set[str] = set()
@@ -337,8 +349,8 @@ class OwnCharge:
             misfits.add(pack.id)
             if self._misfits.get(pack.id) != n:
                 self._misfits[pack.id] = n
-                events.append(f"{pack.name}: cell count {n} not used ({why}); "
-                              "its own CVL caps the bank")
+                events.append(StrategyNote(f"{pack.name}: cell count {n} not used ({why}); "
+                                           "its own CVL caps the bank"))
         return counts, misfits
 
     def _counted(self, packs: Sequence[PackSnapshot], counts: Mapping[str, int | None],
@@ -354,7 +366,7 @@ class OwnCharge:
         return [(pack, n) for pack in packs if (n := counts[pack.id]) is not None] + [
             last for pid, last in self._last_counted.items() if counts.get(pid) is None]
 
-    def _start_balancing(self, now: float, wall: datetime, events: list[str]) -> Mapping[str, Any] | None:
+    def _start_balancing(self, now: float, wall: datetime, events: list[Event]) -> Mapping[str, Any] | None:
         data, problem = self._loaded
         if data is None:
             record, problems = BalancingRecord(), ([problem] if problem else [])
@@ -362,8 +374,8 @@ class OwnCharge:
             record, problems = BalancingRecord.from_json(data)
         self.balancing = Balancing(self.params.balancing, record, now, wall)
         if problems:
-            events.append("balancing state: " + "; ".join(problems)
-                          + f" (last balancing {record.last_balancing or 'never'})")
+            events.append(StrategyNote("balancing state: " + "; ".join(problems)
+                                       + f" (last balancing {record.last_balancing or 'never'})"))
             return self.balancing.record.to_json()
         return None
 
@@ -397,7 +409,7 @@ class OwnCharge:
         return "; ".join(dark + away) or None
 
     def _remember_low_packs(self, packs: Sequence[PackSnapshot], lows: Mapping[str, float | None],
-                            missing: str | None, events: list[str]) -> None:
+                            missing: str | None, events: list[Event]) -> None:
         if self.tables.latch is not Latch.CUT:
             self._low_packs.clear()
             self._latch_kept = None
@@ -408,7 +420,7 @@ class OwnCharge:
         if missing != self._latch_kept:
             self._latch_kept = missing
             if missing is not None:
-                events.append(f"DCL cut-off kept while the lowest cell is unknown: {missing}")
+                events.append(DischargeCutOffKept(missing))
 
     def _feedin(self, charge_block: str | None, dynamic_reason: str | None) -> tuple[bool, str]:
         if dynamic_reason is not None or self.dynamic.limit is not None:
@@ -417,19 +429,45 @@ class OwnCharge:
             return True, f"{charge_block} blocks charging"
         return False, ""
 
-    def _note_dynamic(self, active: bool, reason: str | None, events: list[str]) -> None:
+    def _note_dynamic(self, active: bool, reason: str | None, events: list[Event]) -> None:
         if active != self._dynamic_active:
             self._dynamic_active = active
-            events.append(f"dynamic CVL: {reason}" if active else "dynamic CVL: back at the target")
+            events.append(DynamicCvlChanged(active, reason if active else None))
 
-    def _note_latch(self, dcl: Limit, events: list[str]) -> None:
+    def _note_latch(self, dcl: Limit, events: list[Event]) -> None:
         latch = self.tables.latch
         if latch is not self._latch:
             if latch is Latch.CUT:
-                events.append(f"DCL cut off: {dcl.reason}")
+                events.append(DischargeCutOff(dcl.reason))
             elif self._latch is Latch.CUT:
-                events.append("DCL cut-off released: lowest cell above the hysteresis")
+                events.append(DischargeCutOffReleased())
             self._latch = latch
 
     def next_balancing(self, today: date) -> date | None:
         return self.balancing.next_due(today) if self.balancing is not None else None
+
+    # ----- lifecycle hooks (strategies.Stateful, Reporting) --------------------------------------
+
+    def restore_state(self, data: Mapping[str, Any] | None, problem: str | None,
+                      wall: float) -> None:
+        self.load(data, problem)
+
+    def state_to_save(self, wall: float) -> dict[str, Any] | None:
+        record, self._unsaved = self._unsaved, None
+        return record
+
+    def state_at_stop(self, wall: float) -> dict[str, Any] | None:
+        return self.state_to_save(wall)
+
+    def state_to_carry(self, wall: float) -> dict[str, Any] | None:
+        return self.balancing.record.to_json() if self.balancing is not None else None
+
+    def take_feedin(self) -> tuple[bool, str] | None:
+        """(wanted, reason) of the decision made since the last call, once; None after a tick
+        that failed (no new decision: the feed-in guard waits)."""
+        wish, self._feedin_wish = self._feedin_wish, None
+        return wish
+
+    def status(self) -> dict[str, Any]:
+        balancing = self.balancing
+        return {"balancing": balancing.record.to_json() if balancing is not None else None}

@@ -43,6 +43,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from aggbatt.core.events import Event, VictronCurrentBack, VictronCurrentLost
 from aggbatt.core.packs import BMS_PATHS, SHUNT_NAMES
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, TickContext
 from aggbatt.core.strategies.current import BmsSum
@@ -106,7 +107,7 @@ class DeviceCurrent:
     source: str                        # "victron" or "bms"
     block: bool = False                # source lost and on_source_lost = "block": CCL/DCL 0
     problems: tuple[str, ...] = ()
-    events: tuple[str, ...] = ()
+    events: tuple[Event, ...] = ()
     parts: dict[str, float] = field(default_factory=dict)
 
 
@@ -195,13 +196,12 @@ class VictronDevices:
         present = {r.service for r, _ in devices}
         problems.extend(f"{name} vanished" for name in sorted(self._seen - present))
         self._seen |= present
-        events: list[str] = []
+        events: list[Event] = []
         if problems:
             result = self._lost_result(starting, problems, events, bms_current, parts)
         else:
             if self._warned:
-                events.append("bank current from Victron devices again "
-                              f"({', '.join(sorted(parts))})")
+                events.append(VictronCurrentBack(tuple(sorted(parts))))
             self._warned = False
             total = sum(parts.values())
             v = _number(voltage)
@@ -209,6 +209,13 @@ class VictronDevices:
                                    parts=parts, events=tuple(events))
         self._last = result
         return result
+
+    def subscriptions(self) -> dict[str, frozenset[str]]:
+        """The Victron devices whose current this source adds up (strategies.Subscribing)."""
+        classes = {c: frozenset(p) for c, p in SERVICE_PATHS.items()}
+        if not self.params.include_dcdc:
+            del classes["dcdc"]
+        return classes
 
     def status(self) -> dict[str, Any]:
         last = self._last
@@ -272,14 +279,11 @@ class VictronDevices:
             return None
         return current
 
-    def _lost_result(self, starting: bool, problems: list[str], events: list[str],
+    def _lost_result(self, starting: bool, problems: list[str], events: list[Event],
                      bms_current: float | None, parts: dict[str, float]) -> DeviceCurrent:
         block = self.params.block_on_loss
         if not starting and not self._warned:
-            action = ("charge and discharge blocked (on_source_lost = block)" if block
-                      else "using the sum of the BMS currents")
-            events.append("bank current from Victron devices lost: "
-                          f"{'; '.join(problems)}; {action}")
+            events.append(VictronCurrentLost(tuple(problems), block))
             self._warned = True
         return DeviceCurrent(_number(bms_current), None, "bms", block=block and not starting,
                              problems=tuple(problems), events=tuple(events), parts=parts)
