@@ -314,7 +314,7 @@ class PackModel:
         self._update_bms()
 
     def drift_cell(self, cell: int, mv: float) -> None:
-        """Offset cell `cell` (1-based, as in /Voltages/Cell<n>) by `mv` millivolts from now on."""
+        """Offset cell `cell` (1-based, as the BMS numbers them) by `mv` millivolts from now on."""
         if not 1 <= cell <= self.params.cells:
             raise ValueError(f"cell {cell} outside 1..{self.params.cells}")
         self._drift[cell - 1] = mv / 1000.0
@@ -324,6 +324,8 @@ class PackModel:
     def set_temperature(self, celsius: float) -> None:
         self.temperature = float(celsius)
         self._update_bms()
+
+    # ----- what the BMS reports beside the raw readings -------------------------------------------
 
     @property
     def current_avg(self) -> float:
