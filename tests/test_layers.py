@@ -86,10 +86,14 @@ def core_violations(source: str, module: str, is_package: bool = False) -> list[
     return sorted(set(found))
 
 
+# The common error base sits below every layer: it imports nothing (checked below).
+BELOW_EVERY_LAYER = ("aggbatt.bus", "aggbatt.errors")
+
+
 def bus_violations(source: str, module: str, is_package: bool = False) -> list[str]:
     found = []
     for line, name in imported_modules(ast.parse(source), module, is_package):
-        if _under(name, ("aggbatt",)) and not _under(name, ("aggbatt.bus",)) and name != "aggbatt":
+        if _under(name, ("aggbatt",)) and not _under(name, BELOW_EVERY_LAYER) and name != "aggbatt":
             found.append(f"{module}:{line} imports {name}")
     return sorted(set(found))
 
@@ -114,6 +118,12 @@ def test_core_imports_no_bus_io_clock_or_upper_layer() -> None:
 def test_bus_imports_nothing_above_it() -> None:
     assert list(_modules("bus"))
     assert _check("bus", bus_violations) == []
+
+
+def test_the_error_base_imports_nothing() -> None:
+    tree = ast.parse((PACKAGE / "errors.py").read_text(encoding="utf-8"))
+    assert [name for _, name in imported_modules(tree, "aggbatt.errors", False)
+            if name not in ("__future__", "__future__.annotations")] == []
 
 
 @pytest.mark.parametrize("source", [

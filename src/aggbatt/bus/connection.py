@@ -7,8 +7,10 @@ import asyncio
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 
+from aggbatt.errors import AggbattError
 
-class BusUnavailable(ConnectionError):
+
+class BusUnavailable(AggbattError, ConnectionError):
     """No connection could be made; the message names the bus and the cause."""
 
 

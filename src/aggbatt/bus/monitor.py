@@ -56,28 +56,8 @@ already dispatched, so the reply may be older than what the cache holds (victron
 service that never answers must not hold up the caller for two call timeouts. Scans that take
 longer go on in the background and fire on_added when they succeed.
 
-Match-rule plan. dbus-daemon caps the match rules of one connection (max_match_rules_per_connection,
-512 in its stock config); one rule per wanted path costs a serialbattery pack ~51, so 16 packs
-overflow. A rule may instead name a sub-tree, `path_namespace='/System'` (dbus-daemon >= 1.5), which
-also admits the sub-tree's unwanted paths. `plan_rules` decides, per service:
-
-- Candidates are the proper ancestors of a wanted path except `/` ('/Dc' and '/Dc/0' for
-  '/Dc/0/Voltage'); `/` would be the sender-wide rule.
-- A candidate N qualifies when it holds >= 3 wanted paths and the service's paths in N (those its
-  GetItems listed, plus the wanted ones) are at most 3x the wanted ones: each rule saved admits
-  about two unwanted paths at most. Those still reach the handler, which drops and counts them
-  (`unwanted_signals`).
-- Each wanted path is covered by its shallowest qualifying ancestor, else by a rule of its own.
-
-Why 3x: for a serialbattery pack (victron-contract §4.1) and the engine's ~50 paths it selects /Alarms
-(17 wanted of 17), /System (12 of 22), /Dc (3 of 4-6), /Io (3 of 4), /Info (5 of 13-15) and, when
-history is read, /History; with the root-level paths and /Voltages/Sum as single rules a pack costs
-13 rules (ItemsChanged included; 14 with /History), so 32 packs take 417 (449). At 2x /Info would
-stay per-path (17 a pack, 32 packs = 545). Cell voltages,
-the bulk of a pack's traffic (one signal per cell per poll), stay out: /Voltages holds one or two
-wanted paths next to 4-32 cells, which fails both the >= 3 and the 3x test unless the cells
-themselves are wanted. A publisher of many extra paths (serialbattery's optional /Info/Config/*)
-pushes its namespace over 3x and back to single rules.
+Match-rule plan. dbus-daemon caps the match rules of one connection, so PropertiesChanged is
+matched per wanted path or per sub-tree as bus/match_rules.py plans it from the paths a scan listed.
 
 The paths are known only after the scan, and rules must be in place before it (a change between
 GetItems and AddMatch would be lost). So a service is subscribed sender-wide for its scan, then
@@ -102,39 +82,26 @@ from dbus_fast import Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.validators import is_object_path_valid
 
+from aggbatt.bus.busitem import BUSITEM, DBUS, DBUS_PATH, CallFailed, call
+from aggbatt.bus.match_rules import RulePlan, plan_rules, rules_for
 from aggbatt.bus.scanner import Scanner
 from aggbatt.bus.values import unwrap
 
-BUSITEM = "com.victronenergy.BusItem"
 PREFIX = "com.victronenergy."
-DBUS = "org.freedesktop.DBus"
-DBUS_PATH = "/org/freedesktop/DBus"
 NAME_OWNER_RULE = (
     f"type='signal',sender='{DBUS}',path='{DBUS_PATH}',interface='{DBUS}',"
     "member='NameOwnerChanged',arg0namespace='com.victronenergy'"
 )
 # Classes that have no /DeviceInstance by design (victron-contract §2.1 step 6).
 NO_INSTANCE_CLASSES = frozenset({"settings"})
-# When a path_namespace rule replaces per-path rules (module docstring, "Match-rule plan").
-NAMESPACE_MIN_WANTED = 3
-NAMESPACE_MAX_RATIO = 3
 BURST = 32
 # Paths kept per service. A serialbattery pack with 32 cells and every optional path lists ~300;
 # a service listing hundreds of thousands would otherwise cost hundreds of MB.
 MAX_PATHS = 10_000
 
 _SIGNAL = MessageType.SIGNAL
-_ERROR = MessageType.ERROR
 
 log = logging.getLogger(__name__)
-
-class CallFailed(RuntimeError):
-    """A D-Bus call timed out, failed or was answered with an error."""
-
-    def __init__(self, message: str, error_name: str | None = None) -> None:
-        super().__init__(message)
-        self.error_name = error_name
-
 
 @dataclass
 class RemoteService:
@@ -232,56 +199,6 @@ def _frozen(paths: Collection[str] | None) -> frozenset[str] | None:
     return frozenset(paths)
 
 
-@dataclass(frozen=True)
-class RulePlan:
-    """The PropertiesChanged rules of one service: sub-trees and single paths."""
-
-    namespaces: frozenset[str]
-    paths: frozenset[str]
-
-
-def _ancestors(path: str) -> list[str]:
-    """'/Dc/0/Voltage' -> ['/Dc', '/Dc/0']: shallowest first, without '/' and the path itself."""
-    parts = path.split("/")
-    return ["/".join(parts[:n]) for n in range(2, len(parts))]
-
-
-def plan_rules(wanted: Collection[str], known: Collection[str]) -> RulePlan:
-    """Cover `wanted` with namespaces where they hold mostly wanted paths of the service's
-    `known` ones, and single paths elsewhere (module docstring, "Match-rule plan")."""
-    wanted = set(wanted)
-    # A namespace also matches the path equal to it, so "in N" counts N itself.
-    wanted_in: dict[str, int] = {}
-    paths_in: dict[str, int] = {}
-    for path in wanted | set(known):
-        for node in (*_ancestors(path), path):
-            paths_in[node] = paths_in.get(node, 0) + 1
-            if path in wanted:
-                wanted_in[node] = wanted_in.get(node, 0) + 1
-    namespaces: set[str] = set()
-    for path in wanted:
-        for node in _ancestors(path):
-            count = wanted_in[node]
-            if count >= NAMESPACE_MIN_WANTED and paths_in[node] <= NAMESPACE_MAX_RATIO * count:
-                namespaces.add(node)
-                break
-    single = {p for p in wanted if not any(n in namespaces for n in (*_ancestors(p), p))}
-    return RulePlan(frozenset(namespaces), frozenset(single))
-
-
-def _rules(owner: str, plan: RulePlan | None) -> set[str]:
-    """Match rules for `plan`; None means every PropertiesChanged of the sender."""
-    head = f"type='signal',sender='{owner}',"
-    tail = f"interface='{BUSITEM}',member='PropertiesChanged'"
-    rules = {head + f"path='/',interface='{BUSITEM}',member='ItemsChanged'"}
-    if plan is None:
-        rules.add(head + tail)
-    else:
-        rules.update(head + f"path_namespace='{n}'," + tail for n in plan.namespaces)
-        rules.update(head + f"path='{p}'," + tail for p in plan.paths)
-    return rules
-
-
 class Monitor:
     """Discovers and follows the services of the wanted classes; see the module docstring."""
 
@@ -359,11 +276,10 @@ class Monitor:
         msg = Message(destination=tracked.service.owner, path="/Dc/0/Voltage", interface=BUSITEM,
                       member="GetValue")
         try:
-            await asyncio.wait_for(self.bus.call(msg), timeout)
-        except asyncio.TimeoutError:
-            return False
-        except Exception:  # noqa: BLE001 - a closed connection or a gone owner is no hang
-            return True
+            await call(self.bus, msg, timeout)
+        except CallFailed as exc:
+            # An error reply, a closed connection or a gone owner is no hang.
+            return not exc.timed_out
         return True
 
     def of_class(self, service_class: str) -> list[RemoteService]:
@@ -597,7 +513,7 @@ class Monitor:
         tracked = _Tracked(RemoteService(name, owner, service_class), self._classes[service_class])
         self._by_owner[owner] = tracked
         self._by_name[name] = tracked
-        error = await self._converge(tracked, _rules(owner, None))
+        error = await self._converge(tracked, rules_for(owner, None))
         if error is None:
             error = await self._scan(tracked)
             if error is None and tracked.paths is not None:
@@ -750,7 +666,7 @@ class Monitor:
             plan = plan_rules(paths, tracked.known)
         async with self._switching:
             before = set(tracked.rules)
-            error = await self._converge(tracked, _rules(owner, plan))
+            error = await self._converge(tracked, rules_for(owner, plan))
             if error is None or plan is None or self._by_owner.get(owner) is not tracked:
                 return error
             self._log_once(tracked.service.name, "rules", logging.WARNING,
@@ -759,7 +675,7 @@ class Monitor:
                            "max_match_rules_per_connection in the bus config)",
                            tracked.service.name, error)
             # Free what the refused attempt took; the old rules stay until the wide one is in.
-            wide = _rules(owner, None)
+            wide = rules_for(owner, None)
             attempt = tracked.rules - before - wide
             self._remove_matches(attempt)
             tracked.rules -= attempt
@@ -866,17 +782,7 @@ class Monitor:
                     bus: MessageBus | None = None) -> Message:
         msg = Message(destination=destination, path=path, interface=interface, member=member,
                       signature=signature, body=body or [])
-        try:
-            reply = await asyncio.wait_for((bus or self.bus).call(msg), self.call_timeout)
-        except asyncio.TimeoutError:
-            raise CallFailed(f"no answer to {member} within {self.call_timeout:g} s") from None
-        except Exception as exc:
-            raise CallFailed(f"{member} failed: {exc}") from None
-        if reply is None or reply.message_type is _ERROR:
-            error_name = reply.error_name if reply is not None else None
-            text = reply.body[0] if reply is not None and reply.body else ""
-            raise CallFailed(f"{member} was answered with {error_name}: {text}", error_name)
-        return reply
+        return await call(bus or self.bus, msg, self.call_timeout)
 
     def _callback(self, callback: Callable[[RemoteService], None] | None, service: RemoteService) -> None:
         if callback is None:

@@ -29,13 +29,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from dbus_fast import Message, MessageType
+from dbus_fast import MessageType
 from dbus_fast.aio import MessageBus
 
-T = TypeVar("T")
+from aggbatt.bus.busitem import call, dbus_message
 
-DBUS = "org.freedesktop.DBus"
-DBUS_PATH = "/org/freedesktop/DBus"
+T = TypeVar("T")
 
 # How often the scanner checks that the main connection is still there.
 WATCH_INTERVAL = 1.0
@@ -194,8 +193,7 @@ async def _scan_call(call: Callable[[MessageBus], Coroutine[Any, Any, T]], bus: 
 
 async def _release(bus: MessageBus) -> None:
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(bus.call(Message(
-            destination=DBUS, path=DBUS_PATH, interface=DBUS, member="GetId")), RELEASE_TIMEOUT)
+        await call(bus, dbus_message("GetId"), RELEASE_TIMEOUT)
 
 
 async def _connect(address: str) -> MessageBus:
@@ -203,7 +201,7 @@ async def _connect(address: str) -> MessageBus:
     bus = await MessageBus(bus_address=address).connect()
     # dbus-fast takes a refused Hello (the bus's connection limit) for a connection: one call
     # proves it works.
-    reply = await bus.call(Message(destination=DBUS, path=DBUS_PATH, interface=DBUS, member="GetId"))
+    reply = await bus.call(dbus_message("GetId"))
     if reply is None or reply.message_type is MessageType.ERROR:
         bus.disconnect()
         raise ConnectionError(reply.body[0] if reply is not None and reply.body else "refused")

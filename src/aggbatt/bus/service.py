@@ -43,9 +43,9 @@ from dbus_fast import (
 )
 from dbus_fast.aio import MessageBus
 
+from aggbatt.bus.busitem import BUSITEM
 from aggbatt.bus.values import unwrap, wrap
-
-BUSITEM = "com.victronenergy.BusItem"
+from aggbatt.errors import AggbattError
 INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 INVALID_TEXT = "---"
 
@@ -68,7 +68,7 @@ _MAX_VALUE_NESTING = 8
 log = logging.getLogger(__name__)
 
 
-class ServiceNameTaken(RuntimeError):
+class ServiceNameTaken(AggbattError, RuntimeError):
     """The well-known name is owned by another connection."""
 
 

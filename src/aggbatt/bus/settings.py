@@ -29,13 +29,12 @@ from typing import Any
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from aggbatt.bus.busitem import BUSITEM, DBUS, DBUS_PATH, CallFailed, call, dbus_message
 from aggbatt.bus.values import unwrap, wrap
+from aggbatt.errors import AggbattError
 
 SETTINGS_SERVICE = "com.victronenergy.settings"
 SETTINGS_INTERFACE = "com.victronenergy.Settings"
-BUSITEM = "com.victronenergy.BusItem"
-DBUS = "org.freedesktop.DBus"
-DBUS_PATH = "/org/freedesktop/DBus"
 
 _UNREACHABLE = frozenset({
     "org.freedesktop.DBus.Error.ServiceUnknown",
@@ -64,7 +63,7 @@ _INSTANCE_NUMBER = re.compile(r"-?[0-9]{1,12}\Z")
 log = logging.getLogger(__name__)
 
 
-class SettingsUnavailable(RuntimeError):
+class SettingsUnavailable(AggbattError, RuntimeError):
     """The settings service is absent, hung or answered nonsense; the message says what to do."""
 
 
@@ -135,15 +134,17 @@ class SettingsClient:
         if not specs:
             return {}
         definitions = [self._definition(spec) for spec in specs]
-        reply = await self._call("/", "AddSettings", "aa{sv}", [definitions], SETTINGS_INTERFACE)
-        if reply.message_type is MessageType.ERROR:
-            if reply.error_name == _UNKNOWN_METHOD:
+        try:
+            reply = await self._call("/", "AddSettings", "aa{sv}", [definitions],
+                                     SETTINGS_INTERFACE)
+        except CallFailed as exc:
+            if exc.error_name == _UNKNOWN_METHOD:
                 log.info("%s has no AddSettings (old localsettings); adding settings one by one",
                          self.service)
                 return await self._add_one_by_one(specs)
             raise SettingsUnavailable(
-                f"{self.service} refused AddSettings ({reply.error_name}: {_text(reply)}); "
-                "check that it is Victron's localsettings")
+                f"{self.service} refused AddSettings ({exc.error_name}: {exc.text}); "
+                "check that it is Victron's localsettings") from None
         entries = reply.body[0] if reply.signature == "aa{sv}" else None
         if entries is None or len(entries) != len(specs):
             raise SettingsUnavailable(
@@ -178,15 +179,16 @@ class SettingsClient:
                       else [spec.typed(spec.min), spec.typed(spec.max)])
             member = "AddSilentSetting" if spec.silent else "AddSetting"
             body = ["", spec.path[len("/Settings/"):], spec.typed(spec.default), letter, *bounds]
-            reply = await self._call("/Settings", member, "ssvsvv", body, SETTINGS_INTERFACE)
+            try:
+                reply = await self._call("/Settings", member, "ssvsvv", body, SETTINGS_INTERFACE)
+            except CallFailed as exc:
+                log.error("localsettings refused %s: %s: %s", spec.path, exc.error_name, exc.text)
+                result[spec.path] = None
+                continue
             code = reply.body[0] if reply.signature == "i" else None
             if code != 0:
-                if reply.message_type is MessageType.ERROR:
-                    log.error("localsettings refused %s: %s: %s", spec.path, reply.error_name,
-                              _text(reply))
-                else:
-                    log.error("localsettings refused %s: error %s (%s)", spec.path, code,
-                              _meaning(code))
+                log.error("localsettings refused %s: error %s (%s)", spec.path, code,
+                          _meaning(code))
                 result[spec.path] = None
                 continue
             result[spec.path] = await self.get(spec.path)
@@ -218,21 +220,30 @@ class SettingsClient:
 
     async def get(self, path: str) -> Any:
         """The current value, or None when the setting does not exist (logged once per path)."""
-        reply = await self._call(path, "GetValue")
-        if reply.message_type is MessageType.ERROR or reply.signature != "v":
-            if path not in self._missing_logged:
-                self._missing_logged.add(path)
-                log.info("%s has no setting %s (%s)", self.service, path,
-                         reply.error_name or reply.signature)
+        try:
+            reply = await self._call(path, "GetValue")
+        except CallFailed as exc:
+            self._missing(path, exc.error_name)
+            return None
+        if reply.signature != "v":
+            self._missing(path, reply.signature)
             return None
         return unwrap(reply.body[0])
 
+    def _missing(self, path: str, why: str | None) -> None:
+        if path not in self._missing_logged:
+            self._missing_logged.add(path)
+            log.info("%s has no setting %s (%s)", self.service, path, why)
+
     async def set(self, path: str, value: Any) -> int:
         """SetValue; return its code (0 ok, -1 refused by localsettings or on a D-Bus error)."""
-        reply = await self._call(path, "SetValue", "v", [wrap(value)])
-        if reply.message_type is MessageType.ERROR or reply.signature != "i":
-            log.warning("SetValue %s = %r failed: %s %s", path, value, reply.error_name or "",
-                        _text(reply))
+        try:
+            reply = await self._call(path, "SetValue", "v", [wrap(value)])
+        except CallFailed as exc:
+            log.warning("SetValue %s = %r failed: %s %s", path, value, exc.error_name, exc.text)
+            return -1
+        if reply.signature != "i":
+            log.warning("SetValue %s = %r failed:  %s", path, value, _text(reply))
             return -1
         return reply.body[0]
 
@@ -245,9 +256,13 @@ class SettingsClient:
                 f"type='signal',sender='{DBUS}',path='{DBUS_PATH}',interface='{DBUS}',"
                 f"member='NameOwnerChanged',arg0='{self.service}'")
             changes_before = self._owner_changes
-            reply = await self._bus_daemon("GetNameOwner", "s", [self.service])
-            if changes_before == self._owner_changes and reply.message_type is not MessageType.ERROR:
-                self._owner = reply.body[0]
+            try:
+                reply = await self._bus_daemon("GetNameOwner", "s", [self.service])
+            except CallFailed:
+                pass  # not on the bus yet: NameOwnerChanged will name its owner
+            else:
+                if changes_before == self._owner_changes:
+                    self._owner = reply.body[0]
         unique = list(dict.fromkeys(paths))
         new = [p for p in unique if p not in self._watched]
         for path in unique:
@@ -297,43 +312,47 @@ class SettingsClient:
         return None
 
     async def _add_match(self, rule: str) -> None:
-        reply = await self._bus_daemon("AddMatch", "s", [rule])
-        if reply.message_type is MessageType.ERROR:
+        try:
+            await self._bus_daemon("AddMatch", "s", [rule])
+        except CallFailed as exc:
             raise SettingsUnavailable(
-                f"the D-Bus daemon refused a match rule ({reply.error_name}: {_text(reply)})")
+                f"the D-Bus daemon refused a match rule ({exc.error_name}: {exc.text})") from None
         self._rules.append(rule)
 
     async def _bus_daemon(self, member: str, signature: str, body: list[Any]) -> Message:
-        return await self._send(Message(destination=DBUS, path=DBUS_PATH, interface=DBUS,
-                                        member=member, signature=signature, body=body),
-                                f"the D-Bus daemon ({member})")
+        return await self._send(dbus_message(member, signature, body), f"the D-Bus daemon ({member})")
 
     async def _call(self, path: str, member: str, signature: str = "",
                     body: list[Any] | None = None, interface: str = BUSITEM) -> Message:
-        reply = await self._send(Message(destination=self.service, path=path, interface=interface,
-                                         member=member, signature=signature, body=body or []),
-                                 f"{self.service} ({member} on {path})")
-        if reply.message_type is MessageType.ERROR and reply.error_name in _UNREACHABLE:
-            raise SettingsUnavailable(
-                f"{self.service} is not on the bus ({reply.error_name}): localsettings is not "
-                "running, or aggbatt is connected to the wrong bus; start localsettings "
-                "(svc -u /service/localsettings) and restart aggbatt")
-        return reply
+        """The reply; CallFailed for an error reply of a localsettings that is on the bus."""
+        try:
+            return await self._send(Message(destination=self.service, path=path,
+                                             interface=interface, member=member,
+                                             signature=signature, body=body or []),
+                                    f"{self.service} ({member} on {path})")
+        except CallFailed as exc:
+            if exc.error_name in _UNREACHABLE:
+                raise SettingsUnavailable(
+                    f"{self.service} is not on the bus ({exc.error_name}): localsettings is not "
+                    "running, or aggbatt is connected to the wrong bus; start localsettings "
+                    "(svc -u /service/localsettings) and restart aggbatt") from None
+            raise
 
     async def _send(self, msg: Message, what: str) -> Message:
+        """The reply; CallFailed for an error reply, SettingsUnavailable when none came."""
         try:
-            reply = await asyncio.wait_for(self.bus.call(msg), self.timeout)
-        except asyncio.TimeoutError:
-            raise SettingsUnavailable(
-                f"no answer from {what} within {self.timeout:g} s: localsettings is hung or "
-                "overloaded; check 'svstat /service/localsettings' and the system load, "
-                "then restart aggbatt") from None
-        except Exception as exc:
-            raise SettingsUnavailable(
-                f"cannot reach {what}: {exc}; check the D-Bus connection") from None
-        if reply is None:
-            raise SettingsUnavailable(f"no reply from {what}; check the D-Bus connection")
-        return reply
+            return await call(self.bus, msg, self.timeout)
+        except CallFailed as exc:
+            if exc.timed_out:
+                raise SettingsUnavailable(
+                    f"no answer from {what} within {self.timeout:g} s: localsettings is hung or "
+                    "overloaded; check 'svstat /service/localsettings' and the system load, "
+                    "then restart aggbatt") from None
+            if exc.error_name is None:
+                raise SettingsUnavailable(
+                    f"cannot reach {what}: {exc.cause or 'no reply'}; check the D-Bus "
+                    "connection") from None
+            raise
 
 
 def _text(reply: Message) -> str:

@@ -18,6 +18,8 @@ from typing import Any, Literal, Mapping, Optional, Sequence, Union, get_args, g
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+
+from aggbatt.errors import AggbattError
 from pydantic_core import PydanticCustomError
 
 
@@ -51,7 +53,7 @@ class ConfigIssue:
         return f"{where}: {self.key} = {show(self.value)}\n    {self.message}"
 
 
-class ConfigError(Exception):
+class ConfigError(AggbattError):
     """The configuration is unusable; `errors` holds every issue, str() is the full report."""
 
     def __init__(self, errors: Sequence[ConfigIssue], source: str = "<string>") -> None:

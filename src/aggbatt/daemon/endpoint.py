@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 from dbus_fast import Message, MessageType
 
 from aggbatt import __version__
+from aggbatt.bus.busitem import CallFailed, call, dbus_message
 from aggbatt.daemon.selection import selection_status
 from aggbatt.daemon.status_api import (
     ACCESS_DENIED,
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aggbatt")
 
-BUS_DAEMON = "org.freedesktop.DBus"
 BATTERY_PREFIX = "com.victronenergy.battery."
 
 
@@ -126,16 +126,20 @@ class StatusEndpoint:
 
     async def _bus_daemon(self, member: str, signature: str = "",
                           body: list[Any] | None = None) -> Message | None:
+        """The bus daemon's reply; None when it answered with an error."""
         assert self.daemon.service is not None
-        return await asyncio.wait_for(self.daemon.service.bus.call(Message(
-            destination=BUS_DAEMON, path="/org/freedesktop/DBus", interface=BUS_DAEMON,
-            member=member, signature=signature, body=body or [])), 2.0)
+        try:
+            return await call(self.daemon.service.bus, dbus_message(member, signature, body), 2.0)
+        except CallFailed as exc:
+            if exc.error_name is None:
+                raise
+            return None
 
     async def _caller_uid(self, sender: str | None) -> int | None:
         """The caller's Unix user as the bus daemon saw it connect; None when it cannot say
         (an anonymous or a TCP connection)."""
         reply = await self._bus_daemon("GetConnectionUnixUser", "s", [sender or ""])
-        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+        if reply is None:
             return None
         return int(reply.body[0])
 
@@ -145,7 +149,7 @@ class StatusEndpoint:
         monitor = self.daemon.monitor
         assert monitor is not None
         reply = await self._bus_daemon("ListNames")
-        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+        if reply is None:
             raise RuntimeError("the bus daemon did not list the services on the bus")
         followed = monitor.services
         own = self.daemon.config.service.name

@@ -34,20 +34,21 @@ State file: {"version": 1, "by": "config" | "command",
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import Message, MessageType
+from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 
+from aggbatt.bus.busitem import BUSITEM, CallFailed, call
 from aggbatt.bus.connection import BusUnavailable, open_bus
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
 from aggbatt.bus.values import unwrap
 from aggbatt.daemon.store import StateStore
+from aggbatt.errors import AggbattError
 
 log = logging.getLogger("aggbatt.selection")
 
@@ -57,13 +58,12 @@ SELECTION_FILE = "selection.json"
 STATE_VERSION = 1
 BY_CONFIG = "config"
 BY_COMMAND = "command"
-BUSITEM = "com.victronenergy.BusItem"
 
 GX_MENU = ("on the GX device: Settings > System setup > Battery monitor, and "
            "Settings > DVCC > Controlling BMS")
 
 
-class SelectionError(RuntimeError):
+class SelectionError(AggbattError, RuntimeError):
     """The selection could not be made or given back; the message says why and what to do."""
 
 
@@ -241,12 +241,14 @@ async def _device_instance(bus: MessageBus, settings: SettingsClient, service: s
                            unique_id: str, timeout: float) -> int:
     """The aggregate's DeviceInstance: from the running daemon, else the one it claimed."""
     try:
-        reply = await asyncio.wait_for(bus.call(Message(
-            destination=service, path="/DeviceInstance", interface=BUSITEM, member="GetValue")),
-            timeout)
-    except asyncio.TimeoutError:
-        reply = None
-    if reply is not None and reply.message_type is MessageType.METHOD_RETURN:
+        reply = await call(bus, Message(destination=service, path="/DeviceInstance",
+                                        interface=BUSITEM, member="GetValue"), timeout)
+    except CallFailed as exc:
+        # No answer or an error reply: the daemon is not running. A lost connection is no
+        # reason to look elsewhere.
+        if exc.cause is not None:
+            raise
+    else:
         value = unwrap(reply.body[0])
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -9,9 +9,11 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
+from aggbatt.errors import AggbattError
 
-class DbusDaemonMissing(RuntimeError):
-    pass
+
+class DbusDaemonMissing(AggbattError, RuntimeError):
+    """No dbus-daemon to start a private bus with."""
 
 
 @dataclass

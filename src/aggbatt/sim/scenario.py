@@ -30,13 +30,14 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from aggbatt.errors import AggbattError
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack import SimPack
 
 log = logging.getLogger(__name__)
 
 
-class ScenarioError(ValueError):
+class ScenarioError(AggbattError, ValueError):
     """A scenario that cannot be loaded or does not fit the bank; `errors` lists every problem."""
 
     def __init__(self, source: str, errors: list[str]) -> None:

@@ -42,12 +42,12 @@ from dbus_fast import ErrorType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.validators import is_object_path_valid
 
+from aggbatt.bus.busitem import BUSITEM
 from aggbatt.bus.service import BusItemService
 from aggbatt.bus.values import unwrap, wrap
 
 SETTINGS_SERVICE = "com.victronenergy.settings"
 SETTINGS_INTERFACE = "com.victronenergy.Settings"
-BUSITEM = "com.victronenergy.BusItem"
 STATE_VERSION = 1
 
 _KINDS: dict[str, type] = {"i": int, "f": float, "s": str}

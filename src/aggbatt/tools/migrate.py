@@ -37,6 +37,7 @@ from aggbatt.core.strategies.balancing import STATE_VERSION as BALANCING_VERSION
 from aggbatt.core.strategies.coulomb import STATE_FILE as SOC_FILE
 from aggbatt.core.strategies.coulomb import STATE_VERSION as SOC_VERSION
 from aggbatt.core.strategies.own_charge import BALANCING_FILE
+from aggbatt.errors import AggbattError
 
 CHARGE_FILES = ("storedvalue_charge", "charge")
 BALANCING_FILES = ("storedvalue_last_balancing", "last_balancing")
@@ -100,7 +101,7 @@ _TABLES = ("service", "discovery", "freshness", "aggregation", "safety", "soc", 
            "charge", "charge.passthrough", "charge.own", "feedin", "logging")
 
 
-class MigrationError(Exception):
+class MigrationError(AggbattError):
     """The input cannot be converted at all (unreadable file, output exists, ...)."""
 
 

@@ -22,20 +22,19 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from dbus_fast import Message, MessageType
+from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 
+from aggbatt.bus.busitem import BUSITEM, NO_OWNER, CallFailed, call
 from aggbatt.bus.connection import BusUnavailable, open_bus
 from aggbatt.bus.values import unwrap
 from aggbatt.daemon.status_api import ACCESS_DENIED, FORGET_REFUSED, REPORT_KEYS, STATUS_INTERFACE
+from aggbatt.errors import AggbattError
 
 DEFAULT_SERVICE = "com.victronenergy.battery.aggregate"
 SYSTEM_SERVICE = "com.victronenergy.system"
-BUSITEM = "com.victronenergy.BusItem"
 CALL_TIMEOUT = 3.0
 
-_ABSENT = frozenset({"org.freedesktop.DBus.Error.ServiceUnknown",
-                     "org.freedesktop.DBus.Error.NameHasNoOwner"})
 _SYSTEM_PATHS = ("/ActiveBatteryService", "/ActiveBmsService", "/ActiveBmsInstance",
                  "/Dvcc/Alarms/MultipleBatteries")
 MULTIPLE_BATTERIES = "Dvcc/Alarms/MultipleBatteries"
@@ -48,38 +47,40 @@ FIX_SELECTION = (
     "device: Settings > System setup > Battery monitor, and Settings > DVCC > Controlling BMS")
 
 
-class StatusError(RuntimeError):
+class StatusError(AggbattError, RuntimeError):
     """No status could be read; the message says why and what to do."""
 
 
 # ----- reading ------------------------------------------------------------------------------
 
 async def _call(bus: MessageBus, msg: Message, timeout: float, what: str) -> Message:
+    """The reply; StatusError when none came in time, CallFailed for an error reply."""
     try:
-        reply = await asyncio.wait_for(bus.call(msg), timeout)
-    except asyncio.TimeoutError:
-        raise StatusError(f"{what} did not answer within {timeout:g} s") from None
-    if reply is None:
-        raise StatusError(f"no reply from {what}")
-    return reply
+        return await call(bus, msg, timeout)
+    except CallFailed as exc:
+        if exc.timed_out:
+            raise StatusError(f"{what} did not answer within {timeout:g} s") from None
+        raise
 
 
 async def _ask_daemon(bus: MessageBus, service: str, member: str, timeout: float) -> Message:
     try:
-        reply = await _call(bus, Message(destination=service, path="/", interface=STATUS_INTERFACE,
-                                         member=member), timeout, service)
+        return await _call(bus, Message(destination=service, path="/", interface=STATUS_INTERFACE,
+                                        member=member), timeout, service)
     except StatusError as exc:
         raise StatusError(f"{exc}: aggbatt is hung or the system is overloaded; see its log "
                           "(aggbatt-ctl logs)") from None
-    if reply.message_type is MessageType.ERROR:
-        if reply.error_name in _ABSENT:
+    except CallFailed as exc:
+        if exc.error_name is None:
+            raise
+        if exc.error_name in NO_OWNER:
             raise StatusError(f"aggbatt is not running: {service} is not on the bus. Start it "
-                              "with 'aggbatt-ctl start' and see 'aggbatt-ctl logs' if it stops")
-        if reply.error_name in (ACCESS_DENIED, FORGET_REFUSED) and reply.body:
-            raise StatusError(str(reply.body[0]))
-        raise StatusError(f"{service} does not answer {member} ({reply.error_name}): it is not "
-                          "aggbatt, or an aggbatt too old for this command")
-    return reply
+                              "with 'aggbatt-ctl start' and see 'aggbatt-ctl logs' if it stops"
+                              ) from None
+        if exc.error_name in (ACCESS_DENIED, FORGET_REFUSED) and exc.text:
+            raise StatusError(exc.text) from None
+        raise StatusError(f"{service} does not answer {member} ({exc.error_name}): it is not "
+                          "aggbatt, or an aggbatt too old for this command") from None
 
 
 async def _daemon_status(bus: MessageBus, service: str, timeout: float) -> dict[str, Any]:
@@ -96,11 +97,15 @@ async def _daemon_status(bus: MessageBus, service: str, timeout: float) -> dict[
 async def _system_choice(bus: MessageBus, timeout: float) -> dict[str, Any]:
     """What com.victronenergy.system uses; {"present": False} when it is not on the bus."""
     async def value(path: str) -> Any:
-        reply = await _call(bus, Message(destination=SYSTEM_SERVICE, path=path, interface=BUSITEM,
-                                         member="GetValue"), timeout, SYSTEM_SERVICE)
-        if reply.message_type is MessageType.ERROR:
-            if reply.error_name in _ABSENT:
-                raise LookupError
+        try:
+            reply = await _call(bus, Message(destination=SYSTEM_SERVICE, path=path,
+                                             interface=BUSITEM, member="GetValue"),
+                                timeout, SYSTEM_SERVICE)
+        except CallFailed as exc:
+            if exc.error_name is None:
+                raise
+            if exc.error_name in NO_OWNER:
+                raise LookupError from None
             return None
         return unwrap(reply.body[0])
 
