@@ -16,7 +16,7 @@ from aggbatt.core.events import Event
 from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.daemon.persist import read_json, write_json_atomic
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import PackParams
+from aggbatt.sim.pack_model import PackParams
 from aggbatt.core.strategies import CurrentResult, TickContext, build_strategies
 from aggbatt.core.strategies.coulomb import (
     STATE_VERSION,

@@ -17,7 +17,7 @@ import pytest
 from dbus_fast import Message
 
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import pack_params
+from aggbatt.sim.pack_model import pack_params
 from aggbatt.sim.settings import SimSettings
 from aggbatt.core.strategies.feedin import FEEDIN_PATH
 

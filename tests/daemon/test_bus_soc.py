@@ -27,7 +27,7 @@ from dbus_fast.aio import MessageBus
 from aggbatt.daemon import Daemon
 from aggbatt.daemon.persist import read_json
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import PackParams
+from aggbatt.sim.pack_model import PackParams
 from aggbatt.sim.victron import SimShunt
 from aggbatt.core.strategies.coulomb import MIN_SOC_SETTING, STATE_VERSION
 from tests.busclient import near, wait_for_values
