@@ -13,7 +13,7 @@ from dbus_fast.aio import MessageBus
 from aggbatt.config import Config
 from aggbatt.daemon import Daemon
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import PackParams
+from aggbatt.sim.pack_model import PackParams
 from aggbatt.sim.settings import SimSettings
 from tests.factories import fast_config
 

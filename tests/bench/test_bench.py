@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from aggbatt.bench import report
+from aggbatt.bench.options import Bank
 from aggbatt.bench.probes import cpu_seconds, peak_rss_kb, tree
-from aggbatt.bench.runner import Bank, velib_python
+from aggbatt.bench.runner import velib_python
 
 PROCESS_FIELDS = ("cpu_s_per_s", "rss_peak_mb", "rss_mean_mb", "received", "sent",
                   "received_per_s", "sent_per_s", "dbus_fast_compiled", "match_rules")

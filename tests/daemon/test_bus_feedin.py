@@ -18,7 +18,7 @@ from dbus_fast import Message
 
 from aggbatt.core.strategies.feedin import FEEDIN_PATH
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import pack_params
+from aggbatt.sim.pack_model import pack_params
 from aggbatt.sim.settings import SimSettings
 
 pytestmark = pytest.mark.bus

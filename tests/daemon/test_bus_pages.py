@@ -10,7 +10,7 @@ import pytest
 from dbus_fast import Message
 from dbus_fast.signature import Variant
 
-from aggbatt.sim.pack import PackParams
+from aggbatt.sim.pack_model import PackParams
 from tests.busclient import SignalRecorder, aggregate_values, get_items, wait_for_values
 from tests.daemonharness import running, sim_pack
 from tests.factories import fast_config

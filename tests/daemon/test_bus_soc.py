@@ -29,7 +29,7 @@ from aggbatt.core.strategies.coulomb import MIN_SOC_SETTING, STATE_VERSION
 from aggbatt.daemon import Daemon
 from aggbatt.daemon.persist import read_json
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import PackParams
+from aggbatt.sim.pack_model import PackParams
 from aggbatt.sim.victron import SimShunt
 from tests.busclient import near, wait_for_values
 from tests.daemon.test_bus_current import victron

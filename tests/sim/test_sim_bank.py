@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import PackParams
+from aggbatt.sim.pack_model import PackParams
 from tests.busclient import SignalRecorder, get_items
 
 

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggbatt.sim.lfp import LFP_TABLE, ocv, piecewise_linear
-from aggbatt.sim.pack import ALARMS, PackParams, SimPack
+from aggbatt.sim.pack import ALARMS, SimPack
+from aggbatt.sim.pack_model import PackParams
 from tests.busclient import SignalRecorder, get_items, get_value, set_value
 
 MANDATORY = ["/Mgmt/ProcessName", "/Mgmt/ProcessVersion", "/Mgmt/Connection", "/DeviceInstance",

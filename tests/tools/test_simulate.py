@@ -89,7 +89,7 @@ def test_solar_bell_and_cv_current():
 
 def test_cv_current_brings_the_mean_voltage_to_cvl():
     from aggbatt.sim.bank import SimBank
-    from aggbatt.sim.pack import pack_params
+    from aggbatt.sim.pack_model import pack_params
 
     bank = SimBank(pack_params(2, socs=[90.0, 90.0]))
     volts = sum(bank.packs[0].cell_voltages)

@@ -36,7 +36,7 @@ from pathlib import Path
 from dbus_fast.aio import MessageBus
 
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import PackParams
+from aggbatt.sim.pack_model import PackParams
 from aggbatt.sim.settings import SimSettings
 
 

@@ -18,7 +18,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 
-from aggbatt.sim.pack import PackParams, SimPack, pack_params
+from aggbatt.sim.pack import SimPack
+from aggbatt.sim.pack_model import PackParams, pack_params
 
 Profile = Callable[[float], float]
 

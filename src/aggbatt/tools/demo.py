@@ -22,7 +22,8 @@ from aggbatt.bus.connection import open_bus
 from aggbatt.config import Config
 from aggbatt.daemon import Daemon
 from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack import PackParams, SimPack
+from aggbatt.sim.pack import SimPack
+from aggbatt.sim.pack_model import PackParams
 from aggbatt.sim.privatebus import start_private_bus
 from aggbatt.sim.scenario import load_scenario
 from aggbatt.sim.settings import SimSettings

@@ -2,8 +2,8 @@
 
 Theory of operation:
 
-- The bank is `sim.bank.SimBank` (sim.pack physics: SoC integrates the current, cells follow the
-  open-circuit voltage + I x R + per-cell offsets, each pack's BMS computes its own limits). LFP
+- The bank is `sim.bank.SimBank` (sim.pack_model physics: SoC integrates the current, cells follow
+  the open-circuit voltage + I x R + per-cell offsets, each pack's BMS computes its own limits). LFP
   or LTO cells are chosen from the config's max_cell_voltage (below 3 V: LTO).
 - The engine is the daemon's own (`engine.Engine`): each step it gets the packs' values as the bus
   monitor would, plus the simulated wall clock, so validation, aggregation, the strategies and the
@@ -48,7 +48,8 @@ from aggbatt.core.strategies.own_charge import BALANCING_FILE
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.lfp import ocv as lfp_ocv
 from aggbatt.sim.lfp import piecewise_linear
-from aggbatt.sim.pack import PackParams, SimPack
+from aggbatt.sim.pack import SimPack
+from aggbatt.sim.pack_model import PackParams
 
 DAY = 86400.0
 ROW_EVERY = 60.0  # s between CSV rows
