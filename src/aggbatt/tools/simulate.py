@@ -30,6 +30,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from aggbatt.config import Config
 from aggbatt.core.engine import CHARGE_LIMITATION, DISCHARGE_LIMITATION, Engine
 from aggbatt.core.pack_paths import (
     CCL,
@@ -104,7 +105,7 @@ class SimulateResult:
     note: str  # what the user should know (e.g. how to get the PNG)
 
 
-def is_lto(config: Any) -> bool:
+def is_lto(config: Config) -> bool:
     return float(config.charge.own.max_cell_voltage) < 3.0
 
 
@@ -127,7 +128,7 @@ def load_current(t: float, base: float) -> float:
     return base + extra
 
 
-def build_bank(config: Any, options: SimulateOptions) -> SimBank:
+def build_bank(config: Config, options: SimulateOptions) -> SimBank:
     own = config.charge.own
     lto = is_lto(config)
     cells = options.cells or (24 if lto else 16)
@@ -186,7 +187,7 @@ class Balancers:
             pack.drift_cell(cell + 1, extra * 1000.0)
 
 
-def run_day(config: Any, options: SimulateOptions) -> Day:
+def run_day(config: Config, options: SimulateOptions) -> Day:
     """Simulate one day: one row per ROW_EVERY seconds and every event the engine logged."""
     bank = build_bank(config, options)
     packs = bank.packs
@@ -263,7 +264,7 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
             ])
 
 
-def write_png(rows: Sequence[Row], path: Path, config: Any, title: str) -> bool:
+def write_png(rows: Sequence[Row], path: Path, config: Config, title: str) -> bool:
     """The day as a PNG; False when matplotlib is not installed."""
     try:
         import matplotlib
@@ -314,7 +315,7 @@ def write_png(rows: Sequence[Row], path: Path, config: Any, title: str) -> bool:
     return True
 
 
-def simulate(config: Any, options: SimulateOptions, source: str = "config") -> SimulateResult:
+def simulate(config: Config, options: SimulateOptions, source: str = "config") -> SimulateResult:
     if options.profile not in PROFILES:
         raise ValueError(f"unknown profile {options.profile!r} (available: {', '.join(PROFILES)})")
     options.out.mkdir(parents=True, exist_ok=True)
