@@ -36,6 +36,7 @@ from aggbatt.core.engine import Engine, TickResult
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, Strategies, TickContext, build_strategies
 from tests.factories import SB
+
 VEBUS = "com.victronenergy.vebus.ttyS4"
 
 LONG_EXAMPLES = 3000
@@ -345,7 +346,7 @@ class Bank:
         self.now += step.dt
         if self.current != 0.0:
             self.voltage = round(52.8 + self.rng.uniform(-0.2, 0.2), 2)
-        for pack, current in zip(self.packs, self.pack_currents()):
+        for pack, current in zip(self.packs, self.pack_currents(), strict=True):
             if pack.present and not pack.frozen:
                 self._publish(pack, self._raw(pack, current))
         readings = self.readings()

@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, TypeVar
+from typing import TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 CTL = REPO / "scripts" / "aggbatt-ctl"
 BUNDLE = REPO / "scripts" / "bundle"
 BUS_NAME = "com.victronenergy.battery.aggregate"
-PYTHON_TAG = "cp%d%d" % sys.version_info[:2]
+PYTHON_TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ def build_release(out: Path, version: str, *, tag: str = PYTHON_TAG, broken: boo
     return tarball
 
 
-def rewrite_release(tarball: Path, changes: dict[str, Optional[str]]) -> None:
+def rewrite_release(tarball: Path, changes: dict[str, str | None]) -> None:
     """Replace, add (text) or remove (None) files of a release tarball, with consistent
     SHA256SUMS and .sha256 sidecar."""
     with tarfile.open(tarball) as tar:
@@ -120,7 +120,7 @@ def setting(state_file: Path, path: str) -> object:
     return json.loads(state_file.read_text())["settings"][path]["value"]
 
 
-def wait_for(check: Callable[[], Optional[T]], timeout: float, what: str,
+def wait_for(check: Callable[[], T | None], timeout: float, what: str,
              interval: float = 0.1) -> T:
     deadline = time.monotonic() + timeout
     while True:
@@ -136,7 +136,7 @@ def wait_for(check: Callable[[], Optional[T]], timeout: float, what: str,
 class Gx:
     base: Path
     bus_address: str
-    svscan: Optional[subprocess.Popen[bytes]] = field(default=None, repr=False)
+    svscan: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for d in (self.data / "apps", self.service_dir, self.base / "log", self.dist):
@@ -201,7 +201,7 @@ class Gx:
         )
         return env
 
-    def ctl(self, *args: str, timeout: float = 60, env: Optional[dict[str, str]] = None,
+    def ctl(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
             shell: str = "sh") -> subprocess.CompletedProcess[str]:
         return subprocess.run([shell, str(CTL), *args], env=env or self.env, capture_output=True,
                               text=True, timeout=timeout)
@@ -241,17 +241,17 @@ class Gx:
     def supervised(directory: Path) -> bool:
         return subprocess.run(["svok", str(directory)], stderr=subprocess.DEVNULL).returncode == 0
 
-    def svstat(self, directory: Optional[Path] = None) -> str:
+    def svstat(self, directory: Path | None = None) -> str:
         return subprocess.run(["svstat", str(directory or self.service)], capture_output=True,
                               text=True, timeout=10).stdout
 
-    def service_pid(self, directory: Optional[Path] = None) -> Optional[int]:
+    def service_pid(self, directory: Path | None = None) -> int | None:
         match = re.search(r": up \(pid (\d+)\)", self.svstat(directory))
         return int(match.group(1)) if match else None
 
     # ----- bus ----------------------------------------------------------------------------
 
-    def owner_pid(self, name: str = BUS_NAME) -> Optional[int]:
+    def owner_pid(self, name: str = BUS_NAME) -> int | None:
         result = subprocess.run(
             ["dbus-send", f"--bus={self.bus_address}", "--print-reply", "--reply-timeout=2000",
              "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
@@ -260,7 +260,7 @@ class Gx:
         match = re.search(r"uint32 (\d+)", result.stdout)
         return int(match.group(1)) if match else None
 
-    def healthy_pid(self) -> Optional[int]:
+    def healthy_pid(self) -> int | None:
         """The supervised pid when it owns the bus name, else None."""
         pid = self.service_pid()
         return pid if pid is not None and self.owner_pid() == pid else None

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from aggbatt import __version__
 
@@ -46,7 +47,7 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_or_report(path: Optional[str]) -> Any:
+def _load_or_report(path: str | None) -> Any:
     """The config, or None after printing every error (the caller exits 2)."""
     from aggbatt.config import ConfigError, load_config
 
@@ -67,7 +68,7 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _bus_address(choice: str) -> Optional[str]:
+def _bus_address(choice: str) -> str | None:
     """--bus value -> address (None = the system bus)."""
     import os
 
@@ -399,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)

@@ -25,7 +25,6 @@ except ModuleNotFoundError:
     import tomli as tomllib
 
 from aggbatt import cli
-from aggbatt.daemon.reload import read_config
 from aggbatt.config import (
     Config,
     ConfigError,
@@ -36,6 +35,7 @@ from aggbatt.config import (
     load_config,
     parse_config,
 )
+from aggbatt.daemon.reload import read_config
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGED_DEFAULTS = REPO / "src" / "aggbatt" / "data" / "default.toml"
@@ -228,7 +228,8 @@ def test_lto_example_is_valid_and_matches_the_reference_preset() -> None:
         ("[service]\ntick = 2\n", "service.tick", "service.tick_interval"),
         ("[current]\nstale_after_idle = 30\n", "current.stale_after_idle", "freshness.stale_after_idle"),
         ("[charge]\nmax_charge_current = 100\n", "charge.max_charge_current", "charge.own.max_charge_current"),
-        ("[charge.own]\ncell_charge_factor = [0, 1]\n", "charge.own.cell_charge_factor", "charge.own.cell_charge_factors"),
+        ("[charge.own]\ncell_charge_factor = [0, 1]\n", "charge.own.cell_charge_factor",
+         "charge.own.cell_charge_factors"),
         ("[socc]\nstrategy = \"coulomb_counter\"\n", "socc", "soc"),
     ],
 )
@@ -443,7 +444,10 @@ def test_tomli_fallback_is_used_without_tomllib() -> None:
         backport.TOMLDecodeError = tomllib.TOMLDecodeError
         sys.modules["tomli"] = backport
         sys.modules["tomllib"] = None  # as on Python 3.10
+        import pydantic  # before the version is faked: only the loader's own choice is under test
+        real_version, sys.version_info = sys.version_info, (3, 10, 0, "final", 0)
         import aggbatt.config as config
+        sys.version_info = real_version
         import aggbatt.config.loader as loader
         assert loader.tomllib is backport
         assert config.parse_config("[service]\\ntick_interval = 3").service.tick_interval == 3.0
@@ -592,7 +596,8 @@ def test_check_config_lists_every_error_and_exits_2(tmp_path: Path, capsys: pyte
     captured = capsys.readouterr()
     assert "config OK" not in captured.out
     assert "3 configuration errors" in captured.err
-    for line, key in [(2, "service.tick_interval"), (4, "freshness.stale_after"), (6, "charge.own.cell_charge_factors")]:
+    for line, key in [(2, "service.tick_interval"), (4, "freshness.stale_after"),
+                      (6, "charge.own.cell_charge_factors")]:
         assert f"{path}:{line}: {key} = " in captured.err
 
 

@@ -11,7 +11,6 @@ from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.validation import validate
 from tests.factories import snapshot
 
-
 AT_REST: dict[str, Any] = dict(voltage=53.0, current=0.0, cvl=55.2, ccl=100.0, dcl=100.0)
 
 

@@ -13,7 +13,12 @@ from aggbatt.core.events import LimitSourceChanged
 from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, OfflinePack
 from aggbatt.core.strategies.charge import (
-    CHARGE, DISCHARGE, PassthroughCharge, apply_envelope, pack_shares, share_limit,
+    CHARGE,
+    DISCHARGE,
+    PassthroughCharge,
+    apply_envelope,
+    pack_shares,
+    share_limit,
 )
 from tests.factories import snapshot, tick_context
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from datetime import datetime, timezone
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,6 @@ from hypothesis import strategies as st
 from aggbatt.config import config_from_dict
 from aggbatt.core.events import Event
 from aggbatt.core.snapshot import PackSnapshot
-from aggbatt.daemon.persist import read_json, write_json_atomic
-from aggbatt.sim.bank import SimBank
-from aggbatt.sim.pack_model import PackParams
 from aggbatt.core.strategies import CurrentResult, TickContext, build_strategies
 from aggbatt.core.strategies.coulomb import (
     STATE_VERSION,
@@ -26,6 +24,9 @@ from aggbatt.core.strategies.coulomb import (
     CounterInputs,
     interval_charge,
 )
+from aggbatt.daemon.persist import read_json, write_json_atomic
+from aggbatt.sim.bank import SimBank
+from aggbatt.sim.pack_model import PackParams
 from tests.factories import snapshot, tick_context
 
 WALL = 1_750_000_000.0  # some wall-clock time (2025-06-15), unrelated to the monotonic clock
@@ -409,7 +410,7 @@ def test_save_decisions_follow_interval_and_precision() -> None:
     for t in range(1400, 1700):                                                 # 2 Ah every 10 s
         if counter.update(float(t), CounterInputs(current=-720.0, capacity=200.0)).save:
             fast.append(t)
-    assert fast and all(b - a >= 60 for a, b in zip(fast, fast[1:]))            # at most once a minute
+    assert fast and all(b - a >= 60 for a, b in pairwise(fast))                 # at most once a minute
 
 
 # ----- properties ----------------------------------------------------------------------------

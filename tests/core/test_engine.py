@@ -11,16 +11,26 @@ import pytest
 from aggbatt.config import default_config
 from aggbatt.core.engine import DYNAMIC_PATHS, Engine, TickResult
 from aggbatt.core.events import (
-    Event, KnownPacksForgotten, LimitSourceChanged, PackHolds, PackIdChanged, PackIdFlapping,
-    PackIdShared, PackOnline, PackWentOffline, StrategyNote, TickFailed, TicksRecovered,
+    Event,
+    KnownPacksForgotten,
+    LimitSourceChanged,
+    PackHolds,
+    PackIdChanged,
+    PackIdFlapping,
+    PackIdShared,
+    PackOnline,
+    PackWentOffline,
+    StrategyNote,
+    TickFailed,
+    TicksRecovered,
     ValueIgnored,
 )
 from aggbatt.core.pack_paths import SAFETY_PATHS
 from aggbatt.core.snapshot import ServiceReading
-from aggbatt.core.validation import PACK_PATHS
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, Strategies, TickContext
 from aggbatt.core.strategies.current import BmsSum
 from aggbatt.core.strategies.soc import BmsAverage
+from aggbatt.core.validation import PACK_PATHS
 from tests.factories import SB, Bank, pack_values
 from tests.factories import config as cfg
 

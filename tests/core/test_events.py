@@ -9,7 +9,12 @@ import pytest
 
 from aggbatt.core import events
 from aggbatt.core.events import (
-    Event, KnownPacksForgotten, LimitSourceChanged, PackOnline, StrategyNote, TickFailed,
+    Event,
+    KnownPacksForgotten,
+    LimitSourceChanged,
+    PackOnline,
+    StrategyNote,
+    TickFailed,
 )
 
 

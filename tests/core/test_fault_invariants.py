@@ -25,7 +25,6 @@ that moment (even a frozen or link-lost pack's), not their earlier limits, nor t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +33,18 @@ from hypothesis import strategies as st
 
 from aggbatt.config import config_from_dict
 from aggbatt.core.strategies.charge import SHARE_HALF_LIFE
-from tests.faultgen import (
-    DIRECTIONS, PackSpec, SimPack, Step, Tick, banks, fault_settings, fault_steps, run,
-)
 from tests.core.test_properties import amps, assert_publishable, count, flag, limit, number, volts
+from tests.faultgen import (
+    DIRECTIONS,
+    PackSpec,
+    SimPack,
+    Step,
+    Tick,
+    banks,
+    fault_settings,
+    fault_steps,
+    run,
+)
 
 CCL, DCL, CVL = "/Info/MaxChargeCurrent", "/Info/MaxDischargeCurrent", "/Info/MaxChargeVoltage"
 LIMIT_PATH = {"charge": CCL, "discharge": DCL}

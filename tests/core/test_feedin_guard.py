@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggbatt.core.strategies.feedin import (
-    FEEDIN_PATH, FeedinGuard, Mode, Note, Persist, Restored, WriteSetting, restore_mode,
+    FEEDIN_PATH,
+    FeedinGuard,
+    Mode,
+    Note,
+    Persist,
+    Restored,
+    WriteSetting,
+    restore_mode,
     setting_value,
 )
 

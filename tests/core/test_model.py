@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from aggbatt.core.freshness import (
-    TRANSITIONS, Health, PackState, PackTracker, data_age, expected_current, fault_of, stale_verdict,
+    TRANSITIONS,
+    Health,
+    PackState,
+    PackTracker,
+    data_age,
+    expected_current,
+    fault_of,
+    stale_verdict,
 )
 from aggbatt.core.pack_paths import SAFETY_PATHS, needs_urgent_tick
 from aggbatt.core.snapshot import PackSnapshot

@@ -7,10 +7,15 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from aggbatt.daemon.persist import read_json, write_json_atomic
 from aggbatt.core.strategies.balancing import (
-    Balancing, BalancingInputs, BalancingParams, BalancingRecord, Phase, utc,
+    Balancing,
+    BalancingInputs,
+    BalancingParams,
+    BalancingRecord,
+    Phase,
+    utc,
 )
+from aggbatt.daemon.persist import read_json, write_json_atomic
 
 PARAMS = BalancingParams(repetition=10, cell_diff_max=0.025, timeout=4 * 3600.0)
 # 16 cells: normal 3.35 V/cell = 53.6 V, balancing 3.45 V/cell = 55.2 V, tolerance 0.05 V/cell.

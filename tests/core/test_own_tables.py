@@ -9,7 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggbatt.core.strategies.current_tables import (
-    CurrentTables, Latch, Limit, Table, TableInputs, TableParams,
+    CurrentTables,
+    Latch,
+    Limit,
+    Table,
+    TableInputs,
+    TableParams,
 )
 
 # The reference's LFP preset (reference §6): 200 A x factors.

@@ -7,8 +7,8 @@ from typing import Any
 
 from aggbatt.config import config_from_dict, default_config
 from aggbatt.core.events import Event, PackIdChanged, PackIdFlapping, PackIdShared, PackIdTaken
-from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.packs import PackDirectory, PackRules, base_id, why_not_a_pack
+from aggbatt.core.snapshot import ServiceReading
 from tests import factories
 from tests.factories import ABSENT, SB
 

@@ -16,8 +16,8 @@ from aggbatt.core.events import Event, VictronCurrentBack, VictronCurrentLost
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.strategies import TickContext
 from aggbatt.core.strategies.victron_current import VictronDevices, VictronParams
-from tests.core.test_engine import run
 from tests import factories
+from tests.core.test_engine import run
 from tests.factories import Bank, snapshot, tick_context
 
 AGGREGATE = "com.victronenergy.battery.aggregate"

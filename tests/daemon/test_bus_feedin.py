@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from dbus_fast import Message
 
+from aggbatt.core.strategies.feedin import FEEDIN_PATH
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack_model import pack_params
 from aggbatt.sim.settings import SimSettings
-from aggbatt.core.strategies.feedin import FEEDIN_PATH
 
 pytestmark = pytest.mark.bus
 

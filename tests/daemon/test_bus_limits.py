@@ -11,8 +11,7 @@ from dbus_fast import Variant
 
 from aggbatt.bus.service import BusItemService
 from aggbatt.sim.pack_model import PackParams
-from tests.busclient import (aggregate_values, get_items, get_value, set_value,
-                             wait_for_values)
+from tests.busclient import aggregate_values, get_items, get_value, set_value, wait_for_values
 from tests.daemonharness import running, sim_pack, sim_packs
 from tests.factories import fast_config
 

@@ -18,22 +18,23 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dbus_fast.aio import MessageBus
 
+from aggbatt.core.strategies.coulomb import MIN_SOC_SETTING, STATE_VERSION
 from aggbatt.daemon import Daemon
 from aggbatt.daemon.persist import read_json
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.pack_model import PackParams
 from aggbatt.sim.victron import SimShunt
-from aggbatt.core.strategies.coulomb import MIN_SOC_SETTING, STATE_VERSION
 from tests.busclient import near, wait_for_values
+from tests.daemon.test_bus_current import victron
 from tests.daemonharness import Harness, running, sim_pack
 from tests.factories import fast_config
-from tests.daemon.test_bus_current import victron
 
 COUNTER = {"strategy": "coulomb_counter", "save_interval": 0.2, "save_precision": 0.001}
 SHUNT_ALONE = {"source": "victron_devices", "stale_after": 0.3, "shunts": [279], "shunt_alone": True}
@@ -251,7 +252,7 @@ async def test_persistence_survives_kill_9_at_any_moment(bus_address, tmp_path):
         await asyncio.gather(swing_task, bank_task, return_exceptions=True)
     assert len(records) >= 5, logs
     assert len({round(c, 4) for _, c in records}) >= 3, records        # it really counted
-    for (t0, c0), (t1, c1) in zip(records, records[1:]):
+    for (t0, c0), (t1, c1) in pairwise(records):
         assert abs(c1 - c0) <= (SWING - DRIFT) * (t1 - t0) / 3600 + 0.01, (records, logs)
     assert all(0 < c < 0.9 * CAPACITY for _, c in records), records
     assert "initialised from the BMS SoC" in logs[0]

@@ -8,11 +8,11 @@ import logging
 import time
 from pathlib import Path
 
-from aggbatt.tools import status
 from aggbatt.bus.monitor import MAX_PATHS
-from aggbatt.daemon.store import PACKS_FILE, STATE_VERSION
 from aggbatt.daemon.persist import write_json_atomic
+from aggbatt.daemon.store import PACKS_FILE, STATE_VERSION
 from aggbatt.sim.bank import SimBank
+from aggbatt.tools import status
 from tests.busclient import wait_for_values
 from tests.daemonharness import running, sim_packs
 

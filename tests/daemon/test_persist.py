@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from aggbatt.core.strategies.feedin import Mode
 from aggbatt.daemon import Daemon
 from aggbatt.daemon.persist import MAX_BYTES, StateRead, read_json, write_json_atomic
 from aggbatt.daemon.selection import read_selection
 from aggbatt.daemon.store import StateStore
-from aggbatt.core.strategies.feedin import Mode
 from tests.factories import fast_config
 
 

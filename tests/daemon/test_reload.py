@@ -17,14 +17,14 @@ from dbus_fast import Message, Variant
 from dbus_fast.aio import MessageBus
 
 from aggbatt.config import config_from_dict, default_config
-from aggbatt.daemon.reload import REBUILDS, plan_reload, rebuild_strategies
-from aggbatt.daemon.store import StateStore
-from aggbatt.sim.bank import SimBank
-from aggbatt.sim.settings import SimSettings
 from aggbatt.core.strategies import build_strategies
 from aggbatt.core.strategies.coulomb import CounterInputs
 from aggbatt.core.strategies.current_tables import Limit
 from aggbatt.core.strategies.own_charge import BALANCING_FILE
+from aggbatt.daemon.reload import REBUILDS, plan_reload, rebuild_strategies
+from aggbatt.daemon.store import StateStore
+from aggbatt.sim.bank import SimBank
+from aggbatt.sim.settings import SimSettings
 from tests.busclient import get_value, set_value, wait_for_values
 from tests.daemonharness import running, sim_packs
 from tests.factories import fast_config

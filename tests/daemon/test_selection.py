@@ -17,10 +17,16 @@ import pytest
 from dbus_fast.aio import MessageBus
 
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
-from aggbatt.daemon.store import StateStore
 from aggbatt.daemon.selection import (
-    BATTERY_SERVICE, BMS_INSTANCE, SELECTION_FILE, SelectionError, command, restore, select,
+    BATTERY_SERVICE,
+    BMS_INSTANCE,
+    SELECTION_FILE,
+    SelectionError,
+    command,
+    restore,
+    select,
 )
+from aggbatt.daemon.store import StateStore
 from aggbatt.sim.settings import SimSettings
 from tests.busclient import aggregate_values
 from tests.daemonharness import running, sim_packs

@@ -24,7 +24,14 @@ from typing import Any
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 from PySide6.QtCore import (  # noqa: E402 - the platform must be chosen before Qt loads
-    Property, QMetaObject, QObject, QResource, QUrl, Signal, Slot, qInstallMessageHandler,
+    Property,
+    QMetaObject,
+    QObject,
+    QResource,
+    QUrl,
+    Signal,
+    Slot,
+    qInstallMessageHandler,
 )
 from PySide6.QtGui import QColor, QGuiApplication, QImage, QPainter  # noqa: E402
 from PySide6.QtQml import qmlRegisterSingletonInstance  # noqa: E402

@@ -178,11 +178,11 @@ def test_bundled_code_runs_with_the_pure_dbus_fast(full_bundle: tuple[Path, Path
         "from dbus_fast.aio import MessageBus\n"
         "from aggbatt.config import default_config\n"
         "async def main():\n"
-        "    bus = await MessageBus(bus_address=%r).connect()\n"
+        f"    bus = await MessageBus(bus_address={bus_address!r}).connect()\n"
         "    print(bus.unique_name.startswith(':'), dbus_fast.message.__file__, pydantic.__file__)\n"
         "    bus.disconnect()\n"
         "default_config()\n"
-        "asyncio.run(main())\n" % bus_address)
+        "asyncio.run(main())\n")
     path = os.pathsep.join(str(release / p) for p in ("app", "lib/common", "lib/dbus-fast"))
     result = subprocess.run([sys.executable, "-s", "-c", script], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1"),
@@ -209,8 +209,8 @@ def test_no_deps_build_and_commented_config(tmp_path: Path) -> None:
     assert not (release / "lib").exists()
     assert (release / "PYTHON_TAG").read_text() == "cp311\n"
     example = (release / "config.example.toml").read_text()
-    assigned = [l for l in example.splitlines()
-                if l.strip() and not l.startswith(("#", "["))]
+    assigned = [line for line in example.splitlines()
+                if line.strip() and not line.startswith(("#", "["))]
     assert assigned == []  # every option commented out: the user's file sets nothing yet
     assert "# max_charge_current = 200.0" in example
     assert parse_config(example) == default_config()

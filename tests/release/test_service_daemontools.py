@@ -62,7 +62,7 @@ def test_run_execs_the_daemon_with_limits_and_logs_with_timestamps(gx: Gx) -> No
     log_pid = wait_for(lambda: gx.service_pid(gx.service / "log"), 10, "the log service")
     log_argv = Path(f"/proc/{log_pid}/cmdline").read_bytes().split(b"\0")[:-1]
     assert [a.decode() for a in log_argv] == ["multilog", "t", "s25000", "n4", str(gx.log_dir)]
-    banner = wait_for(lambda: [l for l in gx.log_text().splitlines() if "*** starting" in l], 10,
+    banner = wait_for(lambda: [line for line in gx.log_text().splitlines() if "*** starting" in line], 10,
                       "the banner in the log")
     assert banner[0].startswith("@4000")  # TAI64N stamp from multilog t
     assert f"*** starting aggbatt 1.2.3 ({PYTHON_TAG}, {os.uname().machine}, dbus-fast system" in banner[0]

@@ -15,7 +15,7 @@ from tests.busclient import SignalRecorder, get_items
 
 
 def three(socs=(50.0, 50.0, 50.0), caps=(100.0, 200.0, 300.0)) -> SimBank:
-    return SimBank([PackParams(capacity_ah=c, soc=s) for c, s in zip(caps, socs)])
+    return SimBank([PackParams(capacity_ah=c, soc=s) for c, s in zip(caps, socs, strict=True)])
 
 
 def test_split_by_capacity():

@@ -108,7 +108,7 @@ def test_charging_raises_soc_and_cells_and_ir_drop():
     rest = list(pack.cell_voltages)
     pack.step(1.0, 50.0)
     assert pack.soc > 50.0
-    assert all(v > r for v, r in zip(pack.cell_voltages, rest))
+    assert all(v > r for v, r in zip(pack.cell_voltages, rest, strict=True))
     # I*R on every cell: 50 A * 2 mOhm = 0.1 V per cell, 1.6 V over 16 cells (plus the tiny SoC rise).
     assert sum(pack.cell_voltages) - sum(rest) == pytest.approx(1.6, abs=0.01)
 

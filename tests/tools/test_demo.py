@@ -6,11 +6,11 @@ import io
 from typing import Any
 
 from aggbatt.config import default_config
-from aggbatt.tools.demo import DemoOptions, bank_profile, demo_packs, run_demo
 from aggbatt.core.engine import Engine
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.validation import PACK_PATHS
 from aggbatt.sim.bank import SimBank
+from aggbatt.tools.demo import DemoOptions, bank_profile, demo_packs, run_demo
 from tests.factories import fast_config
 
 

@@ -15,11 +15,11 @@ import pytest
 
 from aggbatt.cli import main
 from aggbatt.config import load_config
-from aggbatt.tools.migrate import REFERENCE_DEFAULTS, MigrationError, date_of_day, migrate
-from aggbatt.daemon.persist import read_json
-from aggbatt.core.strategies.balancing import BalancingRecord
 from aggbatt.core.strategies import CurrentResult
+from aggbatt.core.strategies.balancing import BalancingRecord
 from aggbatt.core.strategies.coulomb import CoulombParams, CoulombSoc, parse_record
+from aggbatt.daemon.persist import read_json
+from aggbatt.tools.migrate import REFERENCE_DEFAULTS, MigrationError, date_of_day, migrate
 from tests.factories import SB, snapshot, tick_context
 
 REF = Path(__file__).parents[1] / "fixtures" / "reference"

@@ -32,6 +32,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from dbus_fast import Message, MessageType
 
 from aggbatt.bench import report
 from aggbatt.bench.options import Bank, Build, Options
-from aggbatt.bench.probes import Meter, Observer, connections_of, match_rules
+from aggbatt.bench.probes import Meter, Observer, Predicate, connections_of, match_rules
 from aggbatt.bench.processes import Measured, Sim, spawn, wait_ready
 from aggbatt.daemon.status_api import STATUS_INTERFACE
 from aggbatt.sim.privatebus import start_private_bus
@@ -64,7 +65,7 @@ def _config(workdir: Path, opts: Options) -> Path:
     return path
 
 
-def _valid(values: dict[str, Any], packs: int) -> bool:
+def _valid(values: Mapping[str, Any], packs: int) -> bool:
     return all(values.get(p) is not None for p in VALID_PATHS) and values.get(ONLINE) == packs
 
 
@@ -137,6 +138,14 @@ async def _ccl0_reactions(sim: Sim, observer: Observer, opts: Options, rng: rand
     return times, missed
 
 
+def _offline_above(count: int) -> Predicate:
+    return lambda values: (values.get(OFFLINE) or 0) > count
+
+
+def _offline_at_most(count: int) -> Predicate:
+    return lambda values: (values.get(OFFLINE) or 0) <= count
+
+
 async def _stale_reactions(sim: Sim, observer: Observer, opts: Options) -> tuple[list[float], int]:
     times: list[float] = []
     missed = 0
@@ -144,13 +153,13 @@ async def _stale_reactions(sim: Sim, observer: Observer, opts: Options) -> tuple
     for event in range(opts.stale_events):
         pack = event % packs + 1
         before = observer.values.get(OFFLINE) or 0
-        seen = observer.expect(lambda v: (v.get(OFFLINE) or 0) > before)
+        seen = observer.expect(_offline_above(before))
         last_publish = await sim.command(f"freeze {pack}")
         try:
             times.append(await asyncio.wait_for(seen, opts.stale_after + 10.0) - last_publish)
         except asyncio.TimeoutError:
             missed += 1
-        back = observer.expect(lambda v: (v.get(OFFLINE) or 0) <= before)
+        back = observer.expect(_offline_at_most(before))
         await sim.command(f"thaw {pack}")
         await asyncio.wait_for(back, opts.stale_after + opts.readmit_after + 15.0)
         await asyncio.sleep(opts.interval)
@@ -162,15 +171,16 @@ def _process_result(meter: Meter, first: dict[str, Any] | None, last: dict[str, 
     cpu, source = meter.cpu_used()
     ticks = meter.ticks_used()
     mean = meter.rss_mean_kb()
+    main_thread = meter.main_thread_used()
+    wakeups = meter.wakeups_seen()
     result: dict[str, Any] = {
         "pid": meter.pid,
         "cpu_s": cpu,
         "cpu_s_per_s": None if cpu is None else cpu / wall,
         "cpu_source": source,
         "cpu_ticks_s_per_s": None if ticks is None else ticks / wall,
-        "main_thread_cpu_s_per_s": (None if meter.main_thread_used() is None
-                                    else meter.main_thread_used() / wall),
-        "wakeups_per_s": None if meter.wakeups_seen() is None else meter.wakeups_seen() / wall,
+        "main_thread_cpu_s_per_s": None if main_thread is None else main_thread / wall,
+        "wakeups_per_s": None if wakeups is None else wakeups / wall,
         "rss_peak_mb": None if meter.peak_kb is None else meter.peak_kb / 1024.0,
         "rss_mean_mb": None if mean is None else mean / 1024.0,
     }
@@ -180,7 +190,7 @@ def _process_result(meter: Meter, first: dict[str, Any] | None, last: dict[str, 
             result[f"{key}_per_s"] = result[key] / wall
         result["dbus_fast_compiled"] = last["dbus_fast_compiled"]
         result["gc_collections"] = [b - a for a, b in zip(first["gc"]["collections"],
-                                                          last["gc"]["collections"])]
+                                                          last["gc"]["collections"], strict=True)]
         result["gc_s_per_s"] = sum(last["gc"]["seconds"]) / wall - sum(first["gc"]["seconds"]) / wall
     return result
 
@@ -256,7 +266,7 @@ class BankRun:
         measured = self.measured
         ticks_before = await _daemon_ticks(observer)
         first = dict(zip((m.role for m in measured),
-                         await asyncio.gather(*(m.counts() for m in measured))))
+                         await asyncio.gather(*(m.counts() for m in measured)), strict=True))
         meters = [m.meter for m in measured] + list(context.values())
         started = time.monotonic()
         for meter in meters:
@@ -269,7 +279,7 @@ class BankRun:
             meter.end()
         wall = time.monotonic() - started
         last = dict(zip((m.role for m in measured),
-                        await asyncio.gather(*(m.counts() for m in measured))))
+                        await asyncio.gather(*(m.counts() for m in measured)), strict=True))
         ticks_after = await _daemon_ticks(observer)
         ticks = None if ticks_before is None or ticks_after is None else ticks_after - ticks_before
         return _Window(wall, first, last, context, None if ticks is None else ticks / wall)

@@ -221,7 +221,7 @@ async def connections_of(bus: MessageBus, pid: int) -> list[str]:
     names = [n for n in (listed.body[0] if listed else []) if n.startswith(":")]
     owners = await asyncio.gather(*(
         _bus_call(bus, DBUS, "GetConnectionUnixProcessID", "s", [n]) for n in names))
-    return sorted(n for n, r in zip(names, owners) if r is not None and r.body[0] == pid)
+    return sorted(n for n, r in zip(names, owners, strict=True) if r is not None and r.body[0] == pid)
 
 
 async def match_rules(bus: MessageBus, connections: list[str]) -> list[str] | None:

@@ -99,7 +99,8 @@ class Measured:
             if time.monotonic() > deadline or self.proc.returncode is not None:
                 raise RuntimeError(f"{self.role} (pid {self.proc.pid}) wrote no report")
             await asyncio.sleep(0.01)
-        return json.loads(self.report.read_text(encoding="utf-8"))
+        counts: dict[str, Any] = json.loads(self.report.read_text(encoding="utf-8"))
+        return counts
 
     async def stop(self) -> None:
         if self.proc.returncode is None:

@@ -137,7 +137,7 @@ def table(runs: Sequence[Mapping[str, Any]]) -> str:
             _judged(ccl["p95"], ".1f", t["ccl0_p95_ms"]), _num(stale["median"], ".2f"),
             _judged(run.get("first_valid_s"), ".2f", t["first_valid_s"]),
         ]
-        lines.append("  ".join(c.rjust(w) for c, (_, w) in zip(cells, COLUMNS)))
+        lines.append("  ".join(c.rjust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True)))
     return "\n".join(lines)
 
 

@@ -354,6 +354,8 @@ class Monitor:
 
     def _on_properties(self, tracked: _Tracked, msg: Message) -> None:
         path = msg.path
+        if path is None:  # never for a signal: D-Bus requires its object path
+            return
         paths = tracked.paths
         if paths is not None and path not in paths:
             self.unwanted_signals += 1
@@ -487,7 +489,7 @@ class Monitor:
         )
         workers = {
             self._enqueue(n, self._job_owner(n, "", o.body[0], listed=True))
-            for n, o in zip(names, owners)
+            for n, o in zip(names, owners, strict=True)
             if isinstance(o, Message) and self._owner_events.get(n) == events_before.get(n)
         }
         if workers:
@@ -692,7 +694,7 @@ class Monitor:
         tracked.rules.update(missing)
         results = await self._match_calls("AddMatch", missing)
         errors = []
-        for rule, result in zip(missing, results):
+        for rule, result in zip(missing, results, strict=True):
             if isinstance(result, Message):
                 continue
             errors.append(result)

@@ -46,6 +46,7 @@ from dbus_fast.aio import MessageBus
 from aggbatt.bus.busitem import BUSITEM
 from aggbatt.bus.values import unwrap, wrap
 from aggbatt.errors import AggbattError
+
 INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 INVALID_TEXT = "---"
 
@@ -259,6 +260,8 @@ class BusItemService:
         if msg.interface not in (BUSITEM, None):
             return None
         path = msg.path
+        if path is None:  # never for a method call: D-Bus requires its object path
+            return None
         item = self._items.get(path)
         member = msg.member
         if item is not None:

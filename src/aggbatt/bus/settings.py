@@ -152,7 +152,7 @@ class SettingsClient:
                 f"({len(entries) if entries is not None else 0} items for {len(specs)}); "
                 "check that it is Victron's localsettings")
         result: dict[str, Any] = {}
-        for spec, entry in zip(specs, entries):
+        for spec, entry in zip(specs, entries, strict=True):
             code = unwrap(entry.get("error"))
             if code != 0:
                 log.error("localsettings refused %s: error %s (%s)", spec.path, code, _meaning(code))
@@ -245,7 +245,7 @@ class SettingsClient:
         if reply.signature != "i":
             log.warning("SetValue %s = %r failed:  %s", path, value, _text(reply))
             return -1
-        return reply.body[0]
+        return int(reply.body[0])
 
     async def watch(self, paths: Collection[str], callback: Callable[[str, Any], None]) -> None:
         """Call `callback(path, value)` whenever localsettings reports a new value of a path."""
@@ -288,14 +288,14 @@ class SettingsClient:
     def _on_message(self, msg: Message) -> None:
         if msg.message_type is not MessageType.SIGNAL:
             return None
-        if msg.member == "PropertiesChanged" and msg.interface == BUSITEM:
-            callbacks = self._watched.get(msg.path)
+        path = msg.path
+        if msg.member == "PropertiesChanged" and msg.interface == BUSITEM and path is not None:
+            callbacks = self._watched.get(path)
             if callbacks and msg.sender == self._owner and msg.signature == "a{sv}":
                 variant = msg.body[0].get("Value")
                 if variant is None:
                     return None
                 value = unwrap(variant)
-                path = msg.path
                 # Localsettings re-sends the value when only a default/min/max changed.
                 if path in self._last and self._last[path] == value:
                     return None

@@ -12,22 +12,23 @@ import functools
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
-from typing import Any, Literal, Mapping, Optional, Sequence, Union, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from aggbatt.errors import AggbattError
-from pydantic_core import PydanticCustomError
 
 
 def fmt(number: float) -> str:
     return f"{number:g}"
 
 
-def rule(why: str, allowed: str, *, key: Optional[str] = None, value: object = None) -> PydanticCustomError:
+def rule(why: str, allowed: str, *, key: str | None = None, value: object = None) -> PydanticCustomError:
     """An error of a rule across keys; `key` names a sub-key when the rule sits on a whole table."""
     ctx: dict[str, Any] = {"why": why, "allowed": allowed}
     if key is not None:
@@ -44,7 +45,7 @@ class ConfigIssue:
     key: str
     value: object
     message: str
-    line: Optional[int] = None
+    line: int | None = None
 
     def describe(self, source: str) -> str:
         where = f"{source}:{self.line}" if self.line is not None else source
@@ -128,12 +129,12 @@ def _issue(error: Mapping[str, Any], root: type[BaseModel], user: Mapping[str, A
     return ConfigIssue(path, value, message, lines.get(".".join(names)))
 
 
-def _resolve(loc: tuple[Union[str, int], ...], root: type[BaseModel],
-             ) -> tuple[str, list[str], Optional[FieldInfo], type[BaseModel]]:
+def _resolve(loc: tuple[str | int, ...], root: type[BaseModel],
+             ) -> tuple[str, list[str], FieldInfo | None, type[BaseModel]]:
     """Dotted path with [index] parts, the key names alone, the field and the table holding it."""
-    model: Optional[type[BaseModel]] = root
+    model: type[BaseModel] | None = root
     table: type[BaseModel] = root
-    field: Optional[FieldInfo] = None
+    field: FieldInfo | None = None
     names: list[str] = []
     path = ""
     for part in loc:
@@ -148,7 +149,7 @@ def _resolve(loc: tuple[Union[str, int], ...], root: type[BaseModel],
     return path, names, field, table
 
 
-def _table_model(field: Optional[FieldInfo]) -> Optional[type[BaseModel]]:
+def _table_model(field: FieldInfo | None) -> type[BaseModel] | None:
     annotation = field.annotation if field is not None else None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
@@ -180,7 +181,7 @@ def _why(kind: str, ctx: Mapping[str, Any], value: object, fallback: str) -> str
     return fallback
 
 
-def _allowed(field: Optional[FieldInfo]) -> str:
+def _allowed(field: FieldInfo | None) -> str:
     if field is None:
         return ""
     if field.description:
@@ -215,7 +216,7 @@ def _all_paths(root: type[BaseModel]) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def _suggest(names: list[str], table: type[BaseModel], root: type[BaseModel]) -> Optional[str]:
+def _suggest(names: list[str], table: type[BaseModel], root: type[BaseModel]) -> str | None:
     """The valid key the user most likely meant: same table first, then the same name elsewhere."""
     prefix = ".".join(names[:-1] + [""]) if len(names) > 1 else ""
     wanted = _normalise(names[-1])

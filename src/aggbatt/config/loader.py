@@ -13,16 +13,18 @@ import functools
 import os
 import re
 import stat
-from typing import Any, Mapping, Optional, Union
+import sys
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import ValidationError
 
 from aggbatt.config.errors import ConfigError, ConfigIssue, issues_of
 from aggbatt.config.schema import Config
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:
+else:
     import tomli as tomllib
 
 # A real config is a few kB with tables two levels deep; anything far beyond is not a config and
@@ -54,7 +56,7 @@ def default_config() -> Config:
     return _validate({}, DEFAULT_SOURCE, "")
 
 
-def load_config(path: Union[str, os.PathLike[str], None]) -> Config:
+def load_config(path: str | os.PathLike[str] | None) -> Config:
     """Load a user file over the defaults; None means the defaults alone."""
     if path is None:
         return default_config()
@@ -105,7 +107,7 @@ _SYNTAX_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
 def _parse_toml(text: str, source: str) -> dict[str, Any]:
-    def refuse(message: str, line: Optional[int] = None) -> ConfigError:
+    def refuse(message: str, line: int | None = None) -> ConfigError:
         return ConfigError([ConfigIssue("", None, message, line)], source)
 
     if len(text) > MAX_CONFIG_BYTES:
@@ -115,7 +117,7 @@ def _parse_toml(text: str, source: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         position = _SYNTAX_POSITION.search(message)
-        line: Optional[int] = getattr(exc, "lineno", None)
+        line: int | None = getattr(exc, "lineno", None)
         if position:
             message = f"{message[: position.start()]} (column {position.group(2)})"
             line = int(position.group(1))

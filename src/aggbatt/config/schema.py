@@ -11,7 +11,7 @@ bad (field order in the models matters for that reason).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -34,7 +34,7 @@ CELL_VOLTAGE_RANGE = (1.0, 4.5)
 CellVoltage = Annotated[float, Field(ge=CELL_VOLTAGE_RANGE[0], le=CELL_VOLTAGE_RANGE[1])]
 Factor = Annotated[float, Field(ge=0.0, le=1.0)]
 Text = Annotated[str, Field(min_length=1)]
-ShuntRef = Union[Annotated[int, Field(ge=0)], Text]
+ShuntRef = Annotated[int, Field(ge=0)] | Text
 
 # VRM instances are small numbers, but drivers use bases such as 512 or 1024 to keep out of each
 # other's way, so the bound is generous; a value far outside cannot be a real one, and one that
@@ -49,9 +49,9 @@ def _entries(count: int) -> str:
 def _number(
     unit: str = "",
     *,
-    ge: Optional[float] = None,
-    gt: Optional[float] = None,
-    le: Optional[float] = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
     note: str = "",
     kind: str = "a number",
 ) -> Any:
@@ -70,7 +70,7 @@ def _number(
     return Field(ge=ge, gt=gt, le=le, description=text)
 
 
-def _integer(unit: str = "", *, ge: Optional[int] = None, le: Optional[int] = None, note: str = "") -> Any:
+def _integer(unit: str = "", *, ge: int | None = None, le: int | None = None, note: str = "") -> Any:
     return _number(unit, ge=ge, le=le, note=note, kind="an integer")
 
 
@@ -102,7 +102,7 @@ def _check_knots(knots: list[float]) -> list[float]:
     return knots
 
 
-def _check_factors(factors: list[float], knots: Optional[list[float]], knots_key: str) -> list[float]:
+def _check_factors(factors: list[float], knots: list[float] | None, knots_key: str) -> list[float]:
     allowed = _factors_text(knots_key)
     if knots is not None and len(factors) != len(knots):
         raise rule(f"has {_entries(len(factors))} but {knots_key} has {len(knots)}", allowed)

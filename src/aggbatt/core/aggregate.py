@@ -44,17 +44,42 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from aggbatt.core.pack_paths import (
-    ALARM_PATHS, ALLOW_BALANCE, ALLOW_CHARGE, ALLOW_DISCHARGE, BALANCING, BATTERY_LOW_VOLTAGE,
-    BLOCKING_CHARGE, BLOCKING_DISCHARGE, BMS_CABLE, CELLS_PER_BATTERY, CHARGE_MODE, HISTORY_MAX,
-    HISTORY_MIN, HISTORY_PATHS, HISTORY_SUM, INSTALLED_CAPACITY, INTERNAL_FAILURE,
-    MAX_CELL_TEMPERATURE, MAX_CELL_VOLTAGE, MAX_TEMPERATURE_CELL_ID, MAX_VOLTAGE_CELL_ID,
-    MIN_CELL_TEMPERATURE, MIN_CELL_VOLTAGE, MIN_TEMPERATURE_CELL_ID, MIN_VOLTAGE_CELL_ID,
-    MODULES_ONLINE, TEMPERATURE, VOLTAGE, VOLTAGES_SUM,
+    ALARM_PATHS,
+    ALLOW_BALANCE,
+    ALLOW_CHARGE,
+    ALLOW_DISCHARGE,
+    BALANCING,
+    BATTERY_LOW_VOLTAGE,
+    BLOCKING_CHARGE,
+    BLOCKING_DISCHARGE,
+    BMS_CABLE,
+    CELLS_PER_BATTERY,
+    CHARGE_MODE,
+    HISTORY_MAX,
+    HISTORY_MIN,
+    HISTORY_PATHS,
+    HISTORY_SUM,
+    INSTALLED_CAPACITY,
+    INTERNAL_FAILURE,
+    MAX_CELL_TEMPERATURE,
+    MAX_CELL_VOLTAGE,
+    MAX_TEMPERATURE_CELL_ID,
+    MAX_VOLTAGE_CELL_ID,
+    MIN_CELL_TEMPERATURE,
+    MIN_CELL_VOLTAGE,
+    MIN_TEMPERATURE_CELL_ID,
+    MIN_VOLTAGE_CELL_ID,
+    MODULES_ONLINE,
+    TEMPERATURE,
+    VOLTAGE,
+    VOLTAGES_SUM,
 )
 from aggbatt.core.snapshot import PackSnapshot
+
+_T = TypeVar("_T")
 
 MODULES_OFFLINE = "/System/NrOfModulesOffline"
 VOLTAGES_DIFF = "/Voltages/Diff"
@@ -66,7 +91,7 @@ BATTERIES_SERIES = "/System/BatteriesSeries"
 STOCK_PAGE_PATHS = (NR_OF_BATTERIES, BATTERIES_PARALLEL, BATTERIES_SERIES, *HISTORY_PATHS)
 
 
-def _present(values: Iterable[float | int | None]) -> list[Any]:
+def _present(values: Iterable[_T | None]) -> list[_T]:
     return [v for v in values if v is not None]
 
 

@@ -49,36 +49,82 @@ with nothing but guarded arithmetic and never raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from aggbatt.core.aggregate import (
-    MODULES_OFFLINE, STOCK_PAGE_PATHS, VOLTAGES_DIFF, aggregate, cell_voltage_values,
+    MODULES_OFFLINE,
+    STOCK_PAGE_PATHS,
+    VOLTAGES_DIFF,
+    aggregate,
+    cell_voltage_values,
 )
 from aggbatt.core.events import (
-    Event, KnownPacksForgotten, LimitSourceChanged, PackBackOnline, PackHolds, PackNoLongerKnown,
-    PackOnline, PackWentOffline, TickFailed, TicksRecovered, ValueIgnored,
+    Event,
+    KnownPacksForgotten,
+    LimitSourceChanged,
+    PackBackOnline,
+    PackHolds,
+    PackNoLongerKnown,
+    PackOnline,
+    PackWentOffline,
+    TickFailed,
+    TicksRecovered,
+    ValueIgnored,
 )
 from aggbatt.core.freshness import (
-    PackState, PackTracker, data_age, expected_current, fault_of, stale_verdict,
+    PackState,
+    PackTracker,
+    data_age,
+    expected_current,
+    fault_of,
+    stale_verdict,
 )
 from aggbatt.core.pack_paths import (
-    ALARM_PATHS, ALLOW_BALANCE, ALLOW_CHARGE, ALLOW_DISCHARGE, BALANCING, BATTERY_LOW_VOLTAGE,
-    BLOCKING_CHARGE, BLOCKING_DISCHARGE, CAPACITY, CCL, CELLS_PER_BATTERY, CHARGE_MODE, CONSUMED_AH,
-    CURRENT, CVL, DCL, INSTALLED_CAPACITY, INTERNAL_FAILURE, MAX_CELL_TEMPERATURE, MAX_CELL_VOLTAGE,
-    MAX_TEMPERATURE_CELL_ID, MAX_VOLTAGE_CELL_ID, MIN_CELL_TEMPERATURE, MIN_CELL_VOLTAGE,
-    MIN_TEMPERATURE_CELL_ID, MIN_VOLTAGE_CELL_ID, MODULES_ONLINE, POWER, SAFETY_PATHS, SOC,
-    TEMPERATURE, VOLTAGE, VOLTAGES_SUM, needs_urgent_tick,
+    ALARM_PATHS,
+    ALLOW_BALANCE,
+    ALLOW_CHARGE,
+    ALLOW_DISCHARGE,
+    BALANCING,
+    BATTERY_LOW_VOLTAGE,
+    BLOCKING_CHARGE,
+    BLOCKING_DISCHARGE,
+    CAPACITY,
+    CCL,
+    CELLS_PER_BATTERY,
+    CHARGE_MODE,
+    CONSUMED_AH,
+    CURRENT,
+    CVL,
+    DCL,
+    INSTALLED_CAPACITY,
+    INTERNAL_FAILURE,
+    MAX_CELL_TEMPERATURE,
+    MAX_CELL_VOLTAGE,
+    MAX_TEMPERATURE_CELL_ID,
+    MAX_VOLTAGE_CELL_ID,
+    MIN_CELL_TEMPERATURE,
+    MIN_CELL_VOLTAGE,
+    MIN_TEMPERATURE_CELL_ID,
+    MIN_VOLTAGE_CELL_ID,
+    MODULES_ONLINE,
+    POWER,
+    SAFETY_PATHS,
+    SOC,
+    TEMPERATURE,
+    VOLTAGE,
+    VOLTAGES_SUM,
+    needs_urgent_tick,
 )
-from aggbatt.core.snapshot import PackSnapshot, ServiceReading
-from aggbatt.core.validation import PACK_PATHS, Validated, pack_paths, revalidate, validate
 from aggbatt.core.packs import MAX_KNOWN_PACKS, PackDirectory, PackRules
 from aggbatt.core.pages import PackPages
+from aggbatt.core.snapshot import PackSnapshot, ServiceReading
 from aggbatt.core.strategies import OfflinePack, Strategies, TickContext, build_strategies
 from aggbatt.core.strategies.charge import ShareMemory, apply_envelope, measurable_current
 from aggbatt.core.strategies.victron_current import block_limits
+from aggbatt.core.validation import PACK_PATHS, Validated, pack_paths, revalidate, validate
 
 __all__ = [
     "DYNAMIC_PATHS", "PACK_PATHS", "SAFETY_PATHS", "Engine", "PackStatus", "ServiceReading",
@@ -169,6 +215,10 @@ def _lower(a: Any, b: Any) -> Any:
     return b if a is None else a if b is None else min(a, b)
 
 
+@overload
+def _stricter(fresh: PackSnapshot | None, now: PackSnapshot) -> PackSnapshot: ...
+@overload
+def _stricter(fresh: PackSnapshot | None, now: PackSnapshot | None) -> PackSnapshot | None: ...
 def _stricter(fresh: PackSnapshot | None, now: PackSnapshot | None) -> PackSnapshot | None:
     """The last fresh snapshot with any block or lower limit of the present data added: losing
     information may keep or lower a limit, never raise it."""
@@ -186,8 +236,9 @@ def _stricter(fresh: PackSnapshot | None, now: PackSnapshot | None) -> PackSnaps
     )
 
 
-_BLOCKING_FLAGS = (("allow_charge", lambda v: v == 0), ("allow_discharge", lambda v: v == 0),
-                   ("blocking_charge", lambda v: v > 0), ("blocking_discharge", lambda v: v > 0))
+_BLOCKING_FLAGS: tuple[tuple[str, Callable[[float], bool]], ...] = (
+    ("allow_charge", lambda v: v == 0), ("allow_discharge", lambda v: v == 0),
+    ("blocking_charge", lambda v: v > 0), ("blocking_discharge", lambda v: v > 0))
 
 
 def _keep_blocking_flags(snapshot: PackSnapshot, last: PackSnapshot | None) -> PackSnapshot:
@@ -245,8 +296,8 @@ class Engine:
         self._failing = False
         self._shares = ShareMemory()
         # Each pack's last snapshot with fresh, valid data (made stricter by what it showed while
-        # not healthy): while the pack is not online it keeps capping the limits and holding its blocks (`_held`), until fresh data replaces it or the
-        # pack is forgotten.
+        # not healthy): while the pack is not online it keeps capping the limits and holding its
+        # blocks (`_held`), until fresh data replaces it or the pack is forgotten.
         self._fresh: dict[str, PackSnapshot] = {}
         self._holding: dict[str, str] = {}  # pack id -> what its held data imposes, as logged
         self._source_current: float | None = None  # the bank current measured at the last tick

@@ -41,8 +41,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from aggbatt.core.events import (Event, PackIdChanged, PackIdFlapping, PackIdShared,
-                                 PackIdTaken)
+from aggbatt.core.events import Event, PackIdChanged, PackIdFlapping, PackIdShared, PackIdTaken
 from aggbatt.core.pack_paths import CCL, CUSTOM_NAME, CVL, DCL, PRODUCT_NAME, SERIAL
 from aggbatt.core.snapshot import ServiceReading
 from aggbatt.core.validation import PACK_TEXT_MAX

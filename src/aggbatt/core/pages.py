@@ -25,7 +25,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the engine imports this module; the type is only for the checker
+    from aggbatt.core.engine import PackStatus
 
 MAX_PACKS = 32
 READING_INTERVAL = 5.0  # s
@@ -50,26 +53,6 @@ INFO_PATHS = (CURRENT_SOURCE, SOC_STRATEGY, CHARGE_STRATEGY, BALANCING_PHASE, BA
               BALANCING_NEXT, FEEDIN_GUARD)
 
 
-class PackView(Protocol):
-    """The fields of engine.PackStatus this module reads."""
-
-    id: str
-    name: str
-    service: str | None
-    state: str
-    reason: str | None
-    age: float | None
-    voltage: float | None
-    current: float | None
-    soc: float | None
-    cvl: float | None
-    ccl: float | None
-    dcl: float | None
-    blocking_charge: str | None
-    blocking_discharge: str | None
-    holds: str | None
-
-
 def pack_path(slot: int, leaf: str) -> str:
     return f"/Packs/{slot}/{leaf}"
 
@@ -80,7 +63,7 @@ def _flag(reason: str | None, known: bool) -> int | None:
     return 1 if reason is not None else 0
 
 
-def _slot_values(slot: int, pack: PackView) -> dict[str, Any]:
+def _slot_values(slot: int, pack: PackStatus) -> dict[str, Any]:
     known = pack.service is not None  # a missing pack has no readings to judge
     reasons = [f"{what}: {why}" for what, why in (("charge", pack.blocking_charge),
                                                   ("discharge", pack.blocking_discharge)) if why]
@@ -91,7 +74,7 @@ def _slot_values(slot: int, pack: PackView) -> dict[str, Any]:
         _flag(pack.blocking_charge, known), _flag(pack.blocking_discharge, known),
         "; ".join(reasons) if known else None, pack.holds,
     )
-    return {pack_path(slot, leaf): value for leaf, value in zip(PACK_LEAVES, values)}
+    return {pack_path(slot, leaf): value for leaf, value in zip(PACK_LEAVES, values, strict=True)}
 
 
 @dataclass
@@ -112,7 +95,7 @@ class PackPages:
         self._slots = 0
         self._held: dict[int, _Held] = {}
 
-    def values(self, packs: Sequence[PackView], now: float) -> dict[str, Any]:
+    def values(self, packs: Sequence[PackStatus], now: float) -> dict[str, Any]:
         """`now`: monotonic seconds."""
         shown = packs[:MAX_PACKS]
         out: dict[str, Any] = {PACKS_COUNT: len(shown)}

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
+from aggbatt.config import Config
 from aggbatt.core.strategies import feedin
 from aggbatt.core.strategies.feedin import FeedinGuard, Note, Persist, WriteSetting, restore_mode
 from aggbatt.daemon.store import StateStore
@@ -62,7 +63,7 @@ class FeedinIO:
         self._failing = False
 
     @classmethod
-    def create(cls, strategy: Any, config: Any, store: StateStore,
+    def create(cls, strategy: Any, config: Config, store: StateStore,
                clock: Callable[[], float]) -> FeedinIO | None:
         """The I/O for a charge strategy that states a feed-in wish; None for any other."""
         if not callable(getattr(strategy, "take_feedin", None)):

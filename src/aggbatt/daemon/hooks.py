@@ -7,13 +7,14 @@ import logging
 from typing import Any
 
 from aggbatt.bus.settings import SettingsClient, SettingsUnavailable
+from aggbatt.config import Config
 from aggbatt.core.engine import pack_paths
 from aggbatt.core.strategies import Strategies
 
 log = logging.getLogger("aggbatt")
 
 
-def monitored(config: Any, strategies: Strategies) -> dict[str, Any]:
+def monitored(config: Config, strategies: Strategies) -> dict[str, Any]:
     """Service classes and paths to follow: the packs, plus what the strategies ask for."""
     classes: dict[str, Any] = {
         "battery": pack_paths(config.discovery.cell_voltages, config.discovery.history)}

@@ -135,8 +135,8 @@ def read_config(path: str) -> Config | None:
         return load_config(path)
     except ConfigError as exc:
         if len(exc.errors) == 1:
-            issue = exc.errors[0].describe(exc.source).replace("\n    ", ": ")
-            log.error("config reload: %s; keeping the running configuration", issue)
+            only = exc.errors[0].describe(exc.source).replace("\n    ", ": ")
+            log.error("config reload: %s; keeping the running configuration", only)
             return None
         for issue in exc.errors:
             log.error("config reload: %s", issue.describe(exc.source).replace("\n    ", ": "))

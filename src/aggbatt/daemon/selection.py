@@ -104,7 +104,7 @@ def _same(a: Any, b: Any) -> bool:
     """Setting values compare as localsettings stores them (an int may come back as a float)."""
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return float(a) == float(b)
-    return a == b
+    return bool(a == b)
 
 
 class _Report:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aggbatt.core.engine import TickResult
-from aggbatt.core.strategies import StateFile, Strategies
+from aggbatt.core.strategies import StateFile, Stateful, Strategies, is_stateful
 from aggbatt.daemon.persist import StateRead, read_json, write_json_atomic
 
 log = logging.getLogger("aggbatt")
@@ -33,9 +33,9 @@ BLOCKS_FILE = "blocks.json"  # the packs whose last fresh data blocks a directio
 STATE_VERSION = 1
 
 
-def stateful(strategies: Strategies) -> list[Any]:
-    """The strategies with a state file (strategies.Stateful)."""
-    return [s for s in strategies.all() if isinstance(getattr(s, "state_file", None), StateFile)]
+def stateful(strategies: Strategies) -> list[Stateful]:
+    """The strategies with a state file."""
+    return [s for s in strategies.all() if is_stateful(s)]
 
 
 class StateStore:

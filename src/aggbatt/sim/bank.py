@@ -62,15 +62,15 @@ class SimBank:
     def split(self, current: float) -> list[float]:
         """Each pack's share of `current`, by capacity among the packs that let it through."""
         takers = [pack.accepts(current) for pack in self.packs]
-        total = sum(pack.params.capacity_ah for pack, takes in zip(self.packs, takers) if takes)
+        total = sum(pack.params.capacity_ah for pack, takes in zip(self.packs, takers, strict=True) if takes)
         if total <= 0:
             return [0.0] * len(self.packs)
         return [current * pack.params.capacity_ah / total if takes else 0.0
-                for pack, takes in zip(self.packs, takers)]
+                for pack, takes in zip(self.packs, takers, strict=True)]
 
     def step(self, dt: float) -> None:
         current = self.profile(self.time) if self.profile is not None else self.bank_current
-        for pack, share in zip(self.packs, self.split(current)):
+        for pack, share in zip(self.packs, self.split(current), strict=True):
             pack.step(dt, share)
         self.time += dt
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 OcvCurve = Callable[[float], float]
 
@@ -40,7 +41,7 @@ def piecewise_linear(table: Sequence[tuple[float, float]]) -> Callable[[float], 
         raise ValueError("a curve needs at least two points")
     xs = [x for x, _ in table]
     ys = [y for _, y in table]
-    if any(b <= a for a, b in zip(xs, xs[1:])):
+    if any(b <= a for a, b in pairwise(xs)):
         raise ValueError("curve x values must increase strictly")
 
     def curve(x: float) -> float:

@@ -344,8 +344,8 @@ class SimPack(SimDevice):
             "/JsonData": None,
         }
         values.update(self._alarms(voltage, high, low))
-        values.update(zip(self._cell_names, cells))
-        values.update((name, int(on)) for name, on in zip(self._balance_names, m.balancing_cells()))
+        values.update(zip(self._cell_names, cells, strict=True))
+        values.update((name, int(on)) for name, on in zip(self._balance_names, m.balancing_cells(), strict=True))
         return values
 
     def _minute_values(self) -> dict[str, Any]:

@@ -199,7 +199,7 @@ class PackModel:
         base = p.ocv(self.soc / 100.0) + self.current * p.internal_resistance
         noise = self.params.noise_mv / 1000.0 if self.current else 0.0
         self.cell_voltages = [base + o + d + self._jitter(noise)
-                              for o, d in zip(self._offsets, self._drift)]
+                              for o, d in zip(self._offsets, self._drift, strict=True)]
 
     def _jitter(self, amplitude: float) -> float:
         return self._rng.uniform(-amplitude, amplitude) if amplitude else 0.0

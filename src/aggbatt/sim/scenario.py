@@ -20,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:
+    import tomli as tomllib
 
 from aggbatt.errors import AggbattError
 from aggbatt.sim.bank import SimBank
@@ -77,6 +78,13 @@ async def _set_current(bank: SimBank, event: Event) -> None:
 
 
 _Applier = Callable[[SimBank, Event], Awaitable[None]]
+_T = TypeVar("_T")
+
+
+def _given(value: _T | None) -> _T:
+    """An argument the action requires: loading the scenario checked that it is there."""
+    assert value is not None
+    return value
 
 
 @dataclass(frozen=True)
@@ -94,15 +102,15 @@ ACTIONS: Mapping[str, _Action] = {
     "reappear": _Action(_pack(lambda p, e: p.reappear())),
     "link_lost": _Action(_pack(lambda p, e: p.link_lost(True))),
     "link_restored": _Action(_pack(lambda p, e: p.link_lost(False))),
-    "invalidate": _Action(_pack(lambda p, e: p.invalidate(e.path, e.on)), ("path",), ("on",)),
-    "override": _Action(_pack(lambda p, e: p.set_override(e.path, e.value)), ("path", "value")),
-    "clear_override": _Action(_pack(lambda p, e: p.set_override(e.path, None)), ("path",)),
+    "invalidate": _Action(_pack(lambda p, e: p.invalidate(_given(e.path), e.on)), ("path",), ("on",)),
+    "override": _Action(_pack(lambda p, e: p.set_override(_given(e.path), e.value)), ("path", "value")),
+    "clear_override": _Action(_pack(lambda p, e: p.set_override(_given(e.path), None)), ("path",)),
     "block_charge": _Action(_pack(lambda p, e: p.block_charge(True))),
     "unblock_charge": _Action(_pack(lambda p, e: p.block_charge(False))),
     "block_discharge": _Action(_pack(lambda p, e: p.block_discharge(True))),
     "unblock_discharge": _Action(_pack(lambda p, e: p.block_discharge(False))),
-    "drift_cell": _Action(_pack(lambda p, e: p.drift_cell(e.cell, e.mv)), ("cell", "mv")),
-    "temperature": _Action(_pack(lambda p, e: p.set_temperature(e.celsius)), ("celsius",)),
+    "drift_cell": _Action(_pack(lambda p, e: p.drift_cell(_given(e.cell), _given(e.mv))), ("cell", "mv")),
+    "temperature": _Action(_pack(lambda p, e: p.set_temperature(_given(e.celsius))), ("celsius",)),
     "current": _Action(_set_current, ("amps",), needs_pack=False),
 }
 
@@ -141,11 +149,11 @@ def _event_from(index: int, raw: Any, errors: list[str]) -> Event | None:
     elif not _is_number(at) or at < 0:
         errors.append(f"{where}, key 'at': must be a number >= 0, got {at!r}")
     action_name = raw.get("action")
-    action = ACTIONS.get(action_name) if isinstance(action_name, str) else None
-    if action is None:
+    if not isinstance(action_name, str) or action_name not in ACTIONS:
         errors.append(f"{where}, key 'action': {'missing' if action_name is None else repr(action_name)}"
                       f" is not one of {', '.join(ACTIONS)}")
         return None
+    action = ACTIONS[action_name]
     if action.needs_pack:
         pack = raw.get("pack")
         if pack is None:
@@ -172,7 +180,7 @@ def _event_from(index: int, raw: Any, errors: list[str]) -> Event | None:
             errors.append(f"{where}, key {key!r}: must be {demand}, got {raw[key]!r}")
         else:
             fields[key] = float(raw[key]) if key in ("mv", "celsius", "amps") else raw[key]
-    if len(errors) > before:
+    if at is None or len(errors) > before:
         return None
     return Event(at=float(at), action=action_name, number=index, **fields)
 

@@ -176,10 +176,12 @@ class SimSettings:
 
     def _answer(self, msg: Message) -> Message | None:
         path, member, interface = msg.path, msg.member, msg.interface
+        if path is None:  # never for a method call: D-Bus requires its object path
+            return None
         if interface in (SETTINGS_INTERFACE, None) and self._is_group(path):
             if member == "AddSettings" and msg.signature == "aa{sv}" and self.add_settings_supported:
-                items = [self._add_item(path, definition) for definition in msg.body[0]]
-                return Message.new_method_return(msg, "aa{sv}", [items])
+                added = [self._add_item(path, definition) for definition in msg.body[0]]
+                return Message.new_method_return(msg, "aa{sv}", [added])
             if member in ("AddSetting", "AddSilentSetting") and msg.signature == "ssvsvv":
                 group, name, default, letter, low, high = msg.body
                 relative = group if group.startswith("/") or not group else "/" + group
@@ -300,7 +302,7 @@ class SimSettings:
         except ValueError:
             return None
         taken = {v for p, v in self.values.items() if p != path and _is_instance_path(p)}
-        candidate = value
+        candidate: str = value
         while candidate in taken:
             instance += 1
             candidate = f"{parts[0]}:{instance}"

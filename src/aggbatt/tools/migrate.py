@@ -30,13 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from aggbatt.daemon.persist import write_json_atomic
 from aggbatt.core.strategies.balancing import STATE_VERSION as BALANCING_VERSION
 from aggbatt.core.strategies.coulomb import STATE_FILE as SOC_FILE
 from aggbatt.core.strategies.coulomb import STATE_VERSION as SOC_VERSION
 from aggbatt.core.strategies.own_charge import BALANCING_FILE
+from aggbatt.daemon.persist import write_json_atomic
 from aggbatt.errors import AggbattError
 
 CHARGE_FILES = ("storedvalue_charge", "charge")
@@ -584,14 +584,14 @@ def date_of_day(day: int, today: date) -> date:
     raise ValueError(f"no year with a day {day}")  # unreachable: every 8 years hold a leap year
 
 
-def _first_existing(directory: Path, names: tuple[str, ...]) -> Optional[Path]:
+def _first_existing(directory: Path, names: tuple[str, ...]) -> Path | None:
     for name in names:
         if (directory / name).is_file():
             return directory / name
     return None
 
 
-def _write_state(path: Path, data: dict[str, Any], force: bool) -> Optional[str]:
+def _write_state(path: Path, data: dict[str, Any], force: bool) -> str | None:
     """None when written, else why not."""
     if path.exists() and not force:
         return f"{path} exists (aggbatt's own state): kept, use --force to replace it"
@@ -600,8 +600,8 @@ def _write_state(path: Path, data: dict[str, Any], force: bool) -> Optional[str]
 
 
 def convert_state(reference_dir: Path, state_dir: Path, today: date, force: bool = False,
-                  max_state_age: Optional[float] = None,
-                  capacity: Optional[float] = None) -> list[str]:
+                  max_state_age: float | None = None,
+                  capacity: float | None = None) -> list[str]:
     """Convert the reference's state files; returns one line per file for the user."""
     report: list[str] = []
     charge_file = _first_existing(reference_dir, CHARGE_FILES)
@@ -617,8 +617,8 @@ def convert_state(reference_dir: Path, state_dir: Path, today: date, force: bool
     return report
 
 
-def _convert_charge(path: Path, state_dir: Path, force: bool, max_state_age: Optional[float],
-                    capacity: Optional[float]) -> str:
+def _convert_charge(path: Path, state_dir: Path, force: bool, max_state_age: float | None,
+                    capacity: float | None) -> str:
     raw = path.read_text(encoding="utf-8", errors="replace").strip()
     try:
         charge = _float(raw)
@@ -657,7 +657,7 @@ def _convert_balancing(path: Path, state_dir: Path, today: date, force: bool) ->
     raw = path.read_text(encoding="utf-8", errors="replace").strip()
     try:
         day = _int(raw)
-        last: Optional[date] = None if day == 0 else date_of_day(day, today)
+        last: date | None = None if day == 0 else date_of_day(day, today)
     except ValueError as exc:
         return f"{path.name} = {raw!r}: {exc}: not converted, balancing is due at once"
     target = state_dir / BALANCING_FILE
@@ -678,9 +678,9 @@ class Result:
     state_lines: list[str]
 
 
-def migrate(ini: Path, out: Path, state_dir: Optional[Path] = None,
-            reference_dir: Optional[Path] = None, force: bool = False,
-            today: Optional[date] = None, capacity: Optional[float] = None) -> Result:
+def migrate(ini: Path, out: Path, state_dir: Path | None = None,
+            reference_dir: Path | None = None, force: bool = False,
+            today: date | None = None, capacity: float | None = None) -> Result:
     today = today or date.today()
     if out.exists() and not force:
         raise MigrationError(f"{out} exists: choose another --out or add --force to replace it")

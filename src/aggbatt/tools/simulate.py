@@ -30,18 +30,27 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from aggbatt.config import Config
 from aggbatt.core.engine import CHARGE_LIMITATION, DISCHARGE_LIMITATION, Engine
 from aggbatt.core.pack_paths import (
-    CCL, CHARGE_MODE, CVL, DCL, MAX_CELL_VOLTAGE, MIN_CELL_VOLTAGE, SOC, VOLTAGE,
+    CCL,
+    CHARGE_MODE,
+    CVL,
+    DCL,
+    MAX_CELL_VOLTAGE,
+    MIN_CELL_VOLTAGE,
+    SOC,
+    VOLTAGE,
 )
 from aggbatt.core.snapshot import ServiceReading
+from aggbatt.core.strategies import is_stateful
+from aggbatt.core.strategies.balancing import BalancingRecord
+from aggbatt.core.strategies.own_charge import BALANCING_FILE
 from aggbatt.sim.bank import SimBank
 from aggbatt.sim.lfp import ocv as lfp_ocv
 from aggbatt.sim.lfp import piecewise_linear
 from aggbatt.sim.pack import SimPack
 from aggbatt.sim.pack_model import PackParams
-from aggbatt.core.strategies.balancing import BalancingRecord
-from aggbatt.core.strategies.own_charge import BALANCING_FILE
 
 DAY = 86400.0
 ROW_EVERY = 60.0  # s between CSV rows
@@ -96,7 +105,7 @@ class SimulateResult:
     note: str  # what the user should know (e.g. how to get the PNG)
 
 
-def is_lto(config: Any) -> bool:
+def is_lto(config: Config) -> bool:
     return float(config.charge.own.max_cell_voltage) < 3.0
 
 
@@ -119,7 +128,7 @@ def load_current(t: float, base: float) -> float:
     return base + extra
 
 
-def build_bank(config: Any, options: SimulateOptions) -> SimBank:
+def build_bank(config: Config, options: SimulateOptions) -> SimBank:
     own = config.charge.own
     lto = is_lto(config)
     cells = options.cells or (24 if lto else 16)
@@ -178,7 +187,7 @@ class Balancers:
             pack.drift_cell(cell + 1, extra * 1000.0)
 
 
-def run_day(config: Any, options: SimulateOptions) -> Day:
+def run_day(config: Config, options: SimulateOptions) -> Day:
     """Simulate one day: one row per ROW_EVERY seconds and every event the engine logged."""
     bank = build_bank(config, options)
     packs = bank.packs
@@ -191,8 +200,7 @@ def run_day(config: Any, options: SimulateOptions) -> Day:
     engine = Engine(config.model_copy(update={"service": service}))
     start = datetime.combine(options.day or date.today(), datetime.min.time())
     charge = engine.strategies.charge
-    state = getattr(charge, "state_file", None)
-    if state is not None and state.name == BALANCING_FILE:  # it keeps a balancing record
+    if is_stateful(charge) and charge.state_file.name == BALANCING_FILE:  # it keeps a balancing record
         charge.restore_state(BalancingRecord(last_balancing=options.last_balancing).to_json(),
                              None, start.timestamp())
     total_capacity = sum(p.params.capacity_ah for p in packs)
@@ -256,7 +264,7 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
             ])
 
 
-def write_png(rows: Sequence[Row], path: Path, config: Any, title: str) -> bool:
+def write_png(rows: Sequence[Row], path: Path, config: Config, title: str) -> bool:
     """The day as a PNG; False when matplotlib is not installed."""
     try:
         import matplotlib
@@ -307,7 +315,7 @@ def write_png(rows: Sequence[Row], path: Path, config: Any, title: str) -> bool:
     return True
 
 
-def simulate(config: Any, options: SimulateOptions, source: str = "config") -> SimulateResult:
+def simulate(config: Config, options: SimulateOptions, source: str = "config") -> SimulateResult:
     if options.profile not in PROFILES:
         raise ValueError(f"unknown profile {options.profile!r} (available: {', '.join(PROFILES)})")
     options.out.mkdir(parents=True, exist_ok=True)

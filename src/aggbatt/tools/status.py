@@ -115,7 +115,7 @@ async def _system_choice(bus: MessageBus, timeout: float) -> dict[str, Any]:
         return {"present": False}
     except StatusError as exc:
         return {"present": True, "error": str(exc)}
-    return {"present": True, **{p.lstrip("/"): v for p, v in zip(_SYSTEM_PATHS, values)}}
+    return {"present": True, **{p.lstrip("/"): v for p, v in zip(_SYSTEM_PATHS, values, strict=True)}}
 
 
 async def gather(address: str | None, service: str = DEFAULT_SERVICE,
@@ -142,9 +142,18 @@ def _list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else []
 
 
+def _table_of(report: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    table = report.get(key)
+    return table if isinstance(table, Mapping) else {}
+
+
 def _aggregate(status: Mapping[str, Any]) -> Mapping[str, Any]:
-    agg = status.get("aggregate")
-    return agg if isinstance(agg, Mapping) else {}
+    return _table_of(status, "aggregate")
+
+
+def _service(status: Mapping[str, Any]) -> str:
+    service = status.get("service")
+    return service if isinstance(service, str) else DEFAULT_SERVICE
 
 
 def selection_warnings(service: str, instance: Any, system: Mapping[str, Any]) -> list[str]:
@@ -171,7 +180,7 @@ def selection_warnings(service: str, instance: Any, system: Mapping[str, Any]) -
 
 def warnings(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
     agg = _aggregate(status)
-    service = status.get("service") if isinstance(status.get("service"), str) else DEFAULT_SERVICE
+    service = _service(status)
     found = selection_warnings(service, agg.get("/DeviceInstance"), system)
     packs = [p for p in _list(status.get("packs")) if isinstance(p, Mapping)]
     offline = [p for p in packs if not p.get("online")]
@@ -192,7 +201,7 @@ def warnings(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
 
 def notes(status: Mapping[str, Any], system: Mapping[str, Any]) -> list[str]:
     """Things Venus shows that look wrong but are expected with aggbatt."""
-    service = status.get("service") if isinstance(status.get("service"), str) else DEFAULT_SERVICE
+    service = _service(status)
     if system.get(MULTIPLE_BATTERIES) == 1 and system.get("ActiveBmsService") == service:
         return ["Venus reports /Dvcc/Alarms/MultipleBatteries = 1 (a 'multiple BMS' notification): "
                 "expected with aggbatt. The packs publish a charge voltage limit as well as the "
@@ -238,12 +247,12 @@ def _unanswered(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 def render_text(report: Mapping[str, Any]) -> str:
     agg = _aggregate(report)
-    config = report.get("config") if isinstance(report.get("config"), Mapping) else {}
+    config = _table_of(report, "config")
     lines = [
         f"aggbatt {report.get('version', '?')}: {report.get('service', '?')} "
         f"(DeviceInstance {agg.get('/DeviceInstance', '?')}), {report.get('ticks', '?')} ticks, "
@@ -300,7 +309,7 @@ def render_text(report: Mapping[str, Any]) -> str:
         lines.append(f"  not answering: {_plain(u.get('name'))} for {_age(u.get('age'))},"
                      f" {_plain(u.get('attempts'))} attempt(s), retrying ({_plain(u.get('error'))})")
     lines += ["", "Battery selection:"]
-    system = report.get("system") if isinstance(report.get("system"), Mapping) else {}
+    system = _table_of(report, "system")
     if system.get("present"):
         lines += [f"  Venus battery monitor: {_plain(system.get('ActiveBatteryService'))}",
                   f"  Venus BMS for DVCC:    {_plain(system.get('ActiveBmsService'))}"]

@@ -28,13 +28,15 @@ strategy touches its own module and the registry only):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeGuard, TypeVar
 
 from aggbatt.core.events import Event
 from aggbatt.core.snapshot import PackSnapshot, ServiceReading
+
+_S = TypeVar("_S")
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,10 @@ class Stateful(Protocol):
         holds nothing yet (the replacement then restores from the file, as a restart would)."""
 
 
+def is_stateful(strategy: object) -> TypeGuard[Stateful]:
+    return isinstance(getattr(strategy, "state_file", None), StateFile)
+
+
 class Subscribing(Protocol):
     def subscriptions(self) -> Mapping[str, frozenset[str]]: ...
 
@@ -177,19 +183,22 @@ def build_strategies(config: Any) -> Strategies:
     from aggbatt.core.strategies.soc import BmsAverage
     from aggbatt.core.strategies.victron_current import VictronDevices
 
-    current_sources = {"bms_sum": BmsSum, "victron_devices": VictronDevices.from_config}
-    soc_strategies = {"bms_average": BmsAverage, "coulomb_counter": CoulombSoc.from_config}
-    charge_strategies = {"passthrough": PassthroughCharge, "own": OwnCharge}
-    chosen = (
-        ("current.source", config.current.source, current_sources),
-        ("soc.strategy", config.soc.strategy, soc_strategies),
-        ("charge.strategy", config.charge.strategy, charge_strategies),
+    current_sources: Mapping[str, Callable[[Any], CurrentSource]] = {
+        "bms_sum": BmsSum, "victron_devices": VictronDevices.from_config}
+    soc_strategies: Mapping[str, Callable[[Any], SocStrategy]] = {
+        "bms_average": BmsAverage, "coulomb_counter": CoulombSoc.from_config}
+    charge_strategies: Mapping[str, Callable[[Any], ChargeStrategy]] = {
+        "passthrough": PassthroughCharge, "own": OwnCharge}
+    return Strategies(
+        _factory("current.source", config.current.source, current_sources)(config),
+        _factory("soc.strategy", config.soc.strategy, soc_strategies)(config),
+        _factory("charge.strategy", config.charge.strategy, charge_strategies)(config),
     )
-    built = []
-    for key, name, table in chosen:
-        factory = table.get(name)
-        if factory is None:
-            raise ValueError(f"{key} = {name!r} is not available in this version "
-                             f"(available: {', '.join(sorted(table))})")
-        built.append(factory(config))
-    return Strategies(*built)
+
+
+def _factory(key: str, name: str, table: Mapping[str, Callable[[Any], _S]]) -> Callable[[Any], _S]:
+    factory = table.get(name)
+    if factory is None:
+        raise ValueError(f"{key} = {name!r} is not available in this version "
+                         f"(available: {', '.join(sorted(table))})")
+    return factory

@@ -55,7 +55,7 @@ charge CVL, and a pack lowering its CVL still wins, also after it was offline).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -92,7 +92,7 @@ def measurable_current(config: Any) -> float:
     return max(float(config.freshness.idle_current), MEASURED_SHARE_FLOOR)
 
 
-def capacity_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...]) -> dict[str, float]:
+def capacity_shares(packs: Sequence[PackSnapshot]) -> dict[str, float]:
     total = sum(p.installed_capacity for p in packs if p.installed_capacity is not None)
     return {p.id: _share(p.installed_capacity, total) for p in packs}
 
@@ -102,7 +102,7 @@ def _share(capacity: float | None, total: float) -> float:
     return share if 0.0 < share < math.inf else 1.0
 
 
-def measured_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
+def measured_shares(packs: Sequence[PackSnapshot], direction: Direction,
                     min_current: float) -> dict[str, float] | None:
     """I_i / I_bank in `direction`, or None while the bank current is too small to measure."""
     bank = direction.sign * sum(p.current for p in packs if p.current is not None)
@@ -112,7 +112,7 @@ def measured_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direct
             for p in packs}
 
 
-def pack_shares(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
+def pack_shares(packs: Sequence[PackSnapshot], direction: Direction,
                 min_current: float,
                 remembered: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
     """max(capacity, measured, remembered share) per pack; `remembered`: id -> (last measured
@@ -136,7 +136,7 @@ class ShareMemory:
     def __init__(self) -> None:
         self._last: dict[str, dict[str, tuple[float, float]]] = {CHARGE.key: {}, DISCHARGE.key: {}}
 
-    def update(self, now: float, packs: list[PackSnapshot] | tuple[PackSnapshot, ...],
+    def update(self, now: float, packs: Sequence[PackSnapshot],
                min_current: float) -> dict[str, dict[str, tuple[float, float]]]:
         """Remember this tick's measured shares; per direction, id -> (share, weight now)."""
         out: dict[str, dict[str, tuple[float, float]]] = {}
@@ -164,7 +164,7 @@ class ShareLimit:
         return f"{self.pack.name} {direction.label} {round(self.pack_limit, 1):g} A at {self.share:.0%} share"
 
 
-def share_limit(packs: list[PackSnapshot] | tuple[PackSnapshot, ...], direction: Direction,
+def share_limit(packs: Sequence[PackSnapshot], direction: Direction,
                 min_current: float,
                 remembered: Mapping[str, tuple[float, float]] | None = None) -> ShareLimit:
     """The per-pack-share cap L (module header). Packs without a valid limit are skipped; the

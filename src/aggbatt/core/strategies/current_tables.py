@@ -37,6 +37,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Table:
             raise ValueError("a table needs at least 2 knots and one factor per knot")
         if any(not math.isfinite(v) for v in (*self.knots, *self.factors)):
             raise ValueError("table values must be finite")
-        if any(b <= a for a, b in zip(self.knots, self.knots[1:])):
+        if any(b <= a for a, b in pairwise(self.knots)):
             raise ValueError("table knots must increase strictly")
 
     @classmethod

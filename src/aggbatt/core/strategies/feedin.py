@@ -60,7 +60,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 FEEDIN_PATH = "/Settings/CGwacs/OvervoltageFeedIn"
 STATE_VERSION = 1
@@ -86,7 +86,7 @@ class Note:
     message: str
 
 
-Action = Union[Persist, WriteSetting, Note]
+Action = Persist | WriteSetting | Note
 
 
 class Mode(enum.Enum):

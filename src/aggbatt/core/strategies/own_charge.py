@@ -52,19 +52,33 @@ from datetime import date, datetime
 from typing import Any
 
 from aggbatt.core.events import (
-    DischargeCutOff, DischargeCutOffKept, DischargeCutOffReleased, DynamicCvlChanged, Event,
-    LimitSourceChanged, StrategyNote,
+    DischargeCutOff,
+    DischargeCutOffKept,
+    DischargeCutOffReleased,
+    DynamicCvlChanged,
+    Event,
+    LimitSourceChanged,
+    StrategyNote,
 )
 from aggbatt.core.pack_paths import CHARGE_MODE
 from aggbatt.core.snapshot import PackSnapshot
 from aggbatt.core.strategies import ChargeLimits, CurrentResult, StateFile, TickContext
-from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, Bound, bound
-from aggbatt.core.strategies.balancing import (
-    Balancing, BalancingInputs, BalancingParams, BalancingRecord, Phase,
-)
 from aggbatt.core.strategies.balancing import STATE_VERSION as BALANCING_VERSION
+from aggbatt.core.strategies.balancing import (
+    Balancing,
+    BalancingInputs,
+    BalancingParams,
+    BalancingRecord,
+    Phase,
+)
+from aggbatt.core.strategies.charge import CHARGE, DISCHARGE, Bound, bound
 from aggbatt.core.strategies.current_tables import (
-    CurrentTables, Latch, Limit, Table, TableInputs, TableParams,
+    CurrentTables,
+    Latch,
+    Limit,
+    Table,
+    TableInputs,
+    TableParams,
 )
 from aggbatt.core.strategies.dynamic_cvl import DynamicCvl, DynamicParams, highest_cell
 
@@ -319,10 +333,10 @@ class OwnCharge:
         pack_lows = {pack.id: lowest_cell(pack) for pack in packs}
         highs, lows = self._cell_extremes(packs, pack_lows, known)
         missing = self._unknown_lows(packs, pack_lows, known)
-        charge_block = next((f"{pack.name} ({why})" for pack in packs
-                             if (why := pack.charge_block()) is not None), None)
-        discharge_block = next((f"{pack.name} ({why})" for pack in packs
-                                if (why := pack.discharge_block()) is not None), None)
+        charge_block = next((f"{pack.name} ({block})" for pack in packs
+                             if (block := pack.charge_block()) is not None), None)
+        discharge_block = next((f"{pack.name} ({block})" for pack in packs
+                                if (block := pack.discharge_block()) is not None), None)
         ccl, dcl = self.tables.update(TableInputs(
             max_cell=max(highs) if highs else None, min_cell=min(lows) if lows else None,
             charge_blocked_by=charge_block, discharge_blocked_by=discharge_block,
@@ -342,7 +356,7 @@ class OwnCharge:
             n = cell_count(pack)
             why = None if n is None else count_misfit(
                 pack, n, self.params.min_cell_voltage, self.params.max_cell_voltage)
-            if why is None:
+            if n is None or why is None:
                 counts[pack.id] = n
                 continue
             counts[pack.id] = None

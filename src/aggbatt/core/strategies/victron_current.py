@@ -67,10 +67,14 @@ SERVICE_PATHS: dict[str, tuple[str, ...]] = {
 
 
 class Reading(Protocol):
-    """A monitored service as the engine sees it (structural: any object with these fields)."""
+    """A monitored service as the engine sees it (structural: any object with these fields).
+    Read-only, so frozen dataclasses such as ServiceReading fit."""
 
-    service: str
-    values: Mapping[str, Any]
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def values(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)
