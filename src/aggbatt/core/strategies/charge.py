@@ -41,8 +41,8 @@ Safety envelope (applied by the engine to every charge strategy's result), per d
    strategy becomes L, a negative one 0). With held packs L is the lower of two cases: they left
    the circuit (L of the online packs alone) or they are still in it with their last fresh limits,
    capacity and current (L over all of them), so a pack dropping out never raises L.
-CVL is capped at the lowest last fresh CVL of the held packs, and under own charge control also at
-their cell count x charge.own.max_cell_voltage.
+CVL is capped at the lowest last fresh CVL of the held packs (own charge control caps by cells
+itself, with each pack's last trusted cell count, held packs included).
 An invalid CVL from a strategy while packs are online is replaced by the lowest pack CVL: an
 invalid CVL would deselect the BMS (victron-contract §4.6) and leave the bank unlimited.
 
@@ -231,13 +231,9 @@ def min_pack_cvl(ctx: TickContext) -> float | None:
 
 
 def held_cvl(ctx: TickContext) -> float | None:
-    """The highest CVL the packs that are not online allow: their last fresh CVL and, under own
-    charge control (which goes by cells, not by the packs' CVL), their cells x the per-cell cap."""
+    """The highest CVL the packs that are not online allow: their last fresh CVL. (Own charge
+    control caps by cells itself, with each pack's last trusted cell count.)"""
     cvls = [p.cvl for p in ctx.held if p.cvl is not None]
-    charge = ctx.config.charge
-    if charge.strategy == "own":
-        per_cell = charge.own.max_cell_voltage
-        cvls += [cells * per_cell for p in ctx.held if (cells := p.cells or len(p.cell_voltages))]
     return min(cvls) if cvls else None
 
 
